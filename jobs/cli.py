@@ -1,0 +1,46 @@
+"""The ``clipvip`` command: one subcommand per job, each a thin module in ``jobs/``.
+
+Each job module exposes ``main(argv) -> int`` and also runs as ``python -m jobs.<name>`` (the form
+``ray job submit`` uses). Modules load lazily so ``clipvip --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("jobs.demo", "the whole recipe on synthesised clips: curate, caption, NMI, pretrain, evaluate"),
+    "synth": ("jobs.synth", "write synthetic H.264 clips with moving shapes and a manifest"),
+    "curate": ("jobs.curate", "manifest -> middle frames -> captions -> WebDataset shards (Ray)"),
+    "caption": ("jobs.caption", "caption images with a captioner; convert official OFA checkpoints"),
+    "nmi": ("jobs.nmi", "the NMI domain-gap report between text corpora"),
+    "pretrain": ("jobs.pretrain", "post-pretrain CLIP-ViP on curated shards (OCL losses)"),
+    "finetune": ("jobs.finetune", "fine-tune CLIP-ViP for text-video retrieval"),
+    "evaluate": ("jobs.evaluate", "evaluate retrieval (R@K, MdR, MnR, with and without DSL)"),
+}
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: clipvip <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'clipvip <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"clipvip: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

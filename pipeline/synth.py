@@ -1,0 +1,264 @@
+"""Synthesise real H.264 clips with learnable, temporal content, plus a manifest.
+
+Each clip shows one coloured shape crossing the frame in one direction over a textured background.
+Its text names colour, shape and direction, so a model can learn it; because a clip moving left is
+(up to encoding noise) the time-reverse of the same clip moving right, only a model that sees frame
+order can tell the two apart. The manifest's ``text`` column is a noisy, ASR-like subtitle; the
+clean description sits in ``caption_gt`` for evaluation.
+
+Resolution, fps, duration and keyframe interval vary per clip so decoders meet realistic variety.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 50),
+    "blue": (40, 70, 230),
+    "yellow": (240, 220, 30),
+    "purple": (150, 40, 200),
+    "cyan": (30, 210, 220),
+    "white": (245, 245, 245),
+    "orange": (250, 140, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+# (width, height) pairs; all even for yuv420p.
+SIZES = ((320, 240), (256, 192), (224, 224), (352, 200), (240, 320))
+FPS_CHOICES = (3, 6, 10, 25, 30)
+GOP_CHOICES = (3, 12, 30, 60, 250)
+
+_FILLERS = ("um", "uh", "so", "you know", "like", "okay", "right", "alright")
+_ASR_SUBS = {"circle": ("circle", "circles", "surfer", "circuit"), "square": ("square", "squared", "where"),
+             "triangle": ("triangle", "try angle", "triangles")}
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class ClipSpec:
+    """What one synthetic clip shows and how it is encoded."""
+
+    key: str
+    color: str
+    shape: str
+    direction: str
+    width: int
+    height: int
+    fps: int
+    seconds: float
+    gop: int
+    seed: int
+
+    @property
+    def n_frames(self) -> int:
+        return max(2, int(round(self.fps * self.seconds)))
+
+    @property
+    def caption(self) -> str:
+        return describe(self.color, self.shape, self.direction)
+
+
+def describe(color: str, shape: str, direction: str) -> str:
+    """The clean description of a clip: colour, shape and motion direction."""
+    return f"a {color} {shape} moving {direction}"
+
+
+def asr_subtitle(color: str, shape: str, direction: str, rng: random.Random) -> str:
+    """A noisy ASR-like subtitle: lower case, no punctuation, fillers, sometimes a misheard word."""
+    shape_word = rng.choice(_ASR_SUBS[shape]) if rng.random() < 0.3 else shape
+    templates = (
+        "{f} so here we have a {c} {s} and it goes {d} {f}",
+        "{f} watch the {c} {s} {f} it is moving to the {d}",
+        "okay {f} now the {s} the {c} one slides {d}",
+        "and {f} this {c} {s} heading {d} {f} pretty cool",
+        "{f} {f} i think the {c} {s} moves {d} here",
+        "look at that {c} thing {f} a {s} going {d}",
+    )
+    text = rng.choice(templates).format(
+        f=rng.choice(_FILLERS) if rng.random() < 0.8 else "", c=color, s=shape_word, d=direction
+    )
+    return " ".join(text.split())
+
+
+def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    base = rng.integers(20, 90, size=3)
+    yy, xx = np.mgrid[0:h, 0:w]
+    grad = (0.25 * (xx / max(w - 1, 1)) + 0.15 * (yy / max(h - 1, 1)))[..., None] * 80
+    noise = rng.normal(0, 6, size=(h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:h, :w]
+    return np.clip(base[None, None, :] + grad + noise, 0, 255).astype(np.uint8)
+
+
+def _shape_mask(shape: str, h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.ogrid[0:h, 0:w]
+    if shape == "circle":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    if shape == "square":
+        return (np.abs(xx - cx) <= r * 0.85) & (np.abs(yy - cy) <= r * 0.85)
+    # Upward triangle: apex at top, base at the bottom.
+    top, bottom = cy - r, cy + r
+    frac = np.clip((yy - top) / (2 * r), 0, 1)
+    return (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= frac * r)
+
+
+def render_frames(spec: ClipSpec) -> np.ndarray:
+    """All frames of a clip as uint8 [N, H, W, 3]."""
+    rng = np.random.default_rng(spec.seed)
+    h, w, n = spec.height, spec.width, spec.n_frames
+    bg = _background(h, w, rng)
+    r = 0.16 * min(h, w)
+    margin = r + 2
+    colour = np.array(COLORS[spec.color], dtype=np.uint8)
+    # The cross-axis position is fixed per clip; the moving axis goes edge to edge.
+    cross = float(rng.uniform(0.35, 0.65))
+    frames = np.empty((n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        t = i / (n - 1)
+        if spec.direction in ("left", "right"):
+            p = t if spec.direction == "right" else 1 - t
+            cx, cy = margin + p * (w - 2 * margin), cross * h
+        else:
+            p = t if spec.direction == "down" else 1 - t
+            cx, cy = cross * w, margin + p * (h - 2 * margin)
+        frame = bg.copy()
+        frame[_shape_mask(spec.shape, h, w, cx, cy, r)] = colour
+        frames[i] = frame
+    return frames
+
+
+def encode_h264(frames: np.ndarray, path: str | Path, fps: int, gop: int, crf: int = 23) -> None:
+    """Write uint8 [N, H, W, 3] frames as an H.264 mp4 with PyAV (no ffmpeg binary needed)."""
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, h, w, _ = frames.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": "veryfast", "crf": str(crf), "keyint_min": str(min(gop, 25)),
+                          "sc_threshold": "0"}
+        for arr in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def sample_specs(n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bool = True) -> Iterator[ClipSpec]:
+    """``n`` clip specs, deterministic in ``seed``; colour, shape and direction cycle evenly."""
+    rng = random.Random(seed)
+    combos = [(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS]
+    rng.shuffle(combos)
+    for i in range(n):
+        color, shape, direction = combos[i % len(combos)]
+        if vary_format:
+            width, height = rng.choice(SIZES)
+            fps, gop = rng.choice(FPS_CHOICES), rng.choice(GOP_CHOICES)
+            seconds = rng.choice((2.0, 3.0, 4.0, 6.0))
+        else:
+            width, height, fps, gop, seconds = 224, 224, 6, 12, 4.0
+        yield ClipSpec(key=f"{prefix}{i:06d}", color=color, shape=shape, direction=direction, width=width,
+                       height=height, fps=fps, seconds=seconds, gop=gop, seed=seed * 1_000_003 + i)
+
+
+def write_clip(spec: ClipSpec, out_dir: Path, rng: random.Random) -> dict:
+    """Encode one clip and return its manifest row."""
+    path = out_dir / f"{spec.key}.mp4"
+    encode_h264(render_frames(spec), path, spec.fps, spec.gop)
+    return write_row_common(spec, path, rng)
+
+
+def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bool = True,
+               span_fraction: float = 0.0, manifest_name: str = "manifest.jsonl", progress: bool = False) -> Path:
+    """Write ``n`` clips and ``manifest.jsonl`` into ``out_dir``; return the manifest path.
+
+    ``span_fraction`` of the rows instead point at a span (``start``/``end`` seconds) of a longer
+    video made of three clips back to back, exercising span handling in the pipeline.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 17)
+    rows = []
+    specs = list(sample_specs(n, seed, prefix=prefix, vary_format=vary_format))
+    iterator = specs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(specs, desc="synth", unit="clip")
+    n_spans = int(round(span_fraction * n))
+    for i, spec in enumerate(iterator):
+        if i < n_spans:
+            rows.append(_write_span_row(spec, out_dir, rng))
+        else:
+            rows.append(write_clip(spec, out_dir, rng))
+    manifest = out_dir / manifest_name
+    with open(manifest, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return manifest
+
+
+def _write_span_row(spec: ClipSpec, out_dir: Path, rng: random.Random) -> dict:
+    """The clip is the middle third of a longer video: other content before and after it."""
+    before = dataclasses.replace(spec, key=spec.key + "_pre", direction=OPPOSITE[spec.direction], seed=spec.seed + 1)
+    after = dataclasses.replace(spec, key=spec.key + "_post", color=_other_color(spec.color), seed=spec.seed + 2)
+    frames = np.concatenate([render_frames(before), render_frames(spec), render_frames(after)])
+    path = out_dir / f"{spec.key}_long.mp4"
+    encode_h264(frames, path, spec.fps, spec.gop)
+    n = spec.n_frames
+    row = write_row_common(spec, path, rng)
+    row.update(start=n / spec.fps, end=2 * n / spec.fps)
+    return row
+
+
+def write_row_common(spec: ClipSpec, path: Path, rng: random.Random) -> dict:
+    return {
+        "key": spec.key, "path": str(path),
+        "text": asr_subtitle(spec.color, spec.shape, spec.direction, rng),
+        "caption_gt": spec.caption, "color": spec.color, "shape": spec.shape, "direction": spec.direction,
+        "fps": spec.fps, "width": spec.width, "height": spec.height, "n_frames": spec.n_frames, "gop": spec.gop,
+    }
+
+
+def _other_color(color: str) -> str:
+    names = list(COLORS)
+    return names[(names.index(color) + 3) % len(names)]
+
+
+def write_broken_files(out_dir: str | Path, good_clip: str | Path) -> dict[str, Path]:
+    """Broken inputs every pipeline must survive: zero-byte, truncated, not-a-video, garbage bytes."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = Path(good_clip).read_bytes()
+    files = {
+        "zero_byte": out_dir / "zero.mp4",
+        "truncated": out_dir / "truncated.mp4",
+        "not_video": out_dir / "notes.mp4",
+        "garbage": out_dir / "garbage.mp4",
+    }
+    files["zero_byte"].write_bytes(b"")
+    files["truncated"].write_bytes(data[: max(64, len(data) // 5)])
+    files["not_video"].write_text("this is a subtitle file, not a video\n" * 20)
+    rnd = np.random.default_rng(0)
+    files["garbage"].write_bytes(data[:48] + rnd.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+    return files
+
+
+def frame_count_for_symmetric_sampling(n_sampled: int, min_frames: int) -> int:
+    """Smallest frame count >= ``min_frames`` for which uniform sampling of ``n_sampled`` frames
+    (``linspace(0, n-1, T)``) hits integer positions, so a time-reversed clip samples exactly the
+    reversed frames."""
+    step = max(1, math.ceil((min_frames - 1) / (n_sampled - 1)))
+    return step * (n_sampled - 1) + 1
