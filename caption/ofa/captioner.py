@@ -1,0 +1,133 @@
+"""``OFACaptioner``: the OFA port behind the ``Captioner`` protocol (``load_captioner('ofa:<path>')``).
+
+``<path>`` is either a converted directory (``model.safetensors`` + ``config.json`` + the BPE files) or an
+official fairseq ``.pt``; for a ``.pt`` the BPE files come from ``bpe_dir`` or are looked for beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from caption.ofa.beam import BeamConfig
+from caption.ofa.checkpoint import WEIGHTS_FILE, build_model, load_converted, read_fairseq_checkpoint, sha256_file
+from caption.ofa.generate import OFAGenerator
+from caption.ofa.preprocess import preprocess
+from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, strip_punctuation
+from caption.protocol import DecodeSettings, resolve_device
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _find_bpe_dir(ckpt: Path) -> Path:
+    for candidate in (ckpt.parent, ckpt.parent / "BPE", ckpt.parent / "utils" / "BPE"):
+        if (candidate / "dict.txt").is_file():
+            return candidate
+    return ckpt.parent  # find_bpe_files then raises, naming the missing files
+
+
+class OFACaptioner:
+    """Loads OFA once; ``generate(images)`` returns one punctuation-free caption per image.
+
+    Args:
+        target: converted directory or official ``.pt``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        settings: beam, length and n-gram settings (defaults are OFA-Caption's).
+        bpe_dir: folder with ``encoder.json``, ``vocab.bpe``, ``dict.txt`` (default: beside the model).
+        precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``. Weights are cast,
+            as fairseq's ``--fp16`` does; log-probabilities are always computed in fp32.
+        batch_size: images per forward pass (default 64 on GPU, 8 on CPU).
+        share_encoder: encode each image once for all beams (same captions, much faster).
+        temperature: logits divisor (1.0; OFA's huge script uses 0.98).
+        prompt: the encoder prompt, OFA's English caption prompt by default.
+    """
+
+    name = "ofa"
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        device: str = "auto",
+        settings: DecodeSettings | None = None,
+        bpe_dir: str | Path | None = None,
+        precision: str = "auto",
+        batch_size: int | None = None,
+        share_encoder: bool = True,
+        temperature: float = 1.0,
+        prompt: str = CAPTION_PROMPT,
+    ) -> None:
+        path = Path(target)
+        if path.is_dir():
+            cfg, state, meta = load_converted(path)
+            weights, bpe = path / WEIGHTS_FILE, Path(bpe_dir) if bpe_dir else path
+        elif path.is_file():
+            cfg, state, meta = read_fairseq_checkpoint(path)
+            weights, bpe = path, Path(bpe_dir) if bpe_dir else _find_bpe_dir(path)
+        else:
+            raise FileNotFoundError(f"OFA model {target!r} is neither a converted directory nor a checkpoint file")
+        self.tokenizer = OFATokenizer(bpe, num_codes=int(meta.get("num_codes", 8192)), num_bins=int(meta.get("num_bins", 1000)))
+        if len(self.tokenizer) != cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer in {bpe} has {len(self.tokenizer)} symbols but the model embeds {cfg.vocab_size}; "
+                "use the dict.txt that came with the checkpoint (OFA's utils/BPE)"
+            )
+        self.device = torch.device(resolve_device(device))
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in _DTYPES:
+            raise ValueError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
+        self.precision = precision
+        self.settings = settings or DecodeSettings()
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.cfg, self.meta, self.prompt = cfg, meta, prompt
+        self.weights_path = weights
+        self.checkpoint_sha256 = sha256_file(weights)
+        self.model = build_model(cfg, state).to(self.device, _DTYPES[precision])
+        t = self.tokenizer
+        beam = BeamConfig(
+            beam=self.settings.beam, max_len=self.settings.max_new_tokens, min_len=self.settings.min_new_tokens,
+            no_repeat_ngram_size=self.settings.no_repeat_ngram_size, length_penalty=self.settings.length_penalty,
+            bos=t.bos, pad=t.pad, eos=t.eos, unk=t.unk,
+        )
+        prompt_ids = torch.tensor(t.encode_prompt(prompt), dtype=torch.long)
+        self.generator = OFAGenerator(self.model, prompt_ids, beam, share_encoder=share_encoder, temperature=temperature)
+        self.temperature = temperature
+        logger.info("loaded OFA-%s from %s on %s (%s)", cfg.flavour, target, self.device, precision)
+
+    def generate_tokens(self, images: Sequence[Image.Image | np.ndarray]) -> list[list[int]]:
+        """Best hypothesis per image as token ids (EOS included), before detokenisation."""
+        out: list[list[int]] = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = preprocess(images[start : start + self.batch_size], self.cfg.patch_image_size)
+            out += [hyps[0].tokens for hyps in self.generator.generate(pixels)]
+        return out
+
+    def generate(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
+        return [strip_punctuation(self.tokenizer.decode(tokens)) for tokens in self.generate_tokens(images)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "ofa",
+            "model": f"ofa-{self.cfg.flavour}",
+            "checkpoint": str(self.weights_path),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "source_sha256": self.meta.get("source_sha256"),
+            "decode": {
+                **dataclasses.asdict(self.settings),
+                "temperature": self.temperature,
+                "prompt": self.prompt,
+                "resolution": self.cfg.patch_image_size,
+                "precision": self.precision,
+                "strip_punctuation": True,
+            },
+        }

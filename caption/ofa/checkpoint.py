@@ -1,0 +1,195 @@
+"""Official OFA ``.pt`` files without fairseq, and the converted safetensors + JSON form.
+
+fairseq checkpoints are pickles holding the state dict plus an ``argparse.Namespace`` of arguments
+(``args``) or a ``cfg`` dict whose ``model`` entry is such a Namespace. ``restricted_load`` reads them
+with an unpickler that can only build tensors, storages, plain containers, Namespaces and numpy data
+(fairseq stores numpy scalars in its bookkeeping); any other global, such as ``os.system``, is refused
+before it is ever called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pickle
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from caption.ofa.config import OFAConfig, config_from_fairseq_args
+from caption.ofa.keymap import official_to_port
+from caption.ofa.model import OFAModel
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("builtins", "object"),
+    ("copyreg", "_reconstructor"),
+    ("argparse", "Namespace"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
+
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint's pickle refers to something other than plain data."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)) or (
+            module.startswith("numpy.dtypes") and name.endswith("DType")
+        ):
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"refusing to unpickle global {module}.{name}: an OFA checkpoint holds only tensors, containers and "
+            "argparse.Namespace; this file carries code or objects from another program"
+        )
+
+
+_PICKLE_MODULE = types.ModuleType("clipvip_restricted_pickle")
+_PICKLE_MODULE.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
+_PICKLE_MODULE.load = lambda f, **kw: _RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
+
+
+def restricted_load(path: str | Path) -> Any:
+    """Unpickle a ``torch.save`` file (zip or legacy format) allowing only plain data."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only=False only because torch's own allow-list does not know argparse.Namespace;
+        # safety comes from _RestrictedUnpickler, which torch uses for every global lookup.
+        return torch.load(path, map_location="cpu", pickle_module=_PICKLE_MODULE, weights_only=False)
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{path}: {exc}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, argparse.Namespace):
+        return vars(obj)
+    if isinstance(obj, dict):
+        return dict(obj)
+    return {}
+
+
+def arch_args(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The model arguments of a fairseq checkpoint: ``args``, else ``cfg['task']`` updated by ``cfg['model']``."""
+    if ckpt.get("args") is not None:
+        return _as_dict(ckpt["args"])
+    cfg = ckpt.get("cfg")
+    if isinstance(cfg, dict) and cfg.get("model") is not None:
+        return {**_as_dict(cfg.get("task")), **_as_dict(cfg["model"])}
+    raise ValueError("checkpoint has no 'args' and no 'cfg' with a 'model' entry, so its architecture is unknown")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def port_shapes(cfg: OFAConfig) -> dict[str, torch.Size]:
+    """Key -> shape of the port's state dict, without allocating weights."""
+    with torch.device("meta"):
+        model = OFAModel(cfg)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def read_fairseq_checkpoint(path: str | Path) -> tuple[OFAConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Config, port-keyed weights and tokenizer meta from an official OFA ``.pt``; errors name what does not fit."""
+    ckpt = restricted_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ValueError(f"{path} is not a fairseq checkpoint: expected a dict with a 'model' state dict")
+    official = {k: v for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor)}
+    if "encoder.embed_tokens.weight" not in official or not any(k.startswith("encoder.embed_images.") for k in official):
+        raise ValueError(f"{path} is not an OFA checkpoint: it lacks encoder.embed_tokens and the encoder.embed_images ResNet")
+    try:
+        args = arch_args(ckpt)
+        cfg = config_from_fairseq_args(args, vocab_size=official["encoder.embed_tokens.weight"].shape[0])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    state = official_to_port(official, cfg, port_shapes(cfg))
+    meta = {"arch": args.get("arch"), "num_codes": int(args.get("code_dict_size") or 8192), "num_bins": int(args.get("num_bins") or 1000)}
+    return cfg, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta
+
+
+def build_model(cfg: OFAConfig, state: dict[str, torch.Tensor] | None = None, device: str | torch.device = "cpu") -> OFAModel:
+    """An eval-mode ``OFAModel``; with ``state``, loaded strictly (any missing or extra key raises)."""
+    with torch.device(device):
+        model = OFAModel(cfg)
+    if state is not None:
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"OFA weights do not match the config: missing {result.missing_keys[:20]}, unexpected {result.unexpected_keys[:20]}")
+    return model.eval().requires_grad_(False)
+
+
+def save_converted(out_dir: str | Path, cfg: OFAConfig, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (``{"model": cfg, "meta": meta}``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps({"model": cfg.to_json(), "meta": meta}, indent=2) + "\n")
+    return out
+
+
+def load_converted(model_dir: str | Path) -> tuple[OFAConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Config, weights and meta from a converted directory."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE) if not (model_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir} lacks {', '.join(missing)}; create it with 'clipvip caption convert-ofa <ckpt.pt> {model_dir}'"
+        )
+    data = json.loads((model_dir / CONFIG_FILE).read_text())
+    if "model" not in data:
+        raise ValueError(f"{model_dir / CONFIG_FILE} is not an OFA port config (no 'model' section)")
+    return OFAConfig.from_json(data["model"]), load_file(str(model_dir / WEIGHTS_FILE)), data.get("meta", {})
+
+
+def convert_fairseq_checkpoint(ckpt: str | Path, out_dir: str | Path, bpe_dir: str | Path | None = None) -> Path:
+    """One-time conversion: official ``.pt`` -> ``out_dir`` with safetensors, JSON config and the BPE files.
+
+    The BPE files (``encoder.json``, ``vocab.bpe``, ``dict.txt``) are copied from ``bpe_dir`` when given,
+    so the directory alone is enough for ``load_captioner('ofa:<out_dir>')``.
+    """
+    import shutil
+
+    from caption.ofa.tokenizer import BPE_FILES, find_bpe_files
+
+    cfg, state, meta = read_fairseq_checkpoint(ckpt)
+    files = find_bpe_files(bpe_dir) if bpe_dir is not None else {}
+    meta = {**meta, "source": str(Path(ckpt).resolve()), "source_sha256": sha256_file(ckpt)}
+    out = save_converted(out_dir, cfg, state, meta)
+    for name in BPE_FILES if files else ():
+        shutil.copyfile(files[name], out / name)
+    return out

@@ -1,0 +1,105 @@
+"""A tiny random OFA with tiny BPE files, written like a converted model directory.
+
+``write_tiny_ofa(out_dir, seed)`` produces ``model.safetensors``, ``config.json``, ``encoder.json``,
+``vocab.bpe`` and ``dict.txt``, loadable with ``load_captioner('ofa:<out_dir>')``. The BPE is learnt here
+from a few caption-like sentences, and ``dict.txt`` lists the GPT-2-style ids in a shuffled order so the
+fairseq remap is exercised. Weights are random, nudged so that decoding favours whole words and stops
+on EOS: captions are nonsense but non-empty word sequences, which is what offline tests and the demo
+need from a captioner.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from caption.ofa.checkpoint import build_model, save_converted
+from caption.ofa.config import debug_config
+from caption.ofa.tokenizer import OFATokenizer, bytes_to_unicode
+
+CORPUS = [
+    "a red circle moving to the left on a black background",
+    "a blue square sliding to the right across the screen",
+    "a green triangle moving up in a dark room",
+    "a yellow star moving down slowly",
+    "a man riding a horse on a beach",
+    "a woman holding an umbrella in the rain",
+    "two dogs playing with a ball in the grass",
+    "a plate of food on a wooden table",
+    "a person cooking in a kitchen",
+    "a group of people standing on a street",
+]
+NUM_CODES, NUM_BINS = 16, 10
+
+
+def train_bpe(corpus: list[str], num_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE learnt greedily (most frequent pair, ties by pair order): GPT-2-format vocab and merges."""
+    from tokenizers import pre_tokenizers
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    words = Counter(piece for text in corpus for piece, _ in pre.pre_tokenize_str(text))
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    splits = {w: list(w) for w in words}
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            parts = splits[word]
+            for pair in zip(parts, parts[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        vocab[best[0] + best[1]] = len(vocab)
+        for word, parts in splits.items():
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            splits[word] = merged
+    return vocab, merges
+
+
+def write_bpe_files(out_dir: str | Path, seed: int = 0, num_merges: int = 200) -> Path:
+    """``encoder.json``, ``vocab.bpe`` and a shuffled ``dict.txt`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = train_bpe(CORPUS, num_merges)
+    (out / "encoder.json").write_text(json.dumps(vocab, ensure_ascii=True))
+    (out / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    ids = list(vocab.values())
+    random.Random(seed).shuffle(ids)
+    (out / "dict.txt").write_text("".join(f"{i} {1000 - n}\n" for n, i in enumerate(ids)))
+    return out
+
+
+def write_tiny_ofa(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a loadable tiny OFA model directory (a few MB) and return its path."""
+    out = write_bpe_files(out_dir, seed)
+    tok = OFATokenizer(out, num_codes=NUM_CODES, num_bins=NUM_BINS)
+    cfg = debug_config(len(tok))
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():
+        # Push the decoder's output towards word-initial pieces (" red", " circle") and EOS, so that
+        # random weights still read as a short sequence of words.
+        direction = torch.randn(cfg.embed_dim)
+        direction /= direction.norm()
+        words = [i for i, s in enumerate(tok.dictionary.symbols) if s.isdigit() and tok.bpe.decoder.get(int(s), "").startswith("\u0120") and len(tok.bpe.decoder[int(s)]) > 2]
+        model.embed_tokens.weight[words] += 1.5 * direction
+        model.embed_tokens.weight[tok.eos] += 1.2 * direction
+        model.decoder.layer_norm.bias.copy_(2.0 * direction)
+        # Damp the newest token's own embedding so the next word depends on context, not on repeating it.
+        model.decoder.layernorm_embedding.weight.mul_(0.05)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_converted(out, cfg, state, {"num_codes": NUM_CODES, "num_bins": NUM_BINS, "source": f"write_tiny_ofa(seed={seed})"})
+    return out

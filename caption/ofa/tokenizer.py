@@ -1,0 +1,144 @@
+"""OFA tokenisation: GPT-2 byte-level BPE, then fairseq's dictionary remap, plus OFA's extra symbols.
+
+The files are OFA's ``utils/BPE``: ``encoder.json`` and ``vocab.bpe`` (GPT-2's vocabulary and merges)
+and ``dict.txt`` (fairseq's list of GPT-2 ids, one per line with a count). Token ids the model sees are
+fairseq indices: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, then ``dict.txt`` in order, then
+``<mask>``, ``<code_0..num_codes-1>``, ``<bin_0..num_bins-1>`` (``tasks/ofa_task.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from functools import lru_cache
+from pathlib import Path
+
+BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+CAPTION_PROMPT = " what does the image describe?"
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def strip_punctuation(text: str) -> str:
+    """OFA's caption post-processing: delete every ``string.punctuation`` character, then strip."""
+    return text.translate(_PUNCT).strip()
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (printable Latin-1 maps to itself)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in keep:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def find_bpe_files(directory: str | Path) -> dict[str, Path]:
+    """The three BPE files in ``directory``; raise naming every missing one."""
+    directory = Path(directory)
+    paths = {name: directory / name for name in BPE_FILES}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"OFA tokenizer files missing: {', '.join(missing)}. They are OFA's utils/BPE files "
+            "(encoder.json, vocab.bpe, dict.txt); put them in the model directory or pass bpe_dir=<folder>"
+        )
+    return paths
+
+
+class GPT2BPE:
+    """Byte-level BPE over GPT-2's files; the merge loop runs in ``tokenizers`` (same algorithm as GPT-2)."""
+
+    def __init__(self, encoder_json: str | Path, vocab_bpe: str | Path) -> None:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        self.encoder: dict[str, int] = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        self.decoder = {i: s for s, i in self.encoder.items()}
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").splitlines()
+        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
+        bad = [m for m in merges if len(m) != 2]
+        if bad:
+            raise ValueError(f"{vocab_bpe}: merge lines must hold two symbols, got {bad[0]!r}")
+        self._tok = Tokenizer(models.BPE(vocab=self.encoder, merges=merges))
+        self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode_pieces(self, pieces: list[int | str]) -> str:
+        """GPT-2 ids become their byte strings; non-id symbols (``<unk>``, ``<code_5>``) stay literal."""
+        text = "".join(self.decoder.get(p, str(p)) if isinstance(p, int) else p for p in pieces)
+        data = bytes(self._byte_decoder.get(c, ord("?")) for c in text)
+        return data.decode("utf-8", errors="replace")
+
+
+class FairseqDictionary:
+    """fairseq's ``Dictionary`` as OFA builds it: specials, ``dict.txt`` lines, then the extra symbols."""
+
+    def __init__(self, dict_txt: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> None:
+        self.symbols: list[str] = []
+        self.index: dict[str, int] = {}
+        for s in SPECIALS:
+            self.add(s)
+        for lineno, raw in enumerate(Path(dict_txt).read_text(encoding="utf-8").splitlines(), 1):
+            line = raw.rstrip()
+            if not line:
+                continue
+            word, _, field = line.rpartition(" ")
+            overwrite = field == "#fairseq:overwrite"
+            if overwrite:
+                word, _, field = word.rpartition(" ")
+            if not word or not field.lstrip("-").isdigit():
+                raise ValueError(f"{dict_txt}:{lineno}: expected '<token> <count>', got {raw!r}")
+            if word in self.index and not overwrite:
+                raise ValueError(f"{dict_txt}:{lineno}: duplicate token {word!r}; fairseq refuses this dictionary too")
+            self.add(word)
+        for extra in ["<mask>"] + [f"<code_{i}>" for i in range(num_codes)] + [f"<bin_{i}>" for i in range(num_bins)]:
+            self.add(extra)
+
+    def add(self, symbol: str) -> int:
+        if symbol not in self.index:
+            self.index[symbol] = len(self.symbols)
+            self.symbols.append(symbol)
+        return self.index[symbol]
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+
+class OFATokenizer:
+    """Text <-> OFA token ids, exactly as OFA's ``encode_text`` and caption ``decode_fn`` do."""
+
+    def __init__(self, bpe_dir: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> None:
+        files = find_bpe_files(bpe_dir)
+        self.bpe_dir = Path(bpe_dir)
+        self.bpe = GPT2BPE(files["encoder.json"], files["vocab.bpe"])
+        self.dictionary = FairseqDictionary(files["dict.txt"], num_codes, num_bins)
+        self.bos, self.pad, self.eos, self.unk = (self.dictionary.index[s] for s in SPECIALS)
+
+    def __len__(self) -> int:
+        return len(self.dictionary)
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids -> dictionary indices (``<unk>`` when a GPT-2 id is absent from ``dict.txt``)."""
+        return [self.dictionary.index.get(str(i), self.unk) for i in self.bpe.encode(text)]
+
+    def encode_prompt(self, text: str = CAPTION_PROMPT) -> list[int]:
+        """``[bos] + encode(text) + [eos]``, the caption task's source sequence."""
+        return [self.bos, *self.encode(text), self.eos]
+
+    def decode(self, tokens: list[int]) -> str:
+        """Drop bos/eos/pad, map indices back to GPT-2 ids, and decode the bytes."""
+        pieces: list[int | str] = []
+        for t in tokens:
+            if t in (self.bos, self.eos, self.pad):
+                continue
+            symbol = self.dictionary.symbols[t]
+            pieces.append(int(symbol) if symbol.isdigit() else symbol)
+        return self.bpe.decode_pieces(pieces)

