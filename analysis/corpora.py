@@ -211,8 +211,11 @@ def _read_parquet(path: str, compression: str | None, field: str, name: str) -> 
                 yield _as_text(value, f"corpus {name!r}, {path} column {field!r}")
 
 
-def _wds_samples(path: str, compression: str | None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` per sample; members of one sample are adjacent, as WebDataset writes them."""
+def _wds_samples(path: str, compression: str | None, wanted: set[str]) -> Iterator[tuple[str, dict[str, bytes | None]]]:
+    """``(key, {extension: bytes})`` per sample; members of one sample are adjacent, as WebDataset writes them.
+
+    Only ``wanted`` extensions are read (shards also carry mp4 and jpg bytes); the rest appear as None.
+    """
     key, members = None, {}
     with _open(path, "rb", compression) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for info in tar:
@@ -227,30 +230,31 @@ def _wds_samples(path: str, compression: str | None) -> Iterator[tuple[str, dict
                 if key is not None:
                     yield key, members
                 key, members = prefix, {}
-            members[ext] = tar.extractfile(info).read()
+            members[ext] = tar.extractfile(info).read() if ext in wanted else None
     if key is not None:
         yield key, members
 
 
 def _read_wds(path: str, compression: str | None, field: str, name: str) -> Iterator[str]:
     json_key = field[len("json."):] if field.startswith("json.") else None
-    for key, members in _wds_samples(path, compression):
+    wanted = {"json"} if json_key is not None else {field, f"{field}.txt"}
+    for key, members in _wds_samples(path, compression, wanted):
         where = f"corpus {name!r}, {path} sample {key!r}"
         if json_key is not None:
-            if "json" not in members:
+            if members.get("json") is None:
                 raise CorpusError(f"{where}: no json member (members: {sorted(members)})")
             record = json.loads(members["json"])
             if json_key not in record:
                 raise CorpusError(f"{where}: the json member has no key {json_key!r} (keys: {sorted(record)})")
             yield _as_text(record[json_key], where)
             continue
-        ext = field if field in members else f"{field}.txt"
-        if ext not in members:
+        data = members.get(field) if members.get(field) is not None else members.get(f"{field}.txt")
+        if data is None:
             raise CorpusError(
                 f"{where}: no {field!r} member (members: {sorted(members)}); use {name}=PATH:subtitle, "
                 f"{name}=PATH:caption or {name}=PATH:json.KEY"
             )
-        yield members[ext].decode("utf-8")
+        yield data.decode("utf-8")
 
 
 def _records(path: str, field: str | None, name: str) -> Iterator[str]:

@@ -12,6 +12,7 @@ import numpy as np
 from analysis.plots import nmi_heatmap, projection_scatter
 from analysis.report import NMIReport
 
+TIMING_ORDER = ("read", "load_encoder", "encode", "cluster", "score", "total")
 FILES = {"json": "report.json", "markdown": "report.md", "heatmap": "nmi_matrix.png", "projection": "projection.png"}
 
 
@@ -51,34 +52,39 @@ def report_dict(report: NMIReport) -> dict:
     })
 
 
-def _fmt(mean: float, std: float) -> str:
-    return "-" if math.isnan(mean) else f"{mean:.3f} +- {std:.3f}"
+def _fmt(mean: float, std: float, n_seeds: int = 2) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" if n_seeds < 2 else f"{mean:.3f} +- {std:.3f}"
 
 
 def markdown(report: NMIReport) -> str:
     """A human summary: focus pairs, the full matrix, the joint view and the corpus counts."""
     s = report.settings
     seeds = ", ".join(str(x) for x in s["seeds"])
+    n_seeds = len(s["seeds"])
+    spread_note = ("Values are mean +- std over seeds (each seed draws new samples)." if n_seeds > 1 else
+                   "One seed: no spread; pass --seeds 0 1 2 for mean +- std over new samples.")
     lines = [
         "# NMI domain-gap report", "",
         f"Encoder `{s['encoder']}`, {s['n']} texts per corpus, seeds {seeds}, K-means ({s['kmeans_backend']}, "
         f"{s['kmeans_restarts']} restarts). NMI near 1: the corpora are easy to tell apart (a large domain gap); "
-        "near 0: same domain. Values are mean +- std over seeds.", "",
+        f"near 0: same domain. {spread_note}", "",
     ]
     roles = set(report.roles.values()) - {"other"}
     left, right = ("pretraining", "downstream") if roles else ("corpus A", "corpus B")
     lines += ["## Pairs", "", f"| {left} | {right} | NMI | min | max |", "|---|---|---|---|---|"]
     for a, b in report.focus:
         nmi = report.pair(a, b).nmi
-        lines.append(f"| {a} | {b} | {_fmt(nmi.mean, nmi.std)} | {nmi.min:.3f} | {nmi.max:.3f} |")
+        lines.append(f"| {a} | {b} | {_fmt(nmi.mean, nmi.std, n_seeds)} | {nmi.min:.3f} | {nmi.max:.3f} |")
     names = report.names
     lines += ["", "## Full matrix (k=2 per pair)", "", "| | " + " | ".join(names) + " |",
               "|---" * (len(names) + 1) + "|"]
     for i, a in enumerate(names):
-        cells = [_fmt(report.matrix[i, j], report.matrix_std[i, j]) for j in range(len(names))]
+        cells = [_fmt(report.matrix[i, j], report.matrix_std[i, j], n_seeds) for j in range(len(names))]
         lines.append(f"| **{a}** | " + " | ".join(cells) + " |")
     j = report.joint
-    lines += ["", f"## All corpora together (k={j.k})", "", f"NMI {_fmt(j.nmi.mean, j.nmi.std)}.", "",
+    lines += ["", f"## All corpora together (k={j.k})", "", f"NMI {_fmt(j.nmi.mean, j.nmi.std, n_seeds)}.", "",
               "Cluster-by-corpus counts (first seed):", "",
               "| cluster | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for c, row in enumerate(j.counts):
@@ -90,7 +96,8 @@ def markdown(report: NMIReport) -> str:
                      f"{c['duplicates']} | {c['unique']} |")
     note = "sampled from unique texts" if s["dedupe"] else "kept in the sampling population"
     lines += ["", f"Empty texts are never sampled; duplicates are {note}.", "",
-              "Time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report.timings.items()), ""]
+              "Time (s): " + ", ".join(f"{k} {report.timings[k]:.1f}" for k in TIMING_ORDER if k in report.timings),
+              ""]
     return "\n".join(lines)
 
 
@@ -101,6 +108,7 @@ def write_report(report: NMIReport, out_dir: str | Path) -> dict[str, Path]:
     paths = {key: out / name for key, name in FILES.items()}
     paths["json"].write_text(json.dumps(report_dict(report), indent=2) + "\n")
     paths["markdown"].write_text(markdown(report))
-    nmi_heatmap(report.matrix, report.names, paths["heatmap"], std=report.matrix_std)
+    multi = len(report.settings["seeds"]) > 1
+    nmi_heatmap(report.matrix, report.names, paths["heatmap"], std=report.matrix_std if multi else None)
     projection_scatter(report.projection, report.projection_corpus, report.names, paths["projection"])
     return paths

@@ -14,6 +14,7 @@ B/16, batch 32) is 97 clips/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,18 @@ def make_batch(cfg, batch: int, device: str, ocl: bool) -> dict[str, torch.Tenso
     return out
 
 
+def sdpa_priority(name: str):
+    """Context preferring one SDPA backend ("default" leaves PyTorch's own order)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if name == "default":
+        return contextlib.nullcontext()
+    order = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    return sdpa_kernel([order[name]] + [b for b in order.values() if b != order[name]] + [SDPBackend.MATH],
+                       set_priority=True)
+
+
 def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, float]:
     """Returns (clips/s, TFLOP/s, peak GiB) of the timed steps."""
     device = args.device
@@ -65,7 +78,8 @@ def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, f
 
     def step():
         clamp_logit_scale_(model.logit_scale)
-        loss = fwd(data)
+        with sdpa_priority(args.sdpa):  # the chosen kernel is baked into the compiled graph
+            loss = fwd(data)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -73,7 +87,8 @@ def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, f
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     start = time.perf_counter()
-    for _ in range(args.warmup):
+    first = step().item()  # same seed and weights: eager and compiled must agree here
+    for _ in range(args.warmup - 1):
         step()
     sync()
     warm_s = time.perf_counter() - start
@@ -92,7 +107,7 @@ def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, f
     mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     print(f"  {flavour:5s} batch {batch:3d} {'compiled' if compiled else 'eager':8s} {clips:8.1f} clips/s "
           f"{clips * flops / 1e12:7.1f} TFLOP/s  {elapsed / args.steps * 1e3:7.1f} ms/step  peak {mem:5.1f} GiB  "
-          f"(warm-up {warm_s:.0f} s)", flush=True)
+          f"(warm-up {warm_s:.0f} s, first loss {first:.5f})", flush=True)
     del model, opt, data
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -106,9 +121,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--modes", default="eager,compiled")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps (>= 1; includes compilation)")
     p.add_argument("--attention", default="proxy")
     p.add_argument("--ocl", action="store_true", help="video+subtitle and frame+caption, loss vsc+fc")
+    p.add_argument("--sdpa", default="default", choices=["default", "cudnn", "flash", "efficient"],
+                   help="preferred SDPA backend")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing per layer")
     args = p.parse_args()
     if args.device == "cuda":
@@ -116,7 +133,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
         print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
     print(f"T={FRAMES} text={TEXT_LEN} attention={args.attention} loss={'vsc+fc' if args.ocl else 'vs'} "
-          f"checkpointing={args.checkpointing} bf16-autocast={args.device == 'cuda'}")
+          f"sdpa={args.sdpa} checkpointing={args.checkpointing} bf16-autocast={args.device == 'cuda'}")
     for flavour in args.flavours.split(","):
         results = {mode: run(flavour, args.batch, mode == "compiled", args) for mode in args.modes.split(",")}
         if len(results) == 2:

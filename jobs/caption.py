@@ -49,10 +49,11 @@ def _caption_images(args: argparse.Namespace) -> int:
 
     images = [load_image(p) for p in args.images]
     kwargs = {}
-    if args.batch_size:
-        kwargs["batch_size"] = args.batch_size
-    if args.bpe_dir and args.model.startswith("ofa:"):
-        kwargs["bpe_dir"] = args.bpe_dir
+    if args.model.startswith("ofa:"):
+        if args.batch_size:
+            kwargs["batch_size"] = args.batch_size
+        if args.bpe_dir:
+            kwargs["bpe_dir"] = args.bpe_dir
     settings = DecodeSettings(beam=args.beam, max_new_tokens=args.max_new_tokens)
     captioner = load_captioner(args.model, device=args.device, settings=settings, **kwargs)
     captions = captioner.generate(images)

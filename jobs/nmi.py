@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", action="append", default=[], metavar="NAME=PATH[:FIELD]",
                    help="a corpus with no role (repeatable; same as a positional one)")
     p.add_argument("--n", type=int, help="texts per corpus per seed (default 1000, as in the paper)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds; each draws new samples (default 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds; each draws and encodes new samples, giving mean and spread (default 0; try 0 1 2)")
     p.add_argument("--encoder", help="minilm (offline default) | st:NAME_OR_PATH | clip:PATH_OR_HUB_ID")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--batch-size", type=int)

@@ -303,6 +303,9 @@ class ShardLoader:
         self.state = LoaderState(positions, (logical + 1) % self.num_workers)
         return batch
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.to_dict()
+
 
 def read_sizes(shard_pattern: str) -> dict[str, int]:
     """``sizes.json`` beside the first shard (file name -> samples), or {} when absent."""
@@ -315,3 +318,41 @@ def read_sizes(shard_pattern: str) -> dict[str, int]:
             return json.load(f)
     except FileNotFoundError:
         return {}
+
+
+class HeldOutShards(IterableDataset):
+    """One deterministic pass over held-out shards for retrieval evaluation during training.
+
+    Yields ``{"video": float [B, T, C, S, S], "texts": [[text], ...]}`` with test-time sampling
+    (``linspace(0, n-1, T)``). ``text_field`` picks the query text: a member such as
+    ``caption.txt`` or ``subtitle.txt``, or ``json:<key>`` for a metadata column (e.g. the
+    synthetic clips' clean ``json:caption_gt``). Undecodable samples are skipped and logged.
+    """
+
+    def __init__(self, shards: str, *, text_field: str, num_frames: int, image_size: int, batch_size: int) -> None:
+        self.urls = expand_urls(shards)
+        self.text_field, self.num_frames = text_field, num_frames
+        self.image_size, self.batch_size = image_size, batch_size
+
+    def _text(self, raw: dict[str, Any]) -> str:
+        if self.text_field.startswith("json:"):
+            return str(json.loads(raw["json"])[self.text_field[5:]])
+        return raw[self.text_field].decode("utf-8").strip()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        warn = RateLimitedLog()
+        pending: list[tuple[torch.Tensor, str]] = []
+        for raw in raw_samples(self.urls[wid::nw], lambda e: warn.warn("held-out shard unreadable: %s", e)):
+            try:
+                frames = decode_frames(raw["mp4"], self.num_frames, train=False)
+                pending.append((preprocess(frames, self.image_size), self._text(raw)))
+            except (DecodeError, KeyError, UnicodeDecodeError, ValueError) as exn:
+                warn.warn("skipping held-out sample %r: %s", raw.get("__key__"), exn)
+                continue
+            if len(pending) == self.batch_size:
+                yield {"video": torch.stack([p[0] for p in pending]), "texts": [[p[1]] for p in pending]}
+                pending = []
+        if pending:
+            yield {"video": torch.stack([p[0] for p in pending]), "texts": [[p[1]] for p in pending]}

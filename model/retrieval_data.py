@@ -22,6 +22,7 @@ ActivityNet uses 32 frames, the others 12 (set in the run configs).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from pathlib import Path
@@ -164,3 +165,52 @@ def collate_train(examples: list[dict[str, Any]], tokenizer, max_text_len: int) 
 
 def collate_eval(examples: list[dict[str, Any]]) -> dict[str, Any]:
     return {"video": torch.stack([e["video"] for e in examples]), "texts": [e["texts"] for e in examples]}
+
+
+class FinetuneLoader:
+    """Endless fine-tuning batches for one rank, resumable at a batch boundary.
+
+    Each epoch shuffles the videos with (seed, epoch); every global batch of ``batch_size x world``
+    indices is split by rank (the last partial global batch is dropped so every rank contrasts a
+    full batch). The state is (epoch, global batches consumed in the epoch).
+    """
+
+    def __init__(self, dataset: RetrievalTrainDataset, tokenizer, cfg: RetrievalDataConfig, *, rank: int = 0,
+                 world_size: int = 1, state: dict[str, int] | None = None) -> None:
+        self.dataset, self.tokenizer, self.cfg = dataset, tokenizer, cfg
+        self.rank, self.world_size = rank, world_size
+        self.per_epoch = len(dataset) // (cfg.batch_size * world_size)
+        if self.per_epoch == 0:
+            raise ValueError(f"{len(dataset)} videos cannot fill one global batch of {cfg.batch_size} x {world_size} "
+                             f"ranks; lower batch_size")
+        self.state = dict(state or {"epoch": 0, "batch": 0})
+        self._it = None
+
+    def _epoch_iter(self, epoch: int, start: int):
+        from torch.utils.data import DataLoader
+
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.dataset))
+        gb = self.cfg.batch_size * self.world_size
+        batches = [order[b * gb:(b + 1) * gb][self.rank::self.world_size].tolist()
+                   for b in range(start, self.per_epoch)]
+        self.dataset.set_epoch(epoch)
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                            collate_fn=functools.partial(collate_train, tokenizer=self.tokenizer,
+                                                               max_text_len=self.cfg.max_text_len))
+        return iter(loader)
+
+    def __iter__(self) -> FinetuneLoader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self.state["batch"] >= self.per_epoch:
+            self.state = {"epoch": self.state["epoch"] + 1, "batch": 0}
+            self._it = None
+        if self._it is None:
+            self._it = self._epoch_iter(self.state["epoch"], self.state["batch"])
+        batch = next(self._it)
+        self.state = {"epoch": self.state["epoch"], "batch": self.state["batch"] + 1}
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.state)

@@ -148,7 +148,3 @@ class CaptionStage:
 def caption_off_info() -> str:
     """``caption_info`` when the caption stage is off (recorded so readers know why it is empty)."""
     return json.dumps({"model": "", "note": "caption stage off (caption.model is empty)"})
-
-
-def describe_settings(settings: DecodeSettings) -> dict[str, Any]:
-    return dataclasses.asdict(settings)

@@ -18,7 +18,8 @@ manifest key, which never holds a dot or slash), in manifest order:
     json          metadata: key, path, start, end (seconds in the source), middle_time, src_fps,
                   src_width, src_height, fps, width, height, n_frames (of the mp4), duration,
                   caption ({"model": ..., "settings": ..., ...} or {"model": ""} when off), and
-                  every extra manifest column (e.g. caption_gt, color, shape, direction) verbatim
+                  every extra manifest column (e.g. caption_gt, color, shape, direction) verbatim;
+                  one whose name collides with a field above is stored as ``manifest_<name>``
 
 After the whole run: ``_summary.json`` (counts by status, shards, config) and ``sizes.json``
 (``{"<prefix>-000000.tar": n_samples, ...}``, the WebDataset convention).
@@ -155,8 +156,10 @@ def sample_members(row: dict[str, Any]) -> list[tuple[str, bytes]]:
     clip = json.loads(row["clip"]) if row.get("clip") else {}
     caption_info = json.loads(row["caption_info"]) if row.get("caption_info") else {"model": ""}
     meta = {"key": row["key"], "path": row["path"], **clip,
-            "duration": round(clip["end"] - clip["start"], 6) if clip else None,
-            "caption": caption_info, **json.loads(row.get("extra") or "{}")}
+            "duration": round(clip["end"] - clip["start"], 6) if clip else None, "caption": caption_info}
+    # Manifest columns pass through; one that collides with a pipeline field keeps a prefix.
+    for name, value in json.loads(row.get("extra") or "{}").items():
+        meta[f"manifest_{name}" if name in meta else name] = value
     return [("mp4", bytes(row["mp4"])), ("jpg", bytes(row["jpg"])), ("subtitle.txt", row["text"].encode()),
             ("caption.txt", (row.get("caption") or "").encode()),
             ("json", json.dumps(meta, sort_keys=True).encode())]

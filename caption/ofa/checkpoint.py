@@ -35,6 +35,7 @@ _ALLOWED_GLOBALS = {
     ("builtins", "bytearray"),
     ("builtins", "object"),
     ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),  # how protocol-2 pickles spell bytes (numpy scalars use it)
     ("argparse", "Namespace"),
     ("torch", "Size"),
     ("torch", "device"),
@@ -142,6 +143,7 @@ def build_model(cfg: OFAConfig, state: dict[str, torch.Tensor] | None = None, de
     """An eval-mode ``OFAModel``; with ``state``, loaded strictly (any missing or extra key raises)."""
     with torch.device(device):
         model = OFAModel(cfg)
+    model = model.to(device)  # the bucket buffers are built on CPU
     if state is not None:
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:

@@ -51,7 +51,7 @@ class OFAGenerator:
         enc = model.encode(pixels if self.share_encoder else pixels.repeat_interleave(k, 0), prompt)
         cross_kv = model.cross_kv(enc)
         self_bias, cross_bias = model.decoder.position_biases(t_max, enc.positions)
-        cross_bias = aligned_bias(cross_bias)
+        self_bias, cross_bias = aligned_bias(self_bias), aligned_bias(cross_bias)
         cfg = model.cfg
         caches = [
             (param.new_zeros(n, cfg.heads, t_max, cfg.head_dim), param.new_zeros(n, cfg.heads, t_max, cfg.head_dim))

@@ -8,13 +8,25 @@ Image: BEiT-style 2-D offsets on a ``bucket x bucket`` grid, with index 0 reserv
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
 
 def token_rel_buckets(bucket_size: int, max_position: int = 1024) -> torch.Tensor:
-    """``(max_position, max_position)`` long tensor of text relative-position bucket ids."""
-    rel = torch.arange(max_position)[:, None] - torch.arange(max_position)[None, :]
+    """``(max_position, max_position)`` long CPU tensor of text relative-position bucket ids."""
+    return _token_rel_buckets(bucket_size, max_position).clone()
+
+
+def image_rel_buckets(bucket_size: int) -> torch.Tensor:
+    """``(bucket^2 + 1, bucket^2 + 1)`` long CPU tensor of image relative-position bucket ids."""
+    return _image_rel_buckets(bucket_size).clone()
+
+
+@lru_cache(maxsize=4)
+def _token_rel_buckets(bucket_size: int, max_position: int) -> torch.Tensor:
+    cpu = torch.device("cpu")
+    rel = torch.arange(max_position, device=cpu)[:, None] - torch.arange(max_position, device=cpu)[None, :]
     sign = torch.sign(rel)
     mid = bucket_size // 2
     abs_pos = torch.where((rel < mid) & (rel > -mid), mid - 1, rel.abs())
@@ -23,14 +35,16 @@ def token_rel_buckets(bucket_size: int, max_position: int = 1024) -> torch.Tenso
     return bucket + bucket_size - 1
 
 
-def image_rel_buckets(bucket_size: int) -> torch.Tensor:
-    """``(bucket^2 + 1, bucket^2 + 1)`` long tensor of image relative-position bucket ids."""
+@lru_cache(maxsize=4)
+def _image_rel_buckets(bucket_size: int) -> torch.Tensor:
     num_rel = (2 * bucket_size - 1) ** 2 + 3
-    coords = torch.stack(torch.meshgrid(torch.arange(bucket_size), torch.arange(bucket_size), indexing="ij")).flatten(1)
+    cpu = torch.device("cpu")
+    axis = torch.arange(bucket_size, device=cpu)
+    coords = torch.stack(torch.meshgrid(axis, axis, indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # P, P, 2
     rel = rel + (bucket_size - 1)
     index = rel[:, :, 0] * (2 * bucket_size - 1) + rel[:, :, 1]
-    out = torch.zeros((bucket_size * bucket_size + 1,) * 2, dtype=torch.long)
+    out = torch.zeros((bucket_size * bucket_size + 1,) * 2, dtype=torch.long, device=cpu)
     out[1:, 1:] = index
     out[0, :] = num_rel - 3
     out[:, 0] = num_rel - 2

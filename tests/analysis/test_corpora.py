@@ -67,7 +67,7 @@ def _write_shard(path, start, texts):
     with wds.TarWriter(str(path)) as sink:
         for i, t in enumerate(texts):
             key = f"{start + i:06d}"
-            sink.write({"__key__": key, "subtitle.txt": f"um so {t} you know", "caption.txt": t,
+            sink.write({"__key__": key, "mp4": b"\x00" * 64, "subtitle.txt": f"um so {t} you know", "caption.txt": t,
                         "json": {"key": key, "caption_ofa": t.upper()}})
 
 

@@ -1,0 +1,119 @@
+"""OFA-Caption decoding throughput: encoder shared across beams vs recomputed per beam (fairseq's way).
+
+Random weights at the real shapes, beam 5, at most 16 tokens, default 480 px. Random weights almost
+never emit EOS, so every hypothesis runs the full 16 steps plus the forced EOS: the worst case for
+decoding (a trained model stops earlier). Preprocessing (PIL resize) is not timed: the frames are
+tensors already, as when decoded frames arrive pre-resized from the CPU workers.
+
+    python bench/caption.py --device cpu --sizes debug,tiny --batches 1,4
+    python bench/caption.py --device cuda --sizes base,large --batches 16,64,128 --max-seconds 170
+
+Needs only torch, numpy, pillow and this repository. Prints one row per (size, batch) with images/s
+for both modes and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from caption.ofa.beam import BeamConfig  # noqa: E402
+from caption.ofa.checkpoint import build_model  # noqa: E402
+from caption.ofa.config import FLAVOURS, debug_config, flavour  # noqa: E402
+from caption.ofa.generate import OFAGenerator  # noqa: E402
+
+VOCAB = 59457
+PROMPT = [0, 99, 473, 5, 1, 1, 1, 2]  # bos, 6 prompt pieces, eos: the length of OFA's encoded caption prompt
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(gen: OFAGenerator, pixels: torch.Tensor, iters: int, device: torch.device) -> float:
+    gen.generate(pixels)  # warm-up (kernels, allocator)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        gen.generate(pixels)
+    _sync(device)
+    return pixels.shape[0] * iters / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default="base,large", help=f"comma list of debug,{','.join(FLAVOURS)}")
+    parser.add_argument("--batches", default="16,64,128")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 480 (64 for debug)")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--max-seconds", type=float, default=170.0, help="stop starting new measurements after this")
+    parser.add_argument("--modes", default="shared,per-beam")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    modes = args.modes.split(",")
+    t0 = time.perf_counter()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    print(f"# OFA caption bench on {name}, torch {torch.__version__}, {precision}, beam {args.beam}, 16 tokens")
+    print(f"{'size':>7} {'res':>4} {'batch':>5} " + " ".join(f"{m + ' img/s':>16}" for m in modes) + "  ratio")
+    for size in args.sizes.split(","):
+        if size == "debug":
+            cfg = debug_config(VOCAB)
+        else:
+            cfg = flavour(size)
+        if args.resolution:
+            cfg = dataclasses.replace(cfg, patch_image_size=args.resolution)
+        torch.manual_seed(0)
+        model = build_model(cfg, device=device).to(dtype)
+        if device.type == "cuda":
+            model.encoder.resnet.to(memory_format=torch.channels_last)
+        beam = BeamConfig(beam=args.beam, max_len=16)
+        prompt = torch.tensor(PROMPT)
+        gens = {m: OFAGenerator(model, prompt, beam, share_encoder=(m == "shared")) for m in modes}
+        for batch in map(int, args.batches.split(",")):
+            if time.perf_counter() - t0 > args.max_seconds:
+                print(f"{size:>7} {cfg.patch_image_size:>4} {batch:>5}  skipped: --max-seconds reached")
+                continue
+            pixels = torch.randn(batch, 3, cfg.patch_image_size, cfg.patch_image_size, device=device, dtype=dtype)
+            if device.type == "cuda":
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            rates: dict[str, float | str] = {}
+            for mode, gen in gens.items():
+                try:
+                    rates[mode] = _time(gen, pixels, args.iters, device)
+                except torch.cuda.OutOfMemoryError:
+                    rates[mode] = "OOM"
+                    torch.cuda.empty_cache()
+            cells = " ".join(f"{r:>16.1f}" if isinstance(r, float) else f"{r:>16}" for r in rates.values())
+            vals = list(rates.values())
+            ratio = f"{vals[0] / vals[1]:.2f}x" if len(vals) == 2 and all(isinstance(v, float) for v in vals) else "-"
+            print(f"{size:>7} {cfg.patch_image_size:>4} {batch:>5} {cells}  {ratio}", flush=True)
+        del model, gens
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"# total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""End-to-end curate throughput: the Ray pipeline vs a bare extraction loop on the same cores.
+
+Both do the same per-clip work (``process_clip``: middle frame JPEG + 3 fps 240p H.264 re-encode;
+with captions on, a tiny random BLIP captions each middle frame). The bare loop is a
+``multiprocessing`` pool of one process per core with no Ray, no crash isolation and no shard
+writing; the pipeline is ``pipeline.run.run`` on a local Ray with the same number of CPUs,
+writing real shards. Ray start-up and a short warm-up run are excluded (a cluster is up before a job starts);
+Ray Data's planning for the measured run is included.
+
+Run: ``.venv/bin/python -m bench.curate [--clips-dir runs/bench_clips] [-n 200] [--cpus 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.clips import bench_clips
+from caption.protocol import DecodeSettings
+from pipeline.frames import FrameConfig, process_clip
+
+SETTINGS = DecodeSettings(beam=2, max_new_tokens=8)
+_CAPTIONER = None
+
+
+def _init(model: str) -> None:
+    global _CAPTIONER
+    import torch
+
+    torch.set_num_threads(1)
+    if model:
+        from caption.protocol import load_captioner
+
+        _CAPTIONER = load_captioner(model, device="cpu", settings=SETTINGS)
+
+
+def _work(rows: list[dict]) -> int:
+    import io
+
+    from PIL import Image
+
+    outs = [process_clip(r["path"], None, None, FrameConfig()) for r in rows]
+    if _CAPTIONER is not None:
+        _CAPTIONER.generate([Image.open(io.BytesIO(o.jpg)).convert("RGB") for o in outs])
+    return len(outs)
+
+
+def bare_loop(rows: list[dict], cpus: int, model: str, batch: int) -> float:
+    chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    with mp.get_context("spawn").Pool(cpus, initializer=_init, initargs=(model,)) as pool:
+        pool.map(_work, chunks[:cpus])  # warm-up: imports and model load, like actor start-up
+        t0 = time.perf_counter()
+        done = sum(pool.map(_work, chunks, chunksize=1))
+    return done / (time.perf_counter() - t0)
+
+
+def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int) -> float:
+    from pipeline.manifest import ManifestConfig
+    from pipeline.run import CurateConfig, RayConfig, run
+    from pipeline.stages import CaptionConfig
+    from pipeline.writer import ShardWriterConfig
+
+    out = Path(tempfile.mkdtemp(prefix="bench_curate_"))
+    try:
+        cfg = CurateConfig(manifest=ManifestConfig(path=str(manifest)),
+                           # With an actor holding half a CPU, decode tasks take the rest of the cores.
+                           frames=FrameConfig(batch_size=batch, num_cpus=1.0 - (0.5 / cpus if model else 0.0)),
+                           caption=CaptionConfig(model=model, device="cpu", batch_size=batch, num_cpus=0.5,
+                                                 decode=SETTINGS),
+                           writer=ShardWriterConfig(output_dir=str(out / "shards"), samples_per_shard=50),
+                           ray=RayConfig(num_cpus=cpus), progress_every_s=1e9)
+        # Warm-up on a few clips: Ray workers import and start their decode children, the actor
+        # loads its model (the bare loop gets the same warm-up).
+        warm = out / "warm.jsonl"
+        warm.write_text("".join(manifest.read_text().splitlines(keepends=True)[: 2 * cpus * batch]))
+        run(dataclasses.replace(cfg, manifest=ManifestConfig(path=str(warm)),
+                                writer=dataclasses.replace(cfg.writer, output_dir=str(out / "warm"))))
+        t0 = time.perf_counter()
+        summary = run(cfg)
+        rate = summary["rows"] / (time.perf_counter() - t0)
+        assert summary["counts"] == {"ok": summary["rows"]}, summary["counts"]
+        return rate
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import ray
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clips-dir", default="runs/bench_clips")
+    p.add_argument("-n", type=int, default=200)
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    args = p.parse_args(argv)
+    manifest = bench_clips(args.clips_dir, args.n)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    model_dir = Path(tempfile.mkdtemp(prefix="bench_blip_"))
+    from caption.hf import write_debug_model
+
+    model = f"hf:{write_debug_model(model_dir)}"
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    print(f"{len(rows)} clips, {args.cpus} CPUs; clips/s (higher is better)")
+    for label, spec in (("caption off", ""), ("caption on (tiny BLIP)", model)):
+        bare = bare_loop(rows, args.cpus, spec, args.batch)
+        piped = ray_pipeline(manifest, args.cpus, spec, args.batch)
+        print(f"{label:<24} bare loop {bare:7.1f}   Ray pipeline {piped:7.1f}   pipeline/bare {piped / bare:5.2f}",
+              flush=True)
+    ray.shutdown()
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""``clipvip evaluate``: text-video retrieval of a model on one split, every video and text encoded once.
+
+Reports t2v and v2t R@1/5/10, MdR and MnR, with and without DSL, and writes them as JSON.
+
+Example::
+
+    clipvip evaluate --model runs/finetune_msrvtt_b32/best --dataset msrvtt \\
+        --manifest data/msrvtt/test1ka.jsonl --video-root data/msrvtt/videos --tokenizer openai/clip-vit-base-patch32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jobs.common import offline_defaults, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a model dir (config.json + model.safetensors), or "
+                   "clipvip:<official .pt>")
+    p.add_argument("--tokenizer", required=True, help="CLIP tokenizer dir or hub id")
+    p.add_argument("--dataset", required=True, choices=("msrvtt", "didemo", "activitynet", "lsmdc"))
+    p.add_argument("--manifest", required=True, help="JSONL: clip_name/video + text (module model.retrieval_data)")
+    p.add_argument("--video-root", default="")
+    p.add_argument("--frames", type=int, default=None, help="default 32 for activitynet, else 12")
+    p.add_argument("--max-text-len", type=int, default=None, help="default 70 for activitynet, else 50")
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--out", help="write the metrics JSON here")
+    args = p.parse_args(argv)
+    setup_logging()
+    offline_defaults()
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from model.convert import load_checkpoint, load_official_clipvip
+    from model.evaluate import evaluate_retrieval, format_metrics
+    from model.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
+    from model.tokenizer import load_tokenizer
+
+    anet = args.dataset == "activitynet"
+    frames = args.frames or (32 if anet else 12)
+    text_len = args.max_text_len or (70 if anet else 50)
+    if args.model.startswith("clipvip:"):
+        model, _ = load_official_clipvip(args.model.split(":", 1)[1])
+    else:
+        model = load_checkpoint(args.model)
+    size = args.image_size or model.config.image_size
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    model.to(device)
+    entries = load_manifest(args.manifest, args.dataset, args.video_root)
+    loader = DataLoader(RetrievalEvalDataset(entries, frames, size), batch_size=args.batch_size,
+                        num_workers=args.workers, collate_fn=collate_eval)
+    metrics = evaluate_retrieval(model, loader, load_tokenizer(args.tokenizer), max_text_len=text_len, image_size=size,
+                                 device=device, precision=args.precision)
+    print(format_metrics(metrics))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The shared command line of ``clipvip pretrain`` and ``clipvip finetune``: a named config, an
+optional config file, ``a.b=value`` overrides and ``--resume``. Nothing else, by design."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from jobs import train_configs
+from jobs.common import offline_defaults, setup_logging
+from jobs.config import load
+from model.train import TrainConfig
+
+
+def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> TrainConfig:
+    p = argparse.ArgumentParser(prog=prog, description=f"Named configs: {', '.join(sorted(train_configs.CONFIGS))}. "
+                                "Launch DDP with: torchrun --nproc_per_node N -m jobs.<name> ...")
+    p.add_argument("--config", default=default_config, help="a named run config (jobs/train_configs.py)")
+    p.add_argument("--file", help="TOML/YAML/JSON file whose sections override the named config")
+    p.add_argument("--resume", action="store_true", help="continue from <run_dir>/checkpoints/latest")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. data.shards='s/t-{000000..000099}.tar'")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    offline_defaults()
+    cfg = load(TrainConfig, args.file, args.overrides, base=train_configs.get(args.config))
+    if cfg.task != task:
+        raise SystemExit(f"{prog}: config {args.config!r} is a {cfg.task!r} run; use 'clipvip {cfg.task}'")
+    if args.resume:
+        cfg = dataclasses.replace(cfg, resume=True)
+    logging.getLogger(__name__).info("run dir %s, config %s", cfg.run_dir, args.config)
+    return cfg

@@ -1,0 +1,223 @@
+"""Post-pretraining and retrieval fine-tuning of CLIP-ViP: the config tree and the one train loop.
+
+``run(cfg)`` is the whole run: set up (distributed, tokenizer, model, data, optimizer, resume),
+then :func:`train_loop`, then the final checkpoint, evaluation and loss plot. Launch with
+``torchrun --nproc_per_node N -m jobs.pretrain ...`` for DDP (NCCL on CUDA, gloo on CPU) or as a
+plain process. The contrastive loss all-gathers features, so every rank computes the loss of the
+global batch and DDP's gradient average equals the single-process gradient on the combined batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model import checkpoint as ckpt
+from model.data import ShardDataConfig
+from model.evaluate import autocast_for, format_metrics
+from model.optim import OptimConfig
+from model.retrieval_data import RetrievalDataConfig
+from model.video import preprocess_on_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelSection:
+    flavour: str = "debug"  # model.clip_vip.FLAVOURS
+    init: str = ""  # "" random | "hf:<CLIP dir or hub id>" | "clipvip:<official .pt>" | "ckpt:<model dir>"
+    tokenizer: str = ""  # CLIP tokenizer dir or hub id; "" trains a tiny BPE on the shard texts (debug only)
+    attention: str = "proxy"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvalSection:
+    """Held-out retrieval evaluation during training (shards for pretraining, a manifest otherwise)."""
+
+    every: int = 1000  # steps; 0 disables (the end of training always evaluates when a set is given)
+    at_start: bool = True
+    shards: str = ""  # held-out shards
+    text_field: str = "caption.txt"  # see model.data.HeldOutShards
+    manifest: RetrievalDataConfig = dataclasses.field(default_factory=lambda: RetrievalDataConfig(num_workers=0))
+    select_metric: str = "t2v_r1"  # the validation metric that picks the best checkpoint (fine-tuning)
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+    task: str = "pretrain"  # pretrain (shards, OCL) | finetune (retrieval manifest, loss 'vs')
+    run_dir: str = "runs/debug"
+    seed: int = 42
+    steps: int = 0  # total optimizer steps; 0 derives them from epochs and the data size
+    epochs: float = 1.0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "bf16"  # bf16 autocast on CUDA | fp32
+    loss_terms: tuple[str, ...] = ("vsc", "fc")
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: ShardDataConfig = dataclasses.field(default_factory=ShardDataConfig)
+    finetune: RetrievalDataConfig = dataclasses.field(default_factory=RetrievalDataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    tensorboard: bool = True
+    resume: bool = False
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient of a step is NaN/inf; the optimizer step was not taken."""
+
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: str
+    image_size: int
+
+
+def setup_distributed(device: str) -> Runtime:
+    """Init the process group under torchrun (env RANK/WORLD_SIZE); a single process otherwise."""
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Runtime(rank, world, dev, "fp32", 224)
+
+
+def train_step(model, raw_model, loss_fn, batch: dict[str, Any], optimizer, *, step: int, grad_clip: float,
+               rt: Runtime) -> dict[str, float]:
+    """Forward, backward, clip, finiteness check, optimizer step. Returns the logged scalars."""
+    from model.loss import clamp_logit_scale_
+
+    clamp_logit_scale_(raw_model.logit_scale)  # [0, ln 200] before the forward, as the official pretraining
+    inputs = model_inputs(batch, rt)
+    with autocast_for(rt.device, rt.precision):
+        out = model(**inputs)
+    losses = loss_fn(out, out["logit_scale"])
+    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"step {step}: non-finite {bad} ({ {k: float(losses[k]) for k in bad} }); "
+                             f"optimizer step skipped. Resume from the last checkpoint with a lower lr.")
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    params = [p for p in raw_model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(grad_norm):
+        names = [n for n, p in raw_model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        raise NonFiniteError(f"step {step}: non-finite gradient norm in {len(names)} parameter(s), e.g. {names[:5]}; "
+                             f"optimizer step skipped")
+    optimizer.step()
+    scalars = {k: float(v.detach()) for k, v in losses.items()}
+    scalars.update(grad_norm=float(grad_norm), logit_scale=float(raw_model.logit_scale.detach()))
+    return scalars
+
+
+def model_inputs(batch: dict[str, Any], rt: Runtime) -> dict[str, torch.Tensor]:
+    """The model's forward arguments on the device; uint8 clips are squashed there when shipped raw."""
+    names = ("video", "frames", "subtitle_ids", "subtitle_mask", "caption_ids", "caption_mask")
+    out = {}
+    for k in names:
+        if k not in batch:
+            continue
+        v = batch[k]
+        if isinstance(v, list):  # resize_on_device: uint8 [T,H,W,C] clips or [1,H,W,C] frames
+            v = preprocess_on_device(v, rt.image_size, rt.device)
+            v = v[:, 0] if k == "frames" else v
+        out[k] = v.to(rt.device, non_blocking=True)
+    return out
+
+
+class Every:
+    """``Every(n)(step)`` is true on multiples of n (never when n <= 0)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, step: int) -> bool:
+        return self.n > 0 and step % self.n == 0
+
+
+def train_loop(*, cfg: TrainConfig, rt: Runtime, model, raw_model, loss_fn, optimizer, scheduler, batches,
+               start_step: int, total_steps: int, save, evaluate, run_log) -> list[float]:
+    """Steps ``start_step+1 .. total_steps``; returns the per-step total losses of this invocation."""
+    should_log, should_eval, should_save = Every(cfg.log_every), Every(cfg.eval.every), Every(cfg.checkpoint_every)
+    per_rank = cfg.data.batch_size if cfg.task == "pretrain" else cfg.finetune.batch_size
+    losses, window_start, window_steps, wait = [], time.perf_counter(), 0, 0.0
+    model.train()
+    for step in range(start_step + 1, total_steps + 1):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t0
+        scalars = train_step(model, raw_model, loss_fn, batch, optimizer, step=step, grad_clip=cfg.optim.grad_clip,
+                             rt=rt)
+        scheduler.step()
+        losses.append(scalars["loss"])
+        window_steps += 1
+        if should_log(step) or step == total_steps:
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - window_start
+            scalars.update(lr=scheduler.get_last_lr()[0], clips_per_s_per_gpu=per_rank * window_steps / elapsed,
+                           data_wait_frac=wait / elapsed)
+            run_log.log(step, scalars)
+            if rt.rank == 0:
+                logger.info("step %d/%d loss %.4f grad %.3f %.1f clips/s/gpu", step, total_steps, scalars["loss"],
+                            scalars["grad_norm"], scalars["clips_per_s_per_gpu"])
+            window_start, window_steps, wait = time.perf_counter(), 0, 0.0
+        if should_eval(step) and step != total_steps:
+            evaluate(step)
+        if should_save(step) and step != total_steps:
+            save(step)
+    return losses
+
+
+def gather_objects(obj: Any, rt: Runtime) -> list[Any]:
+    """Every rank's ``obj`` in rank order (just ``[obj]`` without distributed)."""
+    if rt.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def steps_for(cfg: TrainConfig, n_items: int, world_size: int) -> int:
+    """Official step count: ceil(items * epochs / (batch per rank * ranks))."""
+    if cfg.steps > 0:
+        return cfg.steps
+    per_rank = cfg.data.batch_size if cfg.task == "pretrain" else cfg.finetune.batch_size
+    if n_items <= 0:
+        raise ValueError("cannot derive the step count: no sizes.json beside the shards; set steps=<N>")
+    return math.ceil(n_items * cfg.epochs / (per_rank * world_size))
+
+
+def log_metrics(run_log, step: int, metrics: dict[str, float], split: str, rank: int) -> None:
+    run_log.log(step, metrics, kind=split)
+    if rank == 0:
+        logger.info("eval %s at step %d:\n%s", split, step, format_metrics(metrics))
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """The whole run (set-up and wrap-up live in :mod:`model.train_setup`). Returns final metrics and paths."""
+    from model.train_setup import run_training
+
+    return run_training(cfg)
+

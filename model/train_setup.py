@@ -1,0 +1,226 @@
+"""Everything around the train loop: tokenizer, model, data, optimizer, resume, evaluation, saving.
+
+Kept apart from :mod:`model.train` so the loop itself reads top to bottom in one screen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model import checkpoint as ckpt
+from model.train import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
+                         steps_for, train_loop)
+
+logger = logging.getLogger(__name__)
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.world_size > 1:
+        dist.barrier()
+
+
+def shard_texts(pattern: str, limit: int = 20000) -> list[str]:
+    """Subtitles and captions of the shards (for training a debug tokenizer offline)."""
+    from model.data import expand_urls, raw_samples
+
+    texts: list[str] = []
+    for raw in raw_samples(expand_urls(pattern), lambda e: None):
+        texts += [raw[k].decode("utf-8", "replace") for k in ("subtitle.txt", "caption.txt") if k in raw]
+        if len(texts) >= limit:
+            break
+    return texts
+
+
+def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
+    """The configured tokenizer; with none configured, a small BPE learnt from the training texts."""
+    from model.tokenizer import load_tokenizer, train_clip_bpe
+
+    if cfg.model.tokenizer:
+        return load_tokenizer(cfg.model.tokenizer)
+    out = run_dir / "tokenizer"
+    if rt.rank == 0 and not (out / "vocab.json").is_file():
+        logger.warning("model.tokenizer is empty: training a small BPE on the training texts (debug runs only; "
+                       "real runs use the CLIP checkpoint's tokenizer)")
+        if cfg.task == "pretrain":
+            texts = shard_texts(cfg.data.shards)
+        else:
+            from model.retrieval_data import load_manifest
+
+            texts = [t for e in load_manifest(cfg.finetune.manifest, cfg.finetune.dataset, cfg.finetune.video_root)
+                     for t in e.texts]
+        train_clip_bpe(texts, out, num_merges=300)
+    _barrier(rt)
+    return load_tokenizer(str(out))
+
+
+def build_model(cfg: TrainConfig, tokenizer):
+    """Random (flavour), HF CLIP, official CLIP-ViP or our own checkpoint, per ``model.init``."""
+    from model.clip_vip import CLIPViP, get_config
+    from model.convert import from_hf_clip, load_checkpoint, load_official_clipvip
+
+    init, m = cfg.model.init, cfg.model
+    kind, _, where = init.partition(":")
+    if not init:
+        model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
+                                   attention=m.attention))
+    elif kind == "hf":
+        model = from_hf_clip(where, attention=m.attention)
+    elif kind == "clipvip":
+        model, _ = load_official_clipvip(where)
+    elif kind == "ckpt":
+        model = load_checkpoint(where)
+    else:
+        raise ValueError(f"model.init={init!r}: use '', 'hf:<path>', 'clipvip:<file.pt>' or 'ckpt:<model dir>'")
+    if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
+        raise ValueError(f"tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does not fit the model "
+                         f"(eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); set model.tokenizer "
+                         f"to the checkpoint's tokenizer")
+    model.gradient_checkpointing = m.gradient_checkpointing
+    return model
+
+
+def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
+    from torch.utils.data import DataLoader
+
+    if cfg.eval.shards:
+        from model.data import HeldOutShards
+
+        ds = HeldOutShards(cfg.eval.shards, text_field=cfg.eval.text_field, num_frames=cfg.data.num_frames,
+                           image_size=cfg.data.image_size, batch_size=split_cfg.batch_size)
+        return DataLoader(ds, batch_size=None, num_workers=0)
+    from model.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
+
+    entries = load_manifest(split_cfg.manifest, split_cfg.dataset, split_cfg.video_root)
+    ds = RetrievalEvalDataset(entries, split_cfg.num_frames, split_cfg.image_size)
+    return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval)
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    from model.evaluate import evaluate_retrieval
+    from model.loss import OCLLoss
+    from model.optim import build_optimizer, build_scheduler
+    from model.train_log import NullLogger, RunLogger, plot_losses
+
+    if cfg.task not in ("pretrain", "finetune"):
+        raise ValueError(f"task={cfg.task!r}: choose 'pretrain' or 'finetune'")
+    rt = setup_distributed(cfg.device)
+    rt.precision = cfg.precision
+    rt.image_size = cfg.data.image_size if cfg.task == "pretrain" else cfg.finetune.image_size
+    run_dir = Path(cfg.run_dir)
+    if rt.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
+    _barrier(rt)
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer(cfg, rt, run_dir)
+    raw_model = build_model(cfg, tokenizer).to(rt.device)
+    loss_fn = OCLLoss(cfg.loss_terms if cfg.task == "pretrain" else ("vs",))
+
+    if cfg.task == "pretrain":
+        from model.data import read_sizes
+
+        n_items = sum(read_sizes(cfg.data.shards).values())
+    else:
+        from model.retrieval_data import RetrievalTrainDataset, load_manifest
+
+        train_set = RetrievalTrainDataset(load_manifest(cfg.finetune.manifest, cfg.finetune.dataset,
+                                                        cfg.finetune.video_root), cfg.finetune)
+        n_items = len(train_set)
+    total = steps_for(cfg, n_items, rt.world_size)
+    optimizer = build_optimizer(raw_model, cfg.optim)
+    scheduler = build_scheduler(optimizer, total, cfg.optim)
+
+    start_step, loader_state, best = 0, None, {"value": float("-inf"), "step": 0}
+    last = ckpt.latest(run_dir / "checkpoints") if cfg.resume else None
+    if last is not None:
+        state = ckpt.load(last)
+        if len(state["loader"]) != rt.world_size:
+            raise ValueError(f"checkpoint {last} was written by {len(state['loader'])} rank(s); resume with the same "
+                             f"number (now {rt.world_size})")
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step, loader_state, best = state["step"], state["loader"][rt.rank], state["best"]
+        ckpt.set_rng_state(state["rng"][rt.rank])
+        logger.info("resumed from %s at step %d", last, start_step)
+    elif cfg.resume:
+        logger.warning("resume requested but %s holds no checkpoint: starting fresh", run_dir / "checkpoints")
+
+    if cfg.task == "pretrain":
+        from model.data import LoaderState, ShardLoader
+
+        batches = ShardLoader(cfg.data, tokenizer, rank=rt.rank, world_size=rt.world_size,
+                              state=LoaderState.from_dict(loader_state) if loader_state else None,
+                              pin_memory=rt.device.type == "cuda")
+    else:
+        from model.retrieval_data import FinetuneLoader
+
+        batches = FinetuneLoader(train_set, tokenizer, cfg.finetune, rank=rt.rank, world_size=rt.world_size,
+                                 state=loader_state)
+
+    model = torch.compile(raw_model) if cfg.model.compile else raw_model
+    if rt.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    run_log = RunLogger(run_dir, cfg.tensorboard) if rt.rank == 0 else NullLogger()
+    has_eval = bool(cfg.eval.shards or cfg.eval.manifest.manifest)
+    split = "heldout" if cfg.eval.shards else "val"
+    last_metrics: dict[str, float] = {}
+
+    def evaluate(step: int) -> None:
+        nonlocal last_metrics
+        if not has_eval:
+            return
+        if rt.rank == 0:
+            split_cfg = cfg.eval.manifest
+            metrics = evaluate_retrieval(raw_model, _eval_batches(cfg, split_cfg), tokenizer,
+                                         max_text_len=split_cfg.max_text_len, image_size=rt.image_size,
+                                         device=rt.device, precision=rt.precision)
+            log_metrics(run_log, step, metrics, split, rt.rank)
+            last_metrics = metrics
+            value = metrics[cfg.eval.select_metric]
+            if value > best["value"]:
+                from model.convert import save_checkpoint
+
+                best.update(value=value, step=step)
+                save_checkpoint(raw_model, run_dir / "best")
+                (run_dir / "best" / "selection.json").write_text(json.dumps(
+                    {"split": split, "metric": cfg.eval.select_metric, **best}) + "\n")
+        _barrier(rt)
+
+    def save(step: int) -> None:
+        loaders = gather_objects(batches.state_dict(), rt)
+        rngs = gather_objects(ckpt.rng_state(), rt)
+        if rt.rank == 0:
+            ckpt.save(run_dir / "checkpoints", step, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "loader": loaders, "rng": rngs, "best": best,
+                "config": dataclasses.asdict(cfg)}, model_for_export=raw_model, keep=cfg.keep_checkpoints)
+        _barrier(rt)
+
+    if start_step == 0 and cfg.eval.at_start:
+        evaluate(0)
+    try:
+        losses = train_loop(cfg=cfg, rt=rt, model=model, raw_model=raw_model, loss_fn=loss_fn, optimizer=optimizer,
+                            scheduler=scheduler, batches=batches, start_step=start_step, total_steps=total,
+                            save=save, evaluate=evaluate, run_log=run_log)
+    except NonFiniteError:
+        run_log.close()
+        raise
+    if start_step < total:
+        save(total)
+        evaluate(total)
+    result = {"run_dir": str(run_dir), "steps": total, "losses": losses, "metrics": last_metrics, "best": best}
+    if rt.rank == 0:
+        run_log.close()
+        if (run_dir / "metrics.jsonl").is_file():
+            plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+        (run_dir / "final_metrics.json").write_text(json.dumps({"metrics": last_metrics, "best": best}, indent=2) + "\n")
+    return result

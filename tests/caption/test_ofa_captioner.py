@@ -1,0 +1,105 @@
+"""OFA port end to end on CPU: tiny random OFA + tiny BPE through ``load_captioner('ofa:...')`` and the CLI.
+
+Run: .venv/bin/python -m pytest tests/caption/test_ofa_captioner.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from caption.ofa.captioner import OFACaptioner
+from caption.ofa.config import FLAVOURS, flavour
+from caption.ofa.model import OFAModel
+from caption.ofa.tiny import write_tiny_ofa
+from caption.protocol import Captioner, DecodeSettings, load_captioner
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_ofa(tmp_path_factory.mktemp("tiny_ofa"), seed=0)
+
+
+def frames(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 256, (40 + 4 * i, 72, 3), dtype=np.uint8) for i in range(n)]
+
+
+def test_tiny_ofa_captions_end_to_end(tiny_dir):
+    captioner = load_captioner(f"ofa:{tiny_dir}", device="cpu", batch_size=3)
+    assert isinstance(captioner, Captioner)
+    images = [*frames(4), Image.fromarray(frames(1)[0])]
+    captions = captioner.generate(images)
+    assert len(captions) == 5 and all(isinstance(c, str) and c for c in captions)
+    assert not any(ch in string.punctuation for c in captions for ch in c)
+    assert captions == captioner.generate(images)  # deterministic
+    tokens = captioner.generate_tokens(images)
+    assert all(1 <= len(t) - 1 <= 16 and t[-1] == captioner.tokenizer.eos for t in tokens)
+    meta = captioner.describe()
+    assert meta["backend"] == "ofa" and meta["model"] == "ofa-debug" and len(meta["checkpoint_sha256"]) == 64
+    assert meta["decode"]["beam"] == 5 and meta["decode"]["max_new_tokens"] == 16 and meta["decode"]["precision"] == "fp32"
+
+
+def test_shared_encoder_equals_encoder_per_beam(tiny_dir):
+    images = frames(5)
+    shared = OFACaptioner(str(tiny_dir), device="cpu", share_encoder=True)
+    per_beam = OFACaptioner(str(tiny_dir), device="cpu", share_encoder=False)
+    assert shared.generate_tokens(images) == per_beam.generate_tokens(images)
+    pixels = torch.randn(2, 3, 64, 64)
+    a = shared.generator.generate(pixels)
+    b = per_beam.generator.generate(pixels)
+    for ha, hb in zip(a, b):
+        assert [h.tokens for h in ha] == [h.tokens for h in hb]
+        assert np.allclose([h.score for h in ha], [h.score for h in hb], atol=1e-5)
+
+
+def test_decode_settings_are_honoured(tiny_dir):
+    short = OFACaptioner(str(tiny_dir), device="cpu", settings=DecodeSettings(beam=2, max_new_tokens=4))
+    assert all(len(t) <= 5 for t in short.generate_tokens(frames(3)))
+    assert short.describe()["decode"]["beam"] == 2
+
+
+def test_vocabulary_mismatch_is_explained(tiny_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    lines = (broken / "dict.txt").read_text().splitlines()
+    (broken / "dict.txt").write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(ValueError, match="symbols but the model embeds"):
+        OFACaptioner(str(broken), device="cpu")
+    (broken / "vocab.bpe").unlink()
+    with pytest.raises(FileNotFoundError, match="vocab.bpe"):
+        OFACaptioner(str(broken), device="cpu")
+    with pytest.raises(FileNotFoundError, match="neither a converted directory"):
+        load_captioner(f"ofa:{tmp_path / 'missing'}", device="cpu")
+
+
+def test_cli_captions_files_and_reports_corrupt_ones(tiny_dir, tmp_path, capsys):
+    from jobs.caption import main
+
+    paths = []
+    for i, arr in enumerate(frames(2)):
+        paths.append(tmp_path / f"f{i}.png")
+        Image.fromarray(arr).save(paths[-1])
+    out = tmp_path / "caps.jsonl"
+    assert main(["images", "--model", f"ofa:{tiny_dir}", "--device", "cpu", *map(str, paths), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in paths] and all(r["caption"] for r in rows)
+    assert rows[0]["captioner"]["backend"] == "ofa"
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    assert main(["images", "--model", f"ofa:{tiny_dir}", "--device", "cpu", str(bad)]) == 1
+    assert "bad.jpg cannot be decoded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,millions", [("tiny", 33), ("medium", 93), ("base", 180), ("large", 470), ("huge", 930)])
+def test_flavours_match_the_published_sizes(name, millions):
+    with torch.device("meta"):
+        model = OFAModel(flavour(name))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, rel=0.02)
+    assert FLAVOURS[name].resnet_layers == {"tiny": (3, 4, 6), "medium": (3, 4, 23), "base": (3, 4, 23)}.get(name, (3, 8, 36))
