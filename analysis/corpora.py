@@ -179,7 +179,8 @@ def _read_jsonl(path: str, compression: str | None, field: str, name: str) -> It
                 raise CorpusError(f"{where}: not valid JSON ({e.msg})") from e
             if not isinstance(record, dict) or field not in record:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise CorpusError(f"{where}: no field {field!r} (the record has {keys}); name one with {name}=PATH:FIELD")
+                raise CorpusError(
+                    f"{where}: no field {field!r} (the record has {keys}); name one with {name}=PATH:FIELD")
             yield _as_text(record[field], where)
 
 
@@ -204,7 +205,8 @@ def _read_parquet(path: str, compression: str | None, field: str, name: str) -> 
         columns = pf.schema_arrow.names
         if field not in columns:
             raise CorpusError(
-                f"corpus {name!r}: {path} has no column {field!r} (columns: {columns}); name one with {name}=PATH:COLUMN"
+                f"corpus {name!r}: {path} has no column {field!r} (columns: {columns}); "
+                f"name one with {name}=PATH:COLUMN"
             )
         for batch in pf.iter_batches(columns=[field]):
             for value in batch.column(0).to_pylist():
@@ -258,7 +260,10 @@ def _read_wds(path: str, compression: str | None, field: str, name: str) -> Iter
 
 
 def _records(path: str, field: str | None, name: str) -> Iterator[str]:
-    fmt, compression = detect_format(path)
+    try:
+        fmt, compression = detect_format(path)
+    except CorpusError as e:
+        raise CorpusError(f"corpus {name!r}: {e}") from None
     field = field or _DEFAULT_FIELD[fmt]
     if fmt == "txt":
         return _read_txt(path, compression, field, name)

@@ -91,7 +91,6 @@ def embed_texts(encoder: TextEncoder, texts: list[str] | tuple[str, ...], *, bat
         new = dict(zip(todo_keys, vecs))
         if cache is not None:
             cache.put(todo_keys, vecs)
-    logger.info("%s: %d texts, %d encoded, %d from cache", desc, len(texts), len(todo_keys), len(texts) - len(
-        [k for k in keys if k in new]))
+    logger.info("%s: %d texts, %d newly encoded, the rest from cache or repeats", desc, len(texts), len(todo_keys))
     rows = [new[k] if k in new else cache.get(k) for k in keys]  # type: ignore[union-attr]
     return np.stack(rows).astype(np.float32, copy=False)

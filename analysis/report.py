@@ -198,7 +198,7 @@ def run(cfg: NMIConfig) -> NMIReport:
     timings["total"] = time.perf_counter() - t0
     settings = {
         "n": cfg.n, "seeds": list(cfg.seeds), "dedupe": cfg.dedupe, "k_pair": 2, "k_joint": C,
-        "encoder": cfg.encoder.spec, "encoder_cache_id": cache_id, "device": cfg.encoder.device,
+        "encoder": cfg.encoder.spec, "encoder_cache_id": cache_id, "device": cfg.encoder.device, "dtype": cfg.encoder.dtype,
         "batch_size": cfg.encoder.batch_size, "max_length": cfg.encoder.max_length,
         "kmeans_backend": backend, "kmeans_restarts": cfg.cluster.restarts, "kmeans_max_iter": cfg.cluster.max_iter,
         "faiss_threads": cfg.cluster.faiss_threads,

@@ -1,9 +1,10 @@
 """Proxy-guided attention: ours vs. dense masked SDPA vs. the official-style bmm formulation.
 
 Shapes default to ViT-B/16 at T=12: 4 proxies + 12 x 196 patches, 12 heads of 64. Each
-implementation gets the same token-major q, k, v [B, N, H, d] (what the projections produce) and
-returns [B, N, H, d]; forward alone and forward+backward are timed in one run and printed with
-ratios against ours. All three agree numerically (checked before timing).
+implementation gets token-major q, k, v [B, tokens, H, d] in the layout it keeps between layers
+(ours: framed, proxies repeated per frame, see model/attention.py; the others: the official flat
+layout) and returns the same layout; forward alone and forward+backward are timed in one run and
+printed with ratios against ours. All agree numerically with a float64 reference (checked first).
 
     python bench/attention.py                          # CPU, batch 1, fp32
     python bench/attention.py --device cuda --batch 32 # GPU, bf16
@@ -20,7 +21,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model.attention import proxy_block_mask, proxy_guided_attention  # noqa: E402
+from model.attention import proxy_block_mask, proxy_guided_attention, to_flat, to_framed  # noqa: E402
+
+
+def flat_folded(q, k, v, m, t):
+    """Our first version: flat layout, per-frame keys gathered by a concat of proxy and frame keys every layer."""
+    b, n, h, d = q.shape
+    l = (n - m) // t
+    out_p = F.scaled_dot_product_attention(q[:, :m].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    q_f = q[:, m:].reshape(b * t, l, h, d).transpose(1, 2)
+
+    def per_frame(x):
+        both = torch.cat([x[:, None, :m].expand(b, t, m, h, d), x[:, m:].view(b, t, l, h, d)], dim=2)
+        return both.view(b * t, m + l, h, d).transpose(1, 2)
+    out_f = F.scaled_dot_product_attention(q_f, per_frame(k), per_frame(v)).transpose(1, 2).reshape(b, t * l, h, d)
+    return torch.cat([out_p.transpose(1, 2), out_f], dim=1)
 
 
 def dense_masked(q, k, v, m, t):
@@ -48,8 +63,9 @@ def official_bmm(q, k, v, m, t):
     return out.view(b, h, n, d).transpose(1, 2)
 
 
-IMPLS = {"ours (folded SDPA)": proxy_guided_attention, "dense masked SDPA": dense_masked,
-         "official bmm": official_bmm}
+IMPLS = {"ours (framed SDPA)": proxy_guided_attention, "flat + key concat": flat_folded,
+         "dense masked SDPA": dense_masked, "official bmm": official_bmm}
+FRAMED = {"ours (framed SDPA)"}
 BACKENDS = ("cudnn", "flash", "efficient")
 
 
@@ -101,7 +117,8 @@ def main() -> None:
     n = m + t * l
     torch.manual_seed(0)
     q, k, v = (torch.randn(b, n, h, d, device=args.device, dtype=dtype) for _ in range(3))
-    ref = proxy_guided_attention(q.double(), k.double(), v.double(), m, t)
+    # float64 reference: our algorithm, which tests/model/test_attention.py checks against the dense block mask.
+    ref = to_flat(proxy_guided_attention(*(to_framed(x.double(), m, t) for x in (q, k, v)), m, t), m, t)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     print(f"device={args.device} dtype={dtype} B={b} M={m} T={t} L={l} N={n} H={h} d={d} "
           f"threads={torch.get_num_threads()}")
@@ -109,21 +126,25 @@ def main() -> None:
     if args.device == "cuda":  # which fused kernel SDPA picks matters most for the small per-frame problems
         for backend in BACKENDS:
             impls[f"ours [{backend}]"] = with_backend(proxy_guided_attention, backend)
+            FRAMED.add(f"ours [{backend}]")
     rows = []
     for name, fn in impls.items():
+        framed = name in FRAMED
+        qi, ki, vi = (to_framed(x, m, t) for x in (q, k, v)) if framed else (q, k, v)
         try:
-            out = fn(q, k, v, m, t)
+            out = fn(qi, ki, vi, m, t)
+            out = to_flat(out, m, t) if framed else out
         except RuntimeError as e:  # a backend that does not support these shapes on this GPU
             print(f"{name}: unavailable ({str(e).splitlines()[0][:80]})")
             continue
         err = (out.double() - ref).abs().max().item()
         assert err < tol, f"{name} disagrees with the float64 reference by {err}"
-        qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
-        grad = torch.randn_like(out)
+        qg, kg, vg = (x.clone().requires_grad_() for x in (qi, ki, vi))
+        grad = torch.randn_like(qg)
 
-        def fwd(fn=fn):
+        def fwd(fn=fn, qi=qi, ki=ki, vi=vi):
             with torch.no_grad():
-                fn(q, k, v, m, t)
+                fn(qi, ki, vi, m, t)
 
         def fwd_bwd(fn=fn, qg=qg, kg=kg, vg=vg, grad=grad):
             fn(qg, kg, vg, m, t).backward(grad)

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 except torch.cuda.OutOfMemoryError:
                     rates[mode] = "OOM"
                     torch.cuda.empty_cache()
-            cells = " ".join(f"{r:>16.1f}" if isinstance(r, float) else f"{r:>16}" for r in rates.values())
+            cells = " ".join(f"{r:>16.4g}" if isinstance(r, float) else f"{r:>16}" for r in rates.values())
             vals = list(rates.values())
             ratio = f"{vals[0] / vals[1]:.2f}x" if len(vals) == 2 and all(isinstance(v, float) for v in vals) else "-"
             print(f"{size:>7} {cfg.patch_image_size:>4} {batch:>5} {cells}  {ratio}", flush=True)

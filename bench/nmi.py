@@ -47,6 +47,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=NMIConfig().n)
     p.add_argument("--seeds", type=int, nargs="+", default=list(NMIConfig().seeds))
     p.add_argument("--threads", type=int, default=2, help="torch / BLAS threads (the build box has 2 cores)")
+    p.add_argument("--compare-float32", action="store_true",
+                   help="also encode in float32 (cold) and compare encode time and NMI values with the default dtype")
     args = p.parse_args()
     import torch
 
@@ -69,6 +71,10 @@ def main() -> int:
         warm = run(cfg)
         sk = run(dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, backend="sklearn")))
         one = run(dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, restarts=1)))
+        fp32 = None
+        if args.compare_float32:
+            fp32 = run(dataclasses.replace(cfg, cache_dir=f"{tmp}/cache32",
+                                           encoder=dataclasses.replace(cfg.encoder, dtype="float32")))
 
     tm = cold.timings
     print(f"# NMI report: {len(cold.names)} corpora x {args.n} texts, seeds {args.seeds}, "
@@ -93,10 +99,16 @@ def main() -> int:
     print("| pair (k=2) | NMI faiss x10 | NMI sklearn | NMI faiss x1 |\n|---|---|---|---|")
     for a, b in cold.focus:
         f, s, o = (r.pair(a, b).nmi for r in (cold, sk, one))
-        print(f"| {a} / {b} | {f.mean:.3f} +- {f.std:.3f} | {s.mean:.3f} +- {s.std:.3f} | {o.mean:.3f} +- {o.std:.3f} |")
+        cells = " | ".join(f"{v.mean:.3f} +- {v.std:.3f}" for v in (f, s, o))
+        print(f"| {a} / {b} | {cells} |")
     j = cold.joint.nmi
     print(f"| all {cold.joint.k} (k={cold.joint.k}) | {j.mean:.3f} +- {j.std:.3f} | {sk.joint.nmi.mean:.3f} | "
           f"{one.joint.nmi.mean:.3f} |")
+    if fp32 is not None:
+        d = np.abs(_values(fp32) - base)
+        dtype, t32 = cold.settings["encoder_cache_id"].rsplit(":", 1)[-1], fp32.timings["encode"]
+        print(f"\nencoder float32 vs {dtype}: encode {t32:.1f} s vs {tm['encode']:.1f} s ({t32 / tm['encode']:.1f}x); "
+              f"NMI max abs diff {d.max():.3f}, mean {d.mean():.4f}\n")
     return 0
 
 

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     cfg = load(CurateConfig, args.config, overrides)
-    write_resolved(cfg, Path(cfg.writer.output_dir) / "config.json") if "://" not in cfg.writer.output_dir else None
+    if "://" not in cfg.writer.output_dir:  # write_resolved writes local files only
+        write_resolved(cfg, Path(cfg.writer.output_dir) / "config.json")
     if cfg.ray.address and cfg.ray.address.startswith("ray://"):
         import ray
 

@@ -39,9 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", action="append", default=[], metavar="NAME=PATH[:FIELD]",
                    help="a corpus with no role (repeatable; same as a positional one)")
     p.add_argument("--n", type=int, help="texts per corpus per seed (default 1000, as in the paper)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds; each draws and encodes new samples, giving mean and spread (default 0; try 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="seeds; each draws and encodes new samples, giving mean and spread (default 0; try 0 1 2)")
     p.add_argument("--encoder", help="minilm (offline default) | st:NAME_OR_PATH | clip:PATH_OR_HUB_ID")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="encoder precision (auto: bfloat16 where the CPU or GPU has it, else float32)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the encoder's max)")
     p.add_argument("--backend", choices=["auto", "faiss", "sklearn"], help="K-means backend")
@@ -78,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> NMIConfig:
         top["cache_dir"] = None
     if args.no_progress:
         top["progress"] = False
-    enc = {k: v for k, v in (("spec", args.encoder), ("device", args.device), ("batch_size", args.batch_size),
+    enc = {k: v for k, v in (("spec", args.encoder), ("device", args.device), ("dtype", args.dtype), ("batch_size", args.batch_size),
                              ("max_length", args.max_length)) if v is not None}
     clu = {k: v for k, v in (("backend", args.backend), ("restarts", args.restarts)) if v is not None}
     return dataclasses.replace(cfg, **top, encoder=dataclasses.replace(cfg.encoder, **enc),

@@ -1,13 +1,20 @@
 """Self-attention of the CLIP-ViP towers, always through ``scaled_dot_product_attention``.
 
-Shape legend: B batch (videos), T frames, M video proxies, L patches per frame,
-N = M + T*L tokens, H heads, d head dim, D = H*d width.
+Shape legend: B batch (videos), T frames, M video proxies, L patches per frame, H heads, d head
+dim, D = H*d width.
 
-Proxy-guided attention (spec section 2): the M proxy queries attend to all N keys; a patch query
-of frame t attends to the M proxies plus the L patches of frame t. Rather than masking a dense
-N x N score matrix (which costs T times the FLOPs and memory), the frames are folded into the
-batch dimension so each frame runs one small dense SDPA over M + L keys; SDPA then picks its fused
-kernels (flash / memory-efficient on GPU) because no mask is involved.
+Proxy-guided attention (spec section 2): the M proxy queries attend to every token; a patch query
+of frame t attends to the M proxies plus the L patches of frame t. Two token layouts:
+
+- flat ``[p_0..p_M-1, f0 patches, f1 patches, ...]``, N = M + T*L tokens: the official layout, used
+  by the dense references in tests and benchmarks;
+- framed ``[p, f0 patches, p, f1 patches, ...]``, T*(M+L) tokens: the proxies are repeated at the
+  head of every frame. The vision tower keeps its hidden state in this layout (all copies stay
+  equal), so per-frame keys are plain strided views of the QKV projection: no gather or concat of
+  keys per layer, at the price of 2% more token-wise FLOPs (M/(M+L) for B/16).
+
+Neither builds the N x N block mask: frames are folded into the batch, and SDPA runs one small
+dense problem per frame (fused flash / cuDNN kernels on GPU).
 """
 
 from __future__ import annotations
@@ -19,42 +26,67 @@ from torch import nn
 _sdpa = F.scaled_dot_product_attention
 
 
+def to_framed(x: torch.Tensor, num_proxies: int, num_frames: int) -> torch.Tensor:
+    """Flat [B, M + T*L, ...] -> framed [B, T*(M+L), ...] (proxies repeated per frame)."""
+    b, n = x.shape[:2]
+    m, t = num_proxies, num_frames
+    l = (n - m) // t
+    proxies = x[:, None, :m].expand(b, t, m, *x.shape[2:])
+    frames = x[:, m:].reshape(b, t, l, *x.shape[2:])
+    return torch.cat([proxies, frames], dim=2).flatten(1, 2)
+
+
+def to_flat(x: torch.Tensor, num_proxies: int, num_frames: int) -> torch.Tensor:
+    """Framed [B, T*(M+L), ...] -> flat [B, M + T*L, ...], keeping frame 0's proxy copy."""
+    b, n = x.shape[:2]
+    m, t = num_proxies, num_frames
+    framed = x.reshape(b, t, n // t, *x.shape[2:])
+    return torch.cat([framed[:, 0, :m], framed[:, :, m:].flatten(1, 2)], dim=1)
+
+
+def proxy_key_mask(num_proxies: int, num_frames: int, tokens_per_frame: int, device=None) -> torch.Tensor:
+    """Boolean [M, T*(M+L)] for the proxy queries on the framed layout: every key except the repeated proxy copies.
+
+    This is M rows (4), not the N x N mask; it only removes duplicates so each proxy key counts once.
+    """
+    pos = torch.arange(num_frames * tokens_per_frame, device=device)
+    keep = (pos < tokens_per_frame) | (pos % tokens_per_frame >= num_proxies)
+    return keep.expand(num_proxies, -1)
+
+
 def proxy_guided_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_proxies: int,
                            num_frames: int) -> torch.Tensor:
-    """Proxy-guided attention on token-major inputs.
+    """Proxy-guided attention on the framed layout.
 
     Args:
-        q: queries [B, N, H, d], tokens ordered ``[proxies, frame 0 patches, frame 1 patches, ...]``.
+        q: queries [B, T*(M+L), H, d] in the framed layout (see the module docstring).
         k: keys, same layout.
         v: values, same layout.
         num_proxies: M.
-        num_frames: T; N - M must be divisible by it.
+        num_frames: T.
 
     Returns:
-        Attention output [B, N, H, d] in the input token order.
+        [B, T*(M+L), H, d], framed; every frame's proxy slots hold the (same) proxy outputs.
     """
     b, n, h, d = q.shape
     m, t = num_proxies, num_frames
-    l = (n - m) // t
-    assert m + t * l == n, f"{n} tokens do not split into {m} proxies + {t} frames"
-    # Proxy queries: one dense SDPA over every key (transposes are free views; SDPA takes strides).
-    out_p = _sdpa(q[:, :m].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B,H,M,d]
-    # Patch queries: frames become batch entries; keys = the M proxy keys (broadcast, written once
-    # into the concatenation) followed by the frame's own L keys.
-    q_f = q[:, m:].reshape(b * t, l, h, d).transpose(1, 2)  # [BT,H,L,d]
-
-    def per_frame(x: torch.Tensor) -> torch.Tensor:
-        proxies = x[:, None, :m].expand(b, t, m, h, d)  # [B,T,M,H,d] (no copy)
-        frames = x[:, m:].view(b, t, l, h, d)  # [B,T,L,H,d]
-        return torch.cat([proxies, frames], dim=2).view(b * t, m + l, h, d).transpose(1, 2)  # [BT,H,M+L,d]
-
-    out_f = _sdpa(q_f, per_frame(k), per_frame(v))  # [BT,H,L,d]
-    out_f = out_f.transpose(1, 2).reshape(b, t * l, h, d)
-    return torch.cat([out_p.transpose(1, 2), out_f], dim=1)  # [B,N,H,d]
+    s = n // t  # M + L tokens per frame
+    assert s * t == n and s > m, f"{n} tokens do not split into {t} frames of {m} proxies + patches"
+    # Per frame: its M+L queries over its own M+L keys; all are views (strided, last dim contiguous).
+    def frames(x):
+        return x.reshape(b * t, s, h, d).transpose(1, 2)  # [BT,H,M+L,d], a view
+    out_f = _sdpa(frames(q), frames(k), frames(v)).transpose(1, 2).reshape(b, t, s, h, d)
+    # Proxies (frame 0's copy) over all keys, each proxy key counted once.
+    mask = proxy_key_mask(m, t, s, device=q.device)  # [M, T*(M+L)]
+    out_p = _sdpa(q[:, :m].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                  attn_mask=mask if t > 1 else None)  # [B,H,M,d]
+    # The per-frame outputs of the proxy copies are replaced by the true proxy outputs.
+    out_p = out_p.transpose(1, 2)[:, None].expand(b, t, m, h, d)
+    return torch.cat([out_p, out_f[:, :, m:]], dim=2).reshape(b, n, h, d)
 
 
 def proxy_block_mask(num_proxies: int, num_frames: int, patches: int, device=None) -> torch.Tensor:
-    """The dense boolean mask [N, N] (True = may attend) that proxy-guided attention equals.
+    """The dense boolean mask [N, N] (True = may attend) on the flat layout that proxy-guided attention equals.
 
     Used only by tests and benchmarks as the reference; the model never builds it.
     """

@@ -155,8 +155,14 @@ class VisionEmbeddings(nn.Module):
         return F.interpolate(table.transpose(1, 2), size=num_frames, mode="linear",
                              align_corners=False).transpose(1, 2)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, T, C, S, S] -> tokens [B, M + T*L, D]; meanpool: [B*T, 1 + L, D]."""
+    def forward(self, pixels: torch.Tensor, framed: bool = True) -> torch.Tensor:
+        """Tokens of ``pixels`` [B, T, C, S, S].
+
+        Returns:
+            proxy attention (``framed``): [B, T*(M+L), D], the M proxies repeated before every frame's
+            L patches (see ``model.attention``); joint (``framed=False``): the official flat layout
+            [B, M + T*L, D]; meanpool: [B*T, 1 + L, D], plain CLIP tokens per frame.
+        """
         b, t = pixels.shape[:2]
         dtype = self.patch_embedding.weight.dtype
         patches = self.patch_embedding(pixels.flatten(0, 1).to(dtype))  # [BT,D,S/P,S/P]
@@ -166,9 +172,13 @@ class VisionEmbeddings(nn.Module):
             cls = (self.class_embedding + pos[0]).expand(b * t, 1, -1)  # [BT,1,D]
             return torch.cat([cls.to(patches.dtype), patches + pos[1:]], dim=1)
         l, d = patches.shape[1:]
-        patches = patches.view(b, t, l, d) + pos[1:] + self.temporal(t)[0, :, None, :]  # [B,T,L,D]
-        proxies = torch.cat([self.class_embedding[None], self.added_cls]) + pos[0]  # [M,D]
-        return torch.cat([proxies.expand(b, -1, -1).to(patches.dtype), patches.reshape(b, t * l, d)], dim=1)
+        patches = patches.reshape(b, t, l, d) + pos[1:] + self.temporal(t)[0, :, None, :]  # [B,T,L,D]
+        # All proxies take the CLS-slot position embedding and no temporal embedding.
+        proxies = (torch.cat([self.class_embedding[None], self.added_cls]) + pos[0]).to(patches.dtype)  # [M,D]
+        m = proxies.shape[0]
+        if framed:
+            return torch.cat([proxies.expand(b, t, m, d), patches], dim=2).reshape(b, t * (m + l), d)
+        return torch.cat([proxies.expand(b, m, d), patches.reshape(b, t * l, d)], dim=1)
 
 
 class VisionTransformer(nn.Module):
@@ -183,14 +193,14 @@ class VisionTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [B, T, C, S, S] -> pooled [B, D] (proxy 0), or [B*T, D] per frame for meanpool."""
+        """pixels [B, T, C, S, S] -> pooled [B, D] (proxy 0; token 0 in every layout), or [B*T, D] for meanpool."""
         if pixels.dim() != 5:
             raise ValueError(f"pixel_values must be [B, T, 3, H, W], got shape {tuple(pixels.shape)}")
         side = self.cfg.image_size
         if pixels.shape[-2:] != (side, side):
             raise ValueError(f"frames are {tuple(pixels.shape[-2:])} but this model takes {side}x{side}: resize first")
-        x = self.pre_layrnorm(self.embeddings(pixels))
         mode = self.cfg.attention
+        x = self.pre_layrnorm(self.embeddings(pixels, framed=mode == "proxy"))
         if mode == "proxy":
             x = self.encoder(x, "proxy", self.cfg.num_proxies, pixels.shape[1])
         else:  # "joint": dense over all tokens; "meanpool": dense within each frame

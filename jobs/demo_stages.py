@@ -1,0 +1,285 @@
+"""The stages of ``clipvip demo`` (see ``jobs/demo.py``); each calls the library that does the work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("clipvip.demo")
+
+TEST_FORMAT = dict(vary_format=False)  # 224x224, 6 fps, 4 s: 24 frames, one keyframe every 12
+
+
+def weights_notes(cfg) -> list[str]:
+    notes = []
+    if not cfg.clip_model:
+        notes.append("CLIP-ViP starts from a tiny randomly initialised model (no CLIP weights given): every number "
+                     "below measures what that tiny model learns from a few hundred synthetic clips in minutes, "
+                     "not CLIP-ViP's real accuracy. Set clip_model to a CLIP folder or hub id to use real weights.")
+    if not cfg.caption_model:
+        notes.append("Captions come from a tiny randomly initialised OFA (the real architecture, random weights): "
+                     "they are word salad, so the captions-vs-subtitles comparison shows the OCL machinery "
+                     "running, not the gain real OFA captions bring. Set caption_model to 'ofa:<checkpoint>' "
+                     "for real captions.")
+    return notes
+
+
+def _rows(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+
+
+def _retrieval_manifest(rows: list[dict], path: Path) -> Path:
+    """The official one-row-per-video layout that ``model.retrieval_data`` reads."""
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps({"video": r["path"], "text": r["caption_gt"], "key": r["key"]}) + "\n")
+    return path
+
+
+def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
+    from pipeline.synth import synthesize
+
+    data = out / "data"
+    pre = synthesize(data / "pretrain", cfg.n_pretrain, seed=cfg.seed, prefix="pre", span_fraction=0.05,
+                     progress=True)
+    # The downstream-style sets have clean descriptions (like MSR-VTT captions) and one format.
+    n_down = cfg.n_finetune + cfg.n_val + cfg.n_test
+    down = synthesize(data / "downstream", n_down, seed=cfg.seed + 1000, prefix="down", progress=True, **TEST_FORMAT)
+    rows = _rows(down)
+    ft, val, test = rows[:cfg.n_finetune], rows[cfg.n_finetune:cfg.n_finetune + cfg.n_val], rows[-cfg.n_test:]
+    paths = {
+        "pretrain_manifest": pre,
+        "finetune": _retrieval_manifest(ft, data / "finetune.jsonl"),
+        "val": _retrieval_manifest(val, data / "val.jsonl"),
+        "test": _retrieval_manifest(test, data / "test.jsonl"),
+        "test_rows": test,
+    }
+    results["data"] = {"pretrain_clips": cfg.n_pretrain, "finetune_clips": len(ft), "val_clips": len(val),
+                       "test_clips": len(test)}
+    return paths
+
+
+def curate(cfg, out: Path, data: dict, results: dict) -> str:
+    from caption.protocol import DecodeSettings
+    from pipeline.manifest import ManifestConfig
+    from pipeline.run import CurateConfig, RayConfig, run
+    from pipeline.stages import CaptionConfig
+    from pipeline.writer import ShardWriterConfig
+
+    caption_model = cfg.caption_model
+    if not caption_model:
+        from caption.ofa.tiny import write_tiny_ofa
+
+        caption_model = "ofa:" + str(write_tiny_ofa(out / "models" / "ofa_tiny", seed=cfg.seed))
+    shard_dir = out / "shards"
+    per_shard = max(8, -(-cfg.n_pretrain // 8))
+    curate_cfg = CurateConfig(
+        manifest=ManifestConfig(path=str(data["pretrain_manifest"])),
+        caption=CaptionConfig(model=caption_model, batch_size=16, decode=DecodeSettings()),
+        writer=ShardWriterConfig(output_dir=str(shard_dir), prefix="train", samples_per_shard=per_shard),
+        ray=RayConfig(num_cpus=cfg.ray_num_cpus),
+        progress_every_s=5.0,
+    )
+    summary = run(curate_cfg)
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    results["curate"] = {"summary": summary, "caption_model": caption_model}
+    results["commands"].append(f"clipvip curate --set manifest.path={data['pretrain_manifest']} "
+                               f"--set caption.model={caption_model} --set writer.output_dir={shard_dir} "
+                               f"--set writer.prefix=train --set writer.samples_per_shard={per_shard}")
+    return str(shard_dir / "train-*.tar")
+
+
+def _shard_pattern_braced(shards_glob: str) -> str:
+    """``.../train-*.tar`` -> ``.../train-{000000..00000N}.tar`` (the loader takes brace patterns)."""
+    import glob
+
+    files = sorted(glob.glob(shards_glob))
+    if not files:
+        raise RuntimeError(f"curation wrote no shards matching {shards_glob}")
+    stem = files[0][: -len("000000.tar")]
+    return f"{stem}{{000000..{len(files) - 1:06d}}}.tar"
+
+
+def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
+    from analysis.report import NMIConfig, run
+    from analysis.render import write_report
+
+    nmi_cfg = NMIConfig(
+        pretrain=(f"subtitles={shards}:subtitle", f"captions={shards}:caption"),
+        downstream=(f"descriptions={data['test']}:text", f"finetune={data['finetune']}:text"),
+        n=cfg.nmi_n, seeds=(0,), cache_dir=None, out_dir=str(out / "nmi"), project_points=200,
+    )
+    report = run(nmi_cfg)
+    written = write_report(report, nmi_cfg.out_dir)
+    results["nmi"] = {"out_dir": nmi_cfg.out_dir, "files": {k: str(v) for k, v in written.items()},
+                      "markdown": (Path(nmi_cfg.out_dir) / "report.md").read_text()
+                      if (Path(nmi_cfg.out_dir) / "report.md").is_file() else ""}
+    results["commands"].append("clipvip nmi --pretrain " + " --pretrain ".join(nmi_cfg.pretrain) + " --downstream "
+                               + " --downstream ".join(nmi_cfg.downstream) + f" --n {cfg.nmi_n} --out {nmi_cfg.out_dir}")
+
+
+def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
+    """The CLIP checkpoint's tokenizer, or a small CLIP-format BPE learnt from the demo's own text."""
+    if cfg.clip_model:
+        return cfg.clip_model
+    from model.tokenizer import train_clip_bpe
+
+    texts = [r["text"] for r in _rows(data["pretrain_manifest"])]
+    for name in ("finetune", "val"):
+        texts += [r["text"] for r in _rows(data[name])]
+    import glob
+    import tarfile
+
+    for shard in sorted(glob.glob(shards)):
+        with tarfile.open(shard) as tar:
+            texts += [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".caption.txt")]
+    return str(train_clip_bpe(texts, out / "models" / "tokenizer", num_merges=300))
+
+
+def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms):
+    from jobs.train_configs import debug
+    from model.train import EvalSection
+
+    base = debug()
+    init = f"hf:{cfg.clip_model}" if cfg.clip_model else ""
+    return dataclasses.replace(
+        base, run_dir=str(out / "runs" / name), steps=cfg.pretrain_steps, seed=cfg.seed, loss_terms=tuple(terms),
+        model=dataclasses.replace(base.model, flavour=cfg.flavour, init=init, tokenizer=tokenizer_dir,
+                                  attention=attention),
+        data=dataclasses.replace(base.data, shards=_shard_pattern_braced(shards), batch_size=cfg.batch_size,
+                                 num_workers=cfg.num_workers, num_frames=cfg.num_frames, image_size=cfg.image_size,
+                                 shuffle_buffer=64),
+        optim=dataclasses.replace(base.optim, lr=cfg.lr),
+        eval=EvalSection(every=0, at_start=False), checkpoint_every=10**9, log_every=5, tensorboard=False,
+    )
+
+
+def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
+    """One post-pretraining run per variant; returns variant -> exported model folder."""
+    from jobs.demo import VARIANTS
+    from model.train import run as train
+
+    runs, losses = {}, {}
+    for i, name in enumerate(cfg.variants, 1):
+        attention, terms, _ = VARIANTS[name]
+        print(f"--- pretrain {i}/{len(cfg.variants)}: {name} ({attention} attention, loss {'+'.join(terms)}, "
+              f"{cfg.pretrain_steps} steps)", flush=True)
+        run_cfg = _train_config(cfg, out, name, shards, tokenizer_dir, attention, terms)
+        result = train(run_cfg)
+        runs[name] = str(_final_model_dir(result["run_dir"]))
+        losses[name] = [float(x) for x in result["losses"]]
+        results["commands"].append(
+            f"clipvip pretrain --config debug --set run_dir={run_cfg.run_dir} --set steps={run_cfg.steps} "
+            f"--set data.shards='{run_cfg.data.shards}' --set model.attention={attention} "
+            f"--set loss_terms='[{', '.join(terms)}]' --set model.tokenizer={tokenizer_dir}")
+    results["pretrain"] = {"runs": runs, "losses": losses}
+    return runs
+
+
+def _final_model_dir(run_dir: str) -> Path:
+    from model import checkpoint as ckpt
+
+    last = ckpt.latest(Path(run_dir) / "checkpoints")
+    if last is None:
+        raise RuntimeError(f"training run {run_dir} saved no checkpoint")
+    return last / "model"
+
+
+@torch.no_grad()
+def _encode(model, tok, videos: torch.Tensor, texts: list[str], max_len: int, batch: int = 32):
+    from model.tokenizer import tokenize
+
+    model.eval()
+    v = torch.cat([model.encode_video(videos[i:i + batch]) for i in range(0, len(videos), batch)])
+    enc = tokenize(tok, texts, max_len)
+    t = torch.cat([model.encode_text(enc["input_ids"][i:i + batch], enc["attention_mask"][i:i + batch])
+                   for i in range(0, len(texts), batch)])
+    return t.float().numpy(), v.float().numpy()
+
+
+def _test_videos(cfg, data: dict) -> tuple[torch.Tensor, list[str]]:
+    """Decode the held-out clips once (deterministic uniform frames) for every model."""
+    from model.video import decode_video_file, preprocess
+
+    rows = data["test_rows"]
+    videos = torch.stack([preprocess(decode_video_file(r["path"], cfg.num_frames, train=False), cfg.image_size)
+                          for r in rows])
+    return videos, [r["caption_gt"] for r in rows]
+
+
+def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, texts: list[str]) -> dict[str, Any]:
+    """Retrieval (plain and DSL) on the test clips, and the direction probe on them and their reversals."""
+    from model.convert import load_checkpoint
+    from model.direction import build_pairs, score_pairs
+    from model.metrics import evaluate_all
+    from model.tokenizer import load_tokenizer
+
+    model = load_checkpoint(model_dir)
+    tok = load_tokenizer(tokenizer_dir)
+    max_len = 32
+    text_feats, video_feats = _encode(model, tok, videos, texts, max_len)
+    metrics = evaluate_all(text_feats, video_feats)
+    pair_videos, pair_texts = build_pairs(videos, texts)
+    pt, pv = _encode(model, tok, pair_videos, pair_texts, max_len)
+    direction = score_pairs(pv, pt)
+    np.savez(Path(model_dir).parent / "test_features.npz", text=text_feats, video=video_feats,
+             pair_text=pt, pair_video=pv)
+    return {"retrieval": metrics, "direction": dataclasses.asdict(direction),
+            "features": str(Path(model_dir).parent / "test_features.npz")}
+
+
+def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
+    videos, texts = _test_videos(cfg, data)
+    data["test_videos"], data["test_texts"] = videos, texts
+    results["evaluation"] = {name: score_model(cfg, d, tokenizer_dir, videos, texts) for name, d in runs.items()}
+    results["chance"] = {"r1": 100.0 / len(texts), "r5": 100.0 * min(5, len(texts)) / len(texts),
+                         "medr": (len(texts) + 1) / 2, "pair_accuracy": 0.5}
+
+
+def finetune(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
+    """Fine-tune the main variant on the downstream-style set; the checkpoint is picked on val, never test."""
+    from model.retrieval_data import RetrievalDataConfig
+    from model.train import EvalSection
+    from model.train import run as train
+
+    name = "proxy_ocl" if "proxy_ocl" in runs else next(iter(runs))
+    from jobs.train_configs import debug
+
+    base = debug()
+    split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,
+                 batch_size=cfg.batch_size)
+    run_cfg = dataclasses.replace(
+        base, task="finetune", run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
+        seed=cfg.seed,
+        model=dataclasses.replace(base.model, init=f"ckpt:{runs[name]}", tokenizer=tokenizer_dir),
+        finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),
+        optim=dataclasses.replace(base.optim, lr=cfg.lr / 2),
+        eval=EvalSection(every=max(1, cfg.finetune_steps // 3), at_start=True, select_metric="t2v_r1",
+                         manifest=RetrievalDataConfig(manifest=str(data["val"]), num_workers=0, **split)),
+        checkpoint_every=10**9, log_every=5, tensorboard=False,
+    )
+    result = train(run_cfg)
+    best_dir = Path(result["run_dir"]) / "best"
+    results["finetune"] = {"from": name, "selection": json.loads((best_dir / "selection.json").read_text()),
+                           "losses": [float(x) for x in result["losses"]],
+                           "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"],
+                                                     data["test_texts"])}
+    results["commands"].append(
+        f"clipvip finetune --config debug --set task=finetune --set run_dir={run_cfg.run_dir} "
+        f"--set model.init=ckpt:{runs[name]} --set finetune.manifest={data['finetune']} "
+        f"--set eval.manifest.manifest={data['val']} --set steps={cfg.finetune_steps}")
+
+
+def write_report(cfg, out: Path, results: dict) -> Path:
+    from jobs.demo_report import write
+
+    return write(cfg, out, results)
