@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from analysis.kmeans import ClusterConfig  # noqa: E402
 from analysis.render import write_report  # noqa: E402
 from analysis.report import NMIConfig, NMIReport, run  # noqa: E402
 

@@ -115,8 +115,8 @@ def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
 
     nmi_cfg = NMIConfig(
         pretrain=(f"subtitles={shards}:subtitle", f"captions={shards}:caption"),
-        downstream=(f"descriptions={data['test']}:text", f"finetune={data['finetune']}:text"),
-        n=cfg.nmi_n, seeds=(0,), cache_dir=None, out_dir=str(out / "nmi"), project_points=200,
+        downstream=(f"descriptions={data['finetune']}:text",),
+        n=min(cfg.nmi_n, cfg.n_finetune, cfg.n_pretrain), seeds=(0,), cache_dir=None, out_dir=str(out / "nmi"), project_points=200,
     )
     report = run(nmi_cfg)
     written = write_report(report, nmi_cfg.out_dir)
@@ -124,7 +124,7 @@ def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
                       "markdown": (Path(nmi_cfg.out_dir) / "report.md").read_text()
                       if (Path(nmi_cfg.out_dir) / "report.md").is_file() else ""}
     results["commands"].append("clipvip nmi --pretrain " + " --pretrain ".join(nmi_cfg.pretrain) + " --downstream "
-                               + " --downstream ".join(nmi_cfg.downstream) + f" --n {cfg.nmi_n} --out {nmi_cfg.out_dir}")
+                               + " --downstream ".join(nmi_cfg.downstream) + f" --n {nmi_cfg.n} --out {nmi_cfg.out_dir}")
 
 
 def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
@@ -163,6 +163,24 @@ def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, at
     )
 
 
+def train_command(job: str, run_cfg) -> str:
+    """The exact ``clipvip pretrain|finetune`` line for ``run_cfg``: the debug config plus every changed field."""
+    import shlex
+
+    from jobs.config import to_dict
+    from jobs.train_configs import debug
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    base, new = flat(to_dict(debug())), flat(to_dict(run_cfg))
+    changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in new.items() if base.get(k) != v]
+    return f"clipvip {job} --config debug " + " ".join(shlex.quote(c) for c in changed)
+
+
 def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
     """One post-pretraining run per variant; returns variant -> exported model folder."""
     from jobs.demo import VARIANTS
@@ -177,10 +195,7 @@ def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dic
         result = train(run_cfg)
         runs[name] = str(_final_model_dir(result["run_dir"]))
         losses[name] = [float(x) for x in result["losses"]]
-        results["commands"].append(
-            f"clipvip pretrain --config debug --set run_dir={run_cfg.run_dir} --set steps={run_cfg.steps} "
-            f"--set data.shards='{run_cfg.data.shards}' --set model.attention={attention} "
-            f"--set loss_terms='[{', '.join(terms)}]' --set model.tokenizer={tokenizer_dir}")
+        results["commands"].append(train_command("pretrain", run_cfg))
     results["pretrain"] = {"runs": runs, "losses": losses}
     return runs
 
@@ -273,10 +288,7 @@ def finetune(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dic
                            "losses": [float(x) for x in result["losses"]],
                            "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"],
                                                      data["test_texts"])}
-    results["commands"].append(
-        f"clipvip finetune --config debug --set task=finetune --set run_dir={run_cfg.run_dir} "
-        f"--set model.init=ckpt:{runs[name]} --set finetune.manifest={data['finetune']} "
-        f"--set eval.manifest.manifest={data['val']} --set steps={cfg.finetune_steps}")
+    results["commands"].append(train_command("finetune", run_cfg))
 
 
 def write_report(cfg, out: Path, results: dict) -> Path:

@@ -21,10 +21,12 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
     p.add_argument("--resume", action="store_true", help="continue from <run_dir>/checkpoints/latest")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("overrides", nargs="*", help="section.field=value, e.g. data.shards='s/t-{000000..000099}.tar'")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override, as for the other clipvip commands (same as a positional one)")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     offline_defaults()
-    cfg = load(TrainConfig, args.file, args.overrides, base=train_configs.get(args.config))
+    cfg = load(TrainConfig, args.file, args.overrides + args.set, base=train_configs.get(args.config))
     if cfg.task != task:
         raise SystemExit(f"{prog}: config {args.config!r} is a {cfg.task!r} run; use 'clipvip {cfg.task}'")
     if args.resume:

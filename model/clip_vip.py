@@ -6,6 +6,11 @@ frame, M video proxies, N tokens, D tower width, E joint embedding width, K text
 Module and parameter names follow HF ``transformers`` CLIP (``vision_model.pre_layrnorm`` included)
 so HF CLIP and official CLIP-ViP state dicts map 1:1; only ``vision_model.embeddings.added_cls``
 and ``vision_model.embeddings.temporal_embedding`` are new (spec sections 1 and 4).
+
+With proxy-guided attention the vision tower keeps its tokens in the "framed" layout of
+``model.attention`` (the M proxies repeated before each frame's patches, copies kept equal), which
+is mathematically the official model (tests check it against the dense block-masked tower, values
+and gradients) but needs no per-layer key gathering. Token 0 is proxy 0 in every layout.
 """
 
 from __future__ import annotations
@@ -273,7 +278,10 @@ class CLIPViP(nn.Module):
         self.text_model.encoder.gradient_checkpointing = bool(on)
 
     def encode_video(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Video features [B, E] from ``pixel_values`` [B, T, 3, S, S] (CLIP-normalised pixels)."""
+        """Video features [B, E] from ``pixel_values`` [B, T, 3, S, S] (CLIP-normalised pixels).
+
+        For the mean-pool baseline ``normalize=False`` returns the mean of the normalised frame features.
+        """
         b, t = pixel_values.shape[:2]
         pooled = self.vision_model(pixel_values)
         feats = self.visual_projection(pooled)
@@ -306,12 +314,12 @@ class CLIPViP(nn.Module):
             out["frame_features"] = self.encode_frames(frames)
         if subtitle_ids is not None and caption_ids is not None and subtitle_ids.shape == caption_ids.shape:
             # One text pass over both sets keeps the GEMMs twice as large.
-            ids = torch.cat([subtitle_ids, caption_ids])
-            masks = None if subtitle_mask is None or caption_mask is None else torch.cat([subtitle_mask, caption_mask])
-            both = self.encode_text(ids, masks)
-            out["subtitle_features"], out["caption_features"] = both.split(subtitle_ids.shape[0])
             if (subtitle_mask is None) != (caption_mask is None):
                 raise ValueError("give both subtitle_mask and caption_mask, or neither")
+            ids = torch.cat([subtitle_ids, caption_ids])
+            masks = None if subtitle_mask is None else torch.cat([subtitle_mask, caption_mask])
+            both = self.encode_text(ids, masks)
+            out["subtitle_features"], out["caption_features"] = both.split(subtitle_ids.shape[0])
         else:
             if subtitle_ids is not None:
                 out["subtitle_features"] = self.encode_text(subtitle_ids, subtitle_mask)

@@ -36,6 +36,9 @@ class ModelSection:
     init: str = ""  # "" random | "hf:<CLIP dir or hub id>" | "clipvip:<official .pt>" | "ckpt:<model dir>"
     tokenizer: str = ""  # CLIP tokenizer dir or hub id; "" trains a tiny BPE on the shard texts (debug only)
     attention: str = "proxy"
+    # Random-init only: None keeps the spec's 4.60; models trained from scratch (the demo) may start
+    # at CLIP's from-scratch value ln(1/0.07) = 2.66, since 4.60 assumes already-aligned features.
+    logit_scale_init: float | None = None
     gradient_checkpointing: bool = False
     compile: bool = False
 

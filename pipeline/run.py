@@ -113,8 +113,11 @@ def apply_stage(ds: Any, stage: Stage) -> Any:
     """Add ``stage`` to a Ray dataset: a task for functions, an actor pool for classes."""
     common = dict(batch_size=stage.batch_size, batch_format="pandas", num_cpus=stage.num_cpus)
     if isinstance(stage.fn, type):
+        # Ray Data fuses a task stage into the next actor stage when their remote args are equal (a
+        # CPU-only run), and the decode tasks would then run only inside the few captioner actors.
+        # An explicit max_restarts (Ray Data's own default for actor pools) keeps them apart.
         return ds.map_batches(stage.fn, fn_constructor_kwargs=stage.kwargs, num_gpus=stage.num_gpus,
-                              concurrency=stage.concurrency, **common)
+                              concurrency=stage.concurrency, max_restarts=-1, **common)
     return ds.map_batches(stage.fn, fn_kwargs=stage.kwargs, **common)
 
 

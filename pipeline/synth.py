@@ -156,10 +156,19 @@ def encode_h264(frames: np.ndarray, path: str | Path, fps: int, gop: int, crf: i
             container.mux(packet)
 
 
-def sample_specs(n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bool = True) -> Iterator[ClipSpec]:
-    """``n`` clip specs, deterministic in ``seed``; colour, shape and direction cycle evenly."""
+def sample_specs(n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bool = True,
+                 colors: tuple[str, ...] | None = None, shapes: tuple[str, ...] | None = None) -> Iterator[ClipSpec]:
+    """``n`` clip specs, deterministic in ``seed``; colour, shape and direction cycle evenly.
+
+    ``colors``/``shapes`` restrict the palette: with fewer combinations a training batch holds more
+    clips that differ only in direction, the negatives that teach motion.
+    """
     rng = random.Random(seed)
-    combos = [(c, s, d) for c in COLORS for s in SHAPES for d in DIRECTIONS]
+    for name, chosen, known in (("colour", colors, COLORS), ("shape", shapes, SHAPES)):
+        bad = sorted(set(chosen or ()) - set(known))
+        if bad:
+            raise ValueError(f"unknown {name}(s) {bad}; choose from {sorted(known)}")
+    combos = [(c, s, d) for c in (colors or COLORS) for s in (shapes or SHAPES) for d in DIRECTIONS]
     rng.shuffle(combos)
     for i in range(n):
         color, shape, direction = combos[i % len(combos)]
@@ -181,7 +190,8 @@ def write_clip(spec: ClipSpec, out_dir: Path, rng: random.Random) -> dict:
 
 
 def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bool = True,
-               span_fraction: float = 0.0, manifest_name: str = "manifest.jsonl", progress: bool = False) -> Path:
+               span_fraction: float = 0.0, manifest_name: str = "manifest.jsonl", progress: bool = False,
+               colors: tuple[str, ...] | None = None, shapes: tuple[str, ...] | None = None) -> Path:
     """Write ``n`` clips and ``manifest.jsonl`` into ``out_dir``; return the manifest path.
 
     ``span_fraction`` of the rows instead point at a span (``start``/``end`` seconds) of a longer
@@ -191,7 +201,7 @@ def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, prefix: str = "cli
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed + 17)
     rows = []
-    specs = list(sample_specs(n, seed, prefix=prefix, vary_format=vary_format))
+    specs = list(sample_specs(n, seed, prefix=prefix, vary_format=vary_format, colors=colors, shapes=shapes))
     iterator = specs
     if progress:
         from tqdm import tqdm

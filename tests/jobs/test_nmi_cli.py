@@ -39,8 +39,10 @@ def test_cli_writes_every_report_file(corpora, tmp_path, capsys):
                   "--pretrain", f"ofa={corpora}/shard-*.tar:caption",
                   "--downstream", f"caps={corpora}/caps.jsonl",
                   "--n", "30", "--seeds", "0", "1", "--restarts", "3", "--cache-dir", str(tmp_path / "cache"),
-                  "--out", str(out), "--no-progress"])
+                  "--set", "cluster.max_iter=30", "--out", str(out), "--no-progress"])
     assert rc == 0
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["cluster"] == {"backend": "auto", "restarts": 3, "max_iter": 30, "faiss_threads": 1}
     for name in ("report.json", "report.md", "nmi_matrix.png", "projection.png", "config.json"):
         assert (out / name).stat().st_size > 0, name
     for png in ("nmi_matrix.png", "projection.png"):

@@ -86,6 +86,19 @@ def test_video_tower_equals_dense_block_masked_tower(b, t):
                                rtol=1e-12, atol=1e-12)
 
 
+def test_video_tower_gradients_equal_dense_block_masked_tower():
+    # The framed layout repeats the proxies per frame; the chain rule must still sum to the exact gradient.
+    model, pixels = _model(), _pixels(2, 3, seed=5)
+    weights = torch.randn(2, 32, dtype=torch.float64)
+    grads = []
+    for encode in (model.encode_video, lambda x: _dense_masked_video_features(model, x)):
+        model.zero_grad()
+        (encode(pixels) * weights).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.vision_model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_single_frame_is_full_attention_over_four_class_tokens_and_patches():
     proxy, joint = _model(), _model(attention="joint")
     joint.load_state_dict(proxy.state_dict())

@@ -1,0 +1,68 @@
+"""``clipvip demo --small``: every stage runs and the report holds every section, with numbers that
+come from the run (one is recomputed here from the saved embeddings).
+
+Run alone: ``.venv/bin/python -m pytest tests/jobs/test_demo.py -q`` (about two minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jobs import demo
+from model.direction import build_pairs, flip_direction, score_pairs
+from model.metrics import evaluate_all
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert demo.main(["--small", "--out", str(out)]) == 0
+    return out
+
+
+def test_report_has_every_section_and_picture(demo_run):
+    report = (demo_run / "report" / "report.md").read_text()
+    for heading in ("## What the numbers mean", "## Data", "## Curation", "## Domain gap (NMI, k=2)",
+                    "## Retrieval on the held-out test clips", "## Fine-tuning", "## Loss curves", "## Time",
+                    "## Commands"):
+        assert heading in report, heading
+    for name in demo.VARIANTS:
+        assert f"| {name} |" in report
+    assert "| chance |" in report
+    for pic in ("loss_curves.png", "nmi_matrix.png"):
+        assert (demo_run / "report" / pic).stat().st_size > 1000
+    assert "tiny randomly initialised" in report  # no weights given: the report says so
+    commands = (demo_run / "report" / "commands.txt").read_text().splitlines()
+    assert sum(c.startswith("clipvip pretrain") for c in commands) == len(demo.VARIANTS)
+
+
+def test_numbers_come_from_the_saved_embeddings(demo_run):
+    results = json.loads((demo_run / "report" / "results.json").read_text())
+    for name, ev in results["evaluation"].items():
+        feats = np.load(ev["features"])
+        recomputed = evaluate_all(feats["text"], feats["video"])
+        assert recomputed["t2v_r1"] == pytest.approx(ev["retrieval"]["t2v_r1"])
+        assert recomputed["dsl_t2v_r1"] == pytest.approx(ev["retrieval"]["dsl_t2v_r1"])
+        direction = score_pairs(feats["pair_video"], feats["pair_text"])
+        assert direction.pair_accuracy == pytest.approx(ev["direction"]["pair_accuracy"])
+    assert results["curate"]["summary"]["counts"]["ok"] == results["data"]["pretrain_clips"]
+    assert results["finetune"]["selection"]["split"] == "val"
+
+
+def test_mean_pooling_scores_chance_on_direction_by_construction(demo_run):
+    results = json.loads((demo_run / "report" / "results.json").read_text())
+    assert results["evaluation"]["meanpool_ocl"]["direction"]["pair_accuracy"] == 0.5
+    from model.convert import load_checkpoint
+
+    model = load_checkpoint(results["pretrain"]["runs"]["meanpool_ocl"]).eval()
+    videos = torch.randn(3, 12, 3, 32, 32)
+    pair_videos, texts = build_pairs(videos, ["a red circle moving left", "a blue square moving up",
+                                              "a cyan triangle moving right"])
+    assert texts[3:] == [flip_direction(t) for t in texts[:3]]
+    with torch.no_grad():
+        feats = model.encode_video(pair_videos)
+    torch.testing.assert_close(feats[:3], feats[3:], atol=1e-5, rtol=0)
