@@ -40,7 +40,11 @@ class DemoConfig:
 
     out_dir: str = "demo_out"
     seed: int = 0
-    n_pretrain: int = 240  # curated into shards
+    n_pretrain: int = 720  # curated into shards
+    # A smaller palette than the synthesiser's full one: each training batch then holds clips that
+    # differ only in motion direction, the negatives that make direction worth learning.
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    shapes: tuple[str, ...] = ("circle", "square")
     n_finetune: int = 96  # downstream-style training clips (clean descriptions)
     n_val: int = 32  # downstream-style validation clips: fine-tune checkpoint selection
     n_test: int = 48  # held-out test clips: every table
@@ -49,10 +53,14 @@ class DemoConfig:
     flavour: str = "debug"
     clip_model: str = ""  # "" tiny random CLIP-ViP | HF CLIP dir or hub id
     caption_model: str = ""  # "" tiny random OFA | "ofa:<ckpt>" | "hf:<model>"
-    pretrain_steps: int = 160
+    pretrain_steps: int = 300
     finetune_steps: int = 60
-    batch_size: int = 16
+    batch_size: int = 32
     lr: float = 2e-3  # random-init tiny models; a real CLIP wants ~5e-6 (the paper's)
+    # Tiny models trained from scratch start at CLIP's from-scratch temperature; CLIP weights keep 4.60.
+    logit_scale_init: float = 2.66
+    temporal_init_std: float = 0.1  # from-scratch models only; CLIP weights keep the official zeros
+    short_side: int = 64  # training copies in the shards; 240 (HD-VILA-like) with a real 224 px CLIP
     variants: tuple[str, ...] = ("proxy_ocl", "proxy_subtitles", "joint_ocl", "meanpool_ocl")
     nmi_n: int = 200  # sentences per corpus in the NMI report
     ray_num_cpus: int = 2
@@ -153,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_io.load(DemoConfig, args.config, args.set, base=base)
     if args.out:
         cfg = dataclasses.replace(cfg, out_dir=args.out)
+    if cfg.clip_model and cfg.flavour == "debug":
+        # Real CLIP weights: real input size and the paper's post-pretraining learning rate.
+        cfg = dataclasses.replace(cfg, flavour="B/32", image_size=224, short_side=240, lr=5e-6)
+        print("note: clip_model given: 224 px frames, 240 px training copies, lr 5e-6 (override with --set)")
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")

@@ -46,11 +46,13 @@ def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
     from pipeline.synth import synthesize
 
     data = out / "data"
+    palette = dict(colors=tuple(cfg.colors), shapes=tuple(cfg.shapes))
     pre = synthesize(data / "pretrain", cfg.n_pretrain, seed=cfg.seed, prefix="pre", span_fraction=0.05,
-                     progress=True)
+                     progress=True, **palette)
     # The downstream-style sets have clean descriptions (like MSR-VTT captions) and one format.
     n_down = cfg.n_finetune + cfg.n_val + cfg.n_test
-    down = synthesize(data / "downstream", n_down, seed=cfg.seed + 1000, prefix="down", progress=True, **TEST_FORMAT)
+    down = synthesize(data / "downstream", n_down, seed=cfg.seed + 1000, prefix="down", progress=True,
+                      **TEST_FORMAT, **palette)
     rows = _rows(down)
     ft, val, test = rows[:cfg.n_finetune], rows[cfg.n_finetune:cfg.n_finetune + cfg.n_val], rows[-cfg.n_test:]
     paths = {
@@ -67,6 +69,7 @@ def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
 
 def curate(cfg, out: Path, data: dict, results: dict) -> str:
     from caption.protocol import DecodeSettings
+    from pipeline.frames import FrameConfig
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
     from pipeline.stages import CaptionConfig
@@ -81,6 +84,7 @@ def curate(cfg, out: Path, data: dict, results: dict) -> str:
     per_shard = max(8, -(-cfg.n_pretrain // 8))
     curate_cfg = CurateConfig(
         manifest=ManifestConfig(path=str(data["pretrain_manifest"])),
+        frames=FrameConfig(short_side=cfg.short_side),
         caption=CaptionConfig(model=caption_model, batch_size=16, decode=DecodeSettings()),
         writer=ShardWriterConfig(output_dir=str(shard_dir), prefix="train", samples_per_shard=per_shard),
         ray=RayConfig(num_cpus=cfg.ray_num_cpus),
@@ -94,7 +98,8 @@ def curate(cfg, out: Path, data: dict, results: dict) -> str:
     results["curate"] = {"summary": summary, "caption_model": caption_model}
     results["commands"].append(f"clipvip curate --set manifest.path={data['pretrain_manifest']} "
                                f"--set caption.model={caption_model} --set writer.output_dir={shard_dir} "
-                               f"--set writer.prefix=train --set writer.samples_per_shard={per_shard}")
+                               f"--set writer.prefix=train --set writer.samples_per_shard={per_shard} "
+                               f"--set frames.short_side={cfg.short_side}")
     return str(shard_dir / "train-*.tar")
 
 
@@ -154,7 +159,9 @@ def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, at
     return dataclasses.replace(
         base, run_dir=str(out / "runs" / name), steps=cfg.pretrain_steps, seed=cfg.seed, loss_terms=tuple(terms),
         model=dataclasses.replace(base.model, flavour=cfg.flavour, init=init, tokenizer=tokenizer_dir,
-                                  attention=attention),
+                                  attention=attention,
+                                  logit_scale_init=None if cfg.clip_model else cfg.logit_scale_init,
+                                  temporal_init_std=0.0 if cfg.clip_model else cfg.temporal_init_std),
         data=dataclasses.replace(base.data, shards=_shard_pattern_braced(shards), batch_size=cfg.batch_size,
                                  num_workers=cfg.num_workers, num_frames=cfg.num_frames, image_size=cfg.image_size,
                                  shuffle_buffer=64),

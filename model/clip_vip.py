@@ -49,6 +49,10 @@ class CLIPViPConfig:
     temporal_size: int = 12
     attention: str = "proxy"  # "proxy" | "joint" | "meanpool"
     logit_scale_init: float = 4.60
+    # The official init is zeros, right for CLIP weights (frames start exactly as CLIP sees them). A
+    # model trained from scratch sits at a saddle there: with no temporal signal the video tower is
+    # blind to frame order and order gets almost no gradient, so such runs may start at N(0, std).
+    temporal_init_std: float = 0.0
     eot_token_id: int = 49407
     hidden_act: str = "quick_gelu"  # or "gelu" (some non-OpenAI CLIPs)
     layer_norm_eps: float = 1e-5
@@ -149,7 +153,7 @@ class VisionEmbeddings(nn.Module):
         self.position_embedding = nn.Embedding(cfg.num_patches + 1, d)
         if not self.meanpool:  # the CLIP4Clip baseline is plain CLIP: no new parameters
             self.added_cls = nn.Parameter(torch.randn(cfg.num_proxies - 1, d))  # N(0,1), as the official code
-            self.temporal_embedding = nn.Parameter(torch.zeros(1, cfg.temporal_size, d))
+            self.temporal_embedding = nn.Parameter(torch.randn(1, cfg.temporal_size, d) * cfg.temporal_init_std)
 
     def temporal(self, num_frames: int) -> torch.Tensor:
         """The temporal table resampled to ``num_frames`` entries: [1, T, D]."""

@@ -39,6 +39,7 @@ class ModelSection:
     # Random-init only: None keeps the spec's 4.60; models trained from scratch (the demo) may start
     # at CLIP's from-scratch value ln(1/0.07) = 2.66, since 4.60 assumes already-aligned features.
     logit_scale_init: float | None = None
+    temporal_init_std: float = 0.0  # random-init only: see CLIPViPConfig.temporal_init_std
     gradient_checkpointing: bool = False
     compile: bool = False
 

@@ -68,7 +68,9 @@ def build_model(cfg: TrainConfig, tokenizer):
     init, m = cfg.model.init, cfg.model
     kind, _, where = init.partition(":")
     if not init:
-        extra = {} if m.logit_scale_init is None else {"logit_scale_init": m.logit_scale_init}
+        extra = {"temporal_init_std": m.temporal_init_std}
+        if m.logit_scale_init is not None:
+            extra["logit_scale_init"] = m.logit_scale_init
         model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
                                    attention=m.attention, **extra))
     elif kind == "hf":
