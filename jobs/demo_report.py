@@ -31,15 +31,14 @@ def retrieval_table(results: dict[str, Any]) -> str:
 
 
 def finetune_table(results: dict[str, Any]) -> str:
-    ft = results["finetune"]
-    before = results["evaluation"][ft["from"]]
-    after = ft["evaluation"]
-    head = "| | t2v R@1 | R@5 | MdR | t2v R@1 (DSL) | v2t R@1 | direction pair acc |\n|---|---|---|---|---|---|---|\n"
+    head = ("| model | stage | t2v R@1 | R@5 | MdR | t2v R@1 (DSL) | v2t R@1 | direction pair acc |\n"
+            "|---|---|---|---|---|---|---|---|\n")
     lines = []
-    for label, ev in ((f"{ft['from']} after post-pretraining", before), ("after fine-tuning", after)):
-        m = ev["retrieval"]
-        lines.append(f"| {label} | {_fmt(m['t2v_r1'])} | {_fmt(m['t2v_r5'])} | {_fmt(m['t2v_medr'])} | "
-                     f"{_fmt(m['dsl_t2v_r1'])} | {_fmt(m['v2t_r1'])} | {_fmt(ev['direction']['pair_accuracy'], 3)} |")
+    for name, ft in results["finetune"].items():
+        for label, ev in (("post-pretrained", results["evaluation"][name]), ("fine-tuned", ft["evaluation"])):
+            m = ev["retrieval"]
+            lines.append(f"| {name} | {label} | {_fmt(m['t2v_r1'])} | {_fmt(m['t2v_r5'])} | {_fmt(m['t2v_medr'])} | "
+                         f"{_fmt(m['dsl_t2v_r1'])} | {_fmt(m['v2t_r1'])} | {_fmt(ev['direction']['pair_accuracy'], 3)} |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -55,9 +54,10 @@ def plot_losses(results: dict[str, Any], out_png: Path) -> Path:
     axes[0].set_title("post-pretraining loss (summed CE terms)")
     axes[0].set_xlabel("step")
     axes[0].legend()
-    ft = results.get("finetune", {}).get("losses", [])
-    axes[1].plot(range(1, len(ft) + 1), ft, color="k")
-    axes[1].set_title(f"fine-tuning loss (L(V-S)) from {results.get('finetune', {}).get('from', '')}")
+    for name, ft in results.get("finetune", {}).items():
+        axes[1].plot(range(1, len(ft["losses"]) + 1), ft["losses"], label=name)
+    axes[1].set_title("fine-tuning loss (L(V-S))")
+    axes[1].legend()
     axes[1].set_xlabel("step")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -126,9 +126,10 @@ def write(cfg, out: Path, results: dict[str, Any]) -> Path:
         "only in the direction word; a model that ignores frame order scores 0.5 by construction.", "",
         retrieval_table(results),
         "## Fine-tuning", "",
-        f"From `{results['finetune']['from']}`, with L(V-S) on the fine-tuning clips; checkpoint chosen at step "
-        f"{results['finetune']['selection'].get('step')} by {results['finetune']['selection'].get('metric')} on "
-        "the validation split, never on test.", "",
+        "Each variant continues with L(V-S) on the fine-tuning clips' clean descriptions; its checkpoint is "
+        "chosen by t2v R@1 on the validation split (steps: "
+        + ", ".join(f"{n} {ft['selection'].get('step')}" for n, ft in results["finetune"].items())
+        + "), never on test.", "",
         finetune_table(results),
         "## Loss curves", "", f"![loss curves]({loss_png.name})", "",
         "## Time", "", "| stage | seconds |", "|---|---|",

@@ -268,34 +268,37 @@ def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, 
 
 
 def finetune(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
-    """Fine-tune the main variant on the downstream-style set; the checkpoint is picked on val, never test."""
+    """Fine-tune each of ``cfg.finetune_variants`` on the downstream-style clips (clean descriptions,
+    L(V-S)); each checkpoint is picked on the validation split, never on test, then scored on test."""
+    from jobs.train_configs import debug
     from model.retrieval_data import RetrievalDataConfig
     from model.train import EvalSection
     from model.train import run as train
 
-    name = "proxy_ocl" if "proxy_ocl" in runs else next(iter(runs))
-    from jobs.train_configs import debug
-
     base = debug()
     split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,
                  batch_size=cfg.batch_size)
-    run_cfg = dataclasses.replace(
-        base, task="finetune", run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
-        seed=cfg.seed,
-        model=dataclasses.replace(base.model, init=f"ckpt:{runs[name]}", tokenizer=tokenizer_dir),
-        finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),
-        optim=dataclasses.replace(base.optim, lr=cfg.lr / 2),
-        eval=EvalSection(every=max(1, cfg.finetune_steps // 3), at_start=True, select_metric="t2v_r1",
-                         manifest=RetrievalDataConfig(manifest=str(data["val"]), num_workers=0, **split)),
-        checkpoint_every=10**9, log_every=5, tensorboard=False,
-    )
-    result = train(run_cfg)
-    best_dir = Path(result["run_dir"]) / "best"
-    results["finetune"] = {"from": name, "selection": json.loads((best_dir / "selection.json").read_text()),
-                           "losses": [float(x) for x in result["losses"]],
-                           "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"],
-                                                     data["test_texts"])}
-    results["commands"].append(train_command("finetune", run_cfg))
+    results["finetune"] = {}
+    for name in [v for v in cfg.finetune_variants if v in runs]:
+        print(f"--- fine-tune {name} ({cfg.finetune_steps} steps, selection on val)", flush=True)
+        run_cfg = dataclasses.replace(
+            base, task="finetune", run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
+            seed=cfg.seed,
+            model=dataclasses.replace(base.model, init=f"ckpt:{runs[name]}", tokenizer=tokenizer_dir),
+            finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),
+            optim=dataclasses.replace(base.optim, lr=cfg.finetune_lr),
+            eval=EvalSection(every=max(1, cfg.finetune_steps // 3), at_start=True, select_metric="t2v_r1",
+                             manifest=RetrievalDataConfig(manifest=str(data["val"]), num_workers=0, **split)),
+            checkpoint_every=10**9, log_every=5, tensorboard=False,
+        )
+        result = train(run_cfg)
+        best_dir = Path(result["run_dir"]) / "best"
+        results["finetune"][name] = {
+            "selection": json.loads((best_dir / "selection.json").read_text()),
+            "losses": [float(x) for x in result["losses"]],
+            "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"], data["test_texts"]),
+        }
+        results["commands"].append(train_command("finetune", run_cfg))
 
 
 def write_report(cfg, out: Path, results: dict) -> Path:

@@ -50,7 +50,9 @@ def test_numbers_come_from_the_saved_embeddings(demo_run):
         direction = score_pairs(feats["pair_video"], feats["pair_text"])
         assert direction.pair_accuracy == pytest.approx(ev["direction"]["pair_accuracy"])
     assert results["curate"]["summary"]["counts"]["ok"] == results["data"]["pretrain_clips"]
-    assert results["finetune"]["selection"]["split"] == "val"
+    assert set(results["finetune"]) == set(demo.DemoConfig().finetune_variants)
+    for ft in results["finetune"].values():
+        assert ft["selection"]["split"] == "val"
 
 
 def test_mean_pooling_scores_chance_on_direction_by_construction(demo_run):

@@ -51,3 +51,13 @@ def test_symmetric_frame_count():
     assert n >= 30
     idx = np.linspace(0, n - 1, 12)
     assert np.allclose(idx, idx.round())
+
+
+def test_palette_restriction_and_unknown_names():
+    import pytest
+
+    specs = list(synth.sample_specs(40, seed=1, colors=("red", "blue"), shapes=("circle",)))
+    assert {s.color for s in specs} == {"red", "blue"} and {s.shape for s in specs} == {"circle"}
+    assert {s.direction for s in specs} == set(synth.DIRECTIONS)
+    with pytest.raises(ValueError, match="unknown colour"):
+        next(synth.sample_specs(1, colors=("mauve",)))
