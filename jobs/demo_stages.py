@@ -137,16 +137,11 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
     if cfg.clip_model:
         return cfg.clip_model
     from model.tokenizer import train_clip_bpe
+    from model.train_setup import shard_texts
 
-    texts = [r["text"] for r in _rows(data["pretrain_manifest"])]
+    texts = shard_texts(_shard_pattern_braced(shards))  # subtitles and captions
     for name in ("finetune", "val"):
         texts += [r["text"] for r in _rows(data[name])]
-    import glob
-    import tarfile
-
-    for shard in sorted(glob.glob(shards)):
-        with tarfile.open(shard) as tar:
-            texts += [tar.extractfile(m).read().decode() for m in tar if m.name.endswith(".caption.txt")]
     return str(train_clip_bpe(texts, out / "models" / "tokenizer", num_merges=300))
 
 

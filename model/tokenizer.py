@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import regex
 
@@ -21,7 +21,7 @@ _WORD_RE = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable-character table."""
+    """GPT-2/CLIP's reversible byte -> printable-character table (printable Latin-1 maps to itself)."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
         range(ord("\xae"), ord("\xff") + 1))
     chars = keep[:]
@@ -38,6 +38,39 @@ def _words(text: str) -> list[str]:
     return _WORD_RE.findall(" ".join(text.lower().split()))
 
 
+def learn_bpe_merges(word_counts: Mapping[tuple[str, ...], int], num_merges: int,
+                     min_count: int = 1) -> list[tuple[str, str]]:
+    """Greedy byte-pair encoding over pre-split words: repeatedly merge the most frequent adjacent pair
+    (ties broken by the smallest pair, so the result is deterministic) until ``num_merges`` merges or no
+    pair occurs ``min_count`` times. Shared by the CLIP tokenizer here and the tiny OFA tokenizer."""
+    words = dict(word_counts)
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        for word, c in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += c
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < min_count:
+            break
+        merges.append(best)
+        merged: dict[tuple[str, ...], int] = {}
+        for word, cnt in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + cnt
+        words = merged
+    return merges
+
+
 def train_clip_bpe(texts: Iterable[str], out_dir: str | Path, num_merges: int = 400, min_pair_count: int = 2) -> Path:
     """Learn up to ``num_merges`` BPE merges from ``texts``; write a CLIP tokenizer to ``out_dir``.
 
@@ -52,31 +85,7 @@ def train_clip_bpe(texts: Iterable[str], out_dir: str | Path, num_merges: int = 
             counts[tuple(chars)] += 1
     if not counts:
         raise ValueError("train_clip_bpe needs at least one non-empty text")
-    merges: list[tuple[str, str]] = []
-    words = dict(counts)
-    for _ in range(num_merges):
-        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
-        for word, c in words.items():
-            for a, b in zip(word, word[1:]):
-                pairs[(a, b)] += c
-        if not pairs:
-            break
-        (a, b), c = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
-        if c < min_pair_count:
-            break
-        merges.append((a, b))
-        merged = {}
-        for word, cnt in words.items():
-            out, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            merged[tuple(out)] = merged.get(tuple(out), 0) + cnt
-        words = merged
+    merges = learn_bpe_merges(counts, num_merges, min_count=min_pair_count)
     base = list(byte_map.values())
     vocab_list = base + [t + "</w>" for t in base] + ["".join(m) for m in merges] + [BOS, EOS]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}

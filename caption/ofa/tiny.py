@@ -20,6 +20,7 @@ import torch
 from caption.ofa.checkpoint import build_model, save_converted
 from caption.ofa.config import debug_config
 from caption.ofa.tokenizer import OFATokenizer, bytes_to_unicode
+from model.tokenizer import learn_bpe_merges
 
 CORPUS = [
     "a red circle moving to the left on a black background",
@@ -42,30 +43,10 @@ def train_bpe(corpus: list[str], num_merges: int) -> tuple[dict[str, int], list[
 
     pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     words = Counter(piece for text in corpus for piece, _ in pre.pre_tokenize_str(text))
+    merges = learn_bpe_merges({tuple(w): c for w, c in words.items()}, num_merges)
     vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
-    splits = {w: list(w) for w in words}
-    merges: list[tuple[str, str]] = []
-    for _ in range(num_merges):
-        pairs: Counter[tuple[str, str]] = Counter()
-        for word, count in words.items():
-            parts = splits[word]
-            for pair in zip(parts, parts[1:]):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        vocab[best[0] + best[1]] = len(vocab)
-        for word, parts in splits.items():
-            merged, i = [], 0
-            while i < len(parts):
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            splits[word] = merged
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
     return vocab, merges
 
 

@@ -13,6 +13,8 @@ import string
 from functools import lru_cache
 from pathlib import Path
 
+from model.tokenizer import bytes_to_unicode as _byte_table
+
 BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 CAPTION_PROMPT = " what does the image describe?"
@@ -26,16 +28,8 @@ def strip_punctuation(text: str) -> str:
 
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (printable Latin-1 maps to itself)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in keep:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
+    """GPT-2's reversible byte -> printable character table (one table for CLIP and OFA, cached)."""
+    return _byte_table()
 
 
 def find_bpe_files(directory: str | Path) -> dict[str, Path]:
