@@ -100,18 +100,8 @@ def curate(cfg, out: Path, data: dict, results: dict) -> str:
                                f"--set caption.model={caption_model} --set writer.output_dir={shard_dir} "
                                f"--set writer.prefix=train --set writer.samples_per_shard={per_shard} "
                                f"--set frames.short_side={cfg.short_side}")
-    return str(shard_dir / "train-*.tar")
-
-
-def _shard_pattern_braced(shards_glob: str) -> str:
-    """``.../train-*.tar`` -> ``.../train-{000000..00000N}.tar`` (the loader takes brace patterns)."""
-    import glob
-
-    files = sorted(glob.glob(shards_glob))
-    if not files:
-        raise RuntimeError(f"curation wrote no shards matching {shards_glob}")
-    stem = files[0][: -len("000000.tar")]
-    return f"{stem}{{000000..{len(files) - 1:06d}}}.tar"
+    # The brace pattern every reader takes (the loader, the NMI corpora, the tokenizer texts).
+    return str(shard_dir / f"train-{{000000..{summary['shards'] - 1:06d}}}.tar")
 
 
 def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
@@ -139,7 +129,7 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
     from model.tokenizer import train_clip_bpe
     from model.train_setup import shard_texts
 
-    texts = shard_texts(_shard_pattern_braced(shards))  # subtitles and captions
+    texts = shard_texts(shards)  # subtitles and captions
     for name in ("finetune", "val"):
         texts += [r["text"] for r in _rows(data[name])]
     return str(train_clip_bpe(texts, out / "models" / "tokenizer", num_merges=300))
@@ -157,7 +147,7 @@ def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, at
                                   attention=attention,
                                   logit_scale_init=None if cfg.clip_model else cfg.logit_scale_init,
                                   temporal_init_std=0.0 if cfg.clip_model else cfg.temporal_init_std),
-        data=dataclasses.replace(base.data, shards=_shard_pattern_braced(shards), batch_size=cfg.batch_size,
+        data=dataclasses.replace(base.data, shards=shards, batch_size=cfg.batch_size,
                                  num_workers=cfg.num_workers, num_frames=cfg.num_frames, image_size=cfg.image_size,
                                  shuffle_buffer=64),
         optim=dataclasses.replace(base.optim, lr=cfg.lr),
@@ -242,11 +232,10 @@ def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, t
 
     model = load_checkpoint(model_dir)
     tok = load_tokenizer(tokenizer_dir)
-    max_len = 32
-    text_feats, video_feats = _encode(model, tok, videos, texts, max_len)
+    # The pair set is the test clips followed by their reversals: its first half is the plain test set.
+    pt, pv = _encode(model, tok, *build_pairs(videos, texts), max_len=32)
+    text_feats, video_feats = pt[:len(texts)], pv[:len(texts)]
     metrics = evaluate_all(text_feats, video_feats)
-    pair_videos, pair_texts = build_pairs(videos, texts)
-    pt, pv = _encode(model, tok, pair_videos, pair_texts, max_len)
     direction = score_pairs(pv, pt)
     np.savez(Path(model_dir).parent / "test_features.npz", text=text_feats, video=video_feats,
              pair_text=pt, pair_video=pv)

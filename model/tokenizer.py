@@ -10,6 +10,7 @@ unchanged. End-of-text being the highest id keeps CLIP's ``argmax`` pooling rule
 from __future__ import annotations
 
 import collections
+import functools
 import json
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -20,8 +21,11 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _WORD_RE = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable-character table (printable Latin-1 maps to itself)."""
+    """GPT-2/CLIP's reversible byte -> printable-character table (printable Latin-1 maps to itself).
+
+    Cached: callers only read it."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(
         range(ord("\xae"), ord("\xff") + 1))
     chars = keep[:]

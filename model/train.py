@@ -14,13 +14,11 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from model import checkpoint as ckpt
 from model.data import ShardDataConfig
 from model.evaluate import autocast_for, format_metrics
 from model.optim import OptimConfig

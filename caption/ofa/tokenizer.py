@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import string
-from functools import lru_cache
 from pathlib import Path
 
-from model.tokenizer import bytes_to_unicode as _byte_table
+from model.tokenizer import bytes_to_unicode  # one table for CLIP and OFA (GPT-2's)
 
 BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -24,12 +23,6 @@ _PUNCT = str.maketrans("", "", string.punctuation)
 def strip_punctuation(text: str) -> str:
     """OFA's caption post-processing: delete every ``string.punctuation`` character, then strip."""
     return text.translate(_PUNCT).strip()
-
-
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (one table for CLIP and OFA, cached)."""
-    return _byte_table()
 
 
 def find_bpe_files(directory: str | Path) -> dict[str, Path]:
