@@ -82,11 +82,14 @@ def beam_search(step_fn: StepFn, batch_size: int, vocab_size: int, cfg: BeamConf
     scores = torch.zeros(n, max_len + 1, device=device)
     ignore = torch.zeros(b, k, dtype=torch.bool, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
-    fin_tokens = torch.full((b, k, max_len + 1), cfg.pad, dtype=torch.long, device=device)
-    fin_scores = torch.full((b, k), neg_inf, device=device)
-    fin_len = torch.zeros(b, k, dtype=torch.long, device=device)
+    # Finalised hypotheses; slot ``k`` is a spare that absorbs rejected candidates (see below).
+    fin_tokens = torch.full((b, k + 1, max_len + 1), cfg.pad, dtype=torch.long, device=device)
+    fin_scores = torch.full((b, k + 1), neg_inf, device=device)
+    fin_len = torch.zeros(b, k + 1, dtype=torch.long, device=device)
     fin_count = torch.zeros(b, dtype=torch.long, device=device)
     offsets = (torch.arange(b, device=device) * k)[:, None]
+    rows_b = torch.arange(b, device=device)[:, None].expand(b, k)
+    done = _AllDone(torch.device(device))
     reorder: torch.Tensor | None = None
 
     for step in range(max_len + 1):
@@ -113,20 +116,17 @@ def beam_search(step_fn: StepFn, batch_size: int, vocab_size: int, cfg: BeamConf
         top_eos = eos_mask[:, :k] & ~finished[:, None]
         slot = fin_count[:, None] + top_eos.long().cumsum(1) - 1
         accept = top_eos & (slot < k)
-        bi, ji = accept.nonzero(as_tuple=True)
-        if bi.numel():
-            slots = slot[bi, ji]
-            seq = tokens[cand_rows[bi, ji], 1 : step + 2].clone()
-            seq[:, step] = cfg.eos
-            fin_tokens[bi, slots, : step + 1] = seq
-            final = cand_scores[bi, ji]
-            if cfg.normalize_scores:
-                final = final / (step + 1) ** cfg.length_penalty
-            fin_scores[bi, slots] = final
-            fin_len[bi, slots] = step + 1
-            fin_count += accept.sum(1)
-            finished |= fin_count >= k
-        if step == max_len or bool(finished.all()):
+        # Dense, sync-free finalisation: every top-k candidate is written, rejected ones to the spare slot k.
+        target = torch.where(accept, slot, k)  # B, K
+        seq = tokens[cand_rows[:, :k], 1 : step + 2].clone()  # B, K, step+1
+        seq[:, :, step] = cfg.eos
+        final = cand_scores[:, :k] / (step + 1) ** cfg.length_penalty if cfg.normalize_scores else cand_scores[:, :k]
+        fin_tokens[rows_b, target, : step + 1] = seq
+        fin_scores[rows_b, target] = final
+        fin_len[rows_b, target] = step + 1
+        fin_count += accept.sum(1)
+        finished |= fin_count >= k
+        if step == max_len or done.check(finished):
             break
 
         eos_mask[:, :k] |= ignore
@@ -140,7 +140,35 @@ def beam_search(step_fn: StepFn, batch_size: int, vocab_size: int, cfg: BeamConf
             scores[:, :step] = scores[reorder, :step]
         scores.view(b, k, -1)[:, :, step] = cand_scores.gather(1, active)
 
-    return _collect(fin_tokens.cpu(), fin_scores.cpu(), fin_len.cpu(), fin_count.cpu())
+    return _collect(fin_tokens[:, :k].cpu(), fin_scores[:, :k].cpu(), fin_len[:, :k].cpu(), fin_count.cpu())
+
+
+class _AllDone:
+    """Answers "is every sentence finished?" without stalling a GPU.
+
+    On CPU the answer is immediate. On GPU each step's flag is copied to pinned host memory without
+    waiting, and the loop reads the previous step's flag, so the host stays one step ahead of the device
+    instead of draining its queue every step. The cost is at most one extra step after the last
+    sentence finishes, which changes nothing: finished sentences accept no more hypotheses.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+
+    def check(self, finished: torch.Tensor) -> bool:
+        if not self.cuda:
+            return bool(finished.all())
+        previous, self.pending = self.pending, None
+        flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        flag.copy_(finished.all(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending = (flag, event)
+        if previous is None:
+            return False
+        previous[1].synchronize()
+        return bool(previous[0])
 
 
 def _collect(fin_tokens: torch.Tensor, fin_scores: torch.Tensor, fin_len: torch.Tensor, fin_count: torch.Tensor) -> list[list[Hypothesis]]:

@@ -92,7 +92,7 @@ class OFACaptioner:
         self.cfg, self.meta, self.prompt = cfg, meta, prompt
         self.weights_path = weights
         self.checkpoint_sha256 = sha256_file(weights)
-        self.model = build_model(cfg, state).to(self.device, _DTYPES[precision])
+        self.model = build_model(cfg, state).prepare_for_inference(self.device, _DTYPES[precision])
         t = self.tokenizer
         beam = BeamConfig(
             beam=self.settings.beam, max_len=self.settings.max_new_tokens, min_len=self.settings.min_new_tokens,

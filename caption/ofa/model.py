@@ -83,6 +83,8 @@ class OFAEncoder(nn.Module):
         """``images`` (B, 3, R, R) normalised pixels, ``prompt`` (L,) token ids shared by every image."""
         cfg = self.cfg
         scale = 1.0 if cfg.no_scale_embedding else cfg.embed_dim**0.5
+        if self.resnet.conv1.weight.is_contiguous(memory_format=torch.channels_last) and images.is_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.resnet(images)  # B, 1024, h, w
         grid = (feats.shape[-2], feats.shape[-1])
         pos, biases = self.position_biases(grid, prompt.numel())
@@ -174,6 +176,18 @@ class OFAModel(nn.Module):
                 nn.init.normal_(module.weight, std=c**-0.5 if module.weight.shape[1] == c else 0.02)
         with torch.no_grad():
             self.embed_tokens.weight[self.cfg.pad].zero_()
+
+    def prepare_for_inference(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "OFAModel":
+        """Fold the ResNet batch norms (in the current precision), move and cast, and on GPU switch the
+        ResNet to channels-last, cuDNN's fast layout. Call after loading weights: the state dict loses
+        its ``bn`` keys. Outputs are unchanged up to rounding.
+        """
+        self.eval()
+        self.encoder.resnet.fold_batchnorm()
+        self.to(device=device, dtype=dtype)
+        if torch.device(device).type == "cuda":
+            self.encoder.resnet.to(memory_format=torch.channels_last)
+        return self
 
     def encode(self, images: torch.Tensor, prompt: torch.Tensor) -> EncoderOut:
         return self.encoder(images, prompt)

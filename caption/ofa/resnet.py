@@ -2,13 +2,25 @@
 
 Module names (``conv1``, ``bn1``, ``layer{1,2,3}.{i}.conv{1,2,3}``, ``downsample.{0,1}``) are the ones
 the official checkpoints use under ``encoder.embed_images``. Bottlenecks stride in the 3x3 conv
-(ResNet v1.5). Drop-path is a training-only identity and is omitted.
+(ResNet v1.5). Drop-path is a training-only identity and is omitted. OFA keeps its batch norms frozen, so
+for inference ``fold_batchnorm`` merges each into the convolution before it (one fewer pass over every
+activation map); the state dict then no longer has the ``bn`` keys, so fold after loading, never before.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    conv.weight.copy_(conv.weight.double() * scale[:, None, None, None])
+    if conv.bias is not None:
+        shift = shift + conv.bias.double() * scale
+    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
 
 
 class Bottleneck(nn.Module):
@@ -27,6 +39,14 @@ class Bottleneck(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or inplanes != out:
             self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+
+    def fold_batchnorm(self) -> None:
+        for i in (1, 2, 3):
+            _fold(getattr(self, f"conv{i}"), getattr(self, f"bn{i}"))
+            setattr(self, f"bn{i}", nn.Identity())
+        if self.downsample is not None:
+            _fold(self.downsample[0], self.downsample[1])
+            self.downsample[1] = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -60,6 +80,18 @@ class ResNetEmbed(nn.Module):
         self._inplanes = planes * Bottleneck.expansion
         layers += [Bottleneck(self._inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
+
+    def fold_batchnorm(self) -> "ResNetEmbed":
+        """Merge every (frozen) batch norm into its convolution, in place; eval only."""
+        if self.training:
+            raise RuntimeError("fold_batchnorm is for inference: call .eval() first (training updates BN statistics)")
+        if isinstance(self.bn1, nn.BatchNorm2d):
+            _fold(self.conv1, self.bn1)
+            self.bn1 = nn.Identity()
+            for block in self.modules():
+                if isinstance(block, Bottleneck):
+                    block.fold_batchnorm()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

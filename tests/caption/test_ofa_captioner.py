@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from caption.ofa.beam import BeamConfig
 from caption.ofa.captioner import OFACaptioner
 from caption.ofa.config import FLAVOURS, flavour
 from caption.ofa.model import OFAModel
@@ -103,3 +104,27 @@ def test_flavours_match_the_published_sizes(name, millions):
         model = OFAModel(flavour(name))
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, rel=0.02)
     assert FLAVOURS[name].resnet_layers == {"tiny": (3, 4, 6), "medium": (3, 4, 23), "base": (3, 4, 23)}.get(name, (3, 8, 36))
+
+
+def test_folding_batchnorm_keeps_features_and_captions(tiny_dir):
+    from caption.ofa.checkpoint import build_model, load_converted
+    from caption.ofa.generate import OFAGenerator
+
+    cfg, state, _ = load_converted(tiny_dir)
+    gen = torch.Generator().manual_seed(3)
+    for key in [k for k in state if ".bn" in k or "downsample.1" in k or k.startswith("encoder.resnet.bn1")]:
+        if key.endswith(("running_var", "weight")):
+            state[key] = 0.5 + torch.rand(state[key].shape, generator=gen)
+        elif key.endswith(("running_mean", "bias")):
+            state[key] = 0.3 * torch.randn(state[key].shape, generator=gen)
+    plain, folded = build_model(cfg, state), build_model(cfg, state).prepare_for_inference("cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    folded.encoder.resnet.fold_batchnorm()  # a second fold is a no-op
+    pixels = torch.randn(3, 3, cfg.patch_image_size, cfg.patch_image_size, generator=gen)
+    torch.testing.assert_close(folded.encoder.resnet(pixels), plain.encoder.resnet(pixels), rtol=1e-4, atol=1e-4)
+    prompt = torch.tensor([0, 5, 6, 2])
+    a = OFAGenerator(plain, prompt, BeamConfig()).generate(pixels)
+    b = OFAGenerator(folded, prompt, BeamConfig()).generate(pixels)
+    assert [[h.tokens for h in hs] for hs in a] == [[h.tokens for h in hs] for hs in b]
+    with pytest.raises(RuntimeError, match="call .eval"):
+        build_model(cfg, state).train().encoder.resnet.fold_batchnorm()
