@@ -10,6 +10,10 @@ subtitle and caption; OCL loss vsc+fc; backward; clip; AdamW). They differ only 
                     through model.data.ShardLoader (needs webdataset, decord2, transformers and a
                     tokenizer; ``--workers`` processes decode, as in training)
 
+Each input source runs twice: as it was (copy and squash on the training stream, in front of each step)
+and through model.prefetch.DevicePrefetcher, which queues batch k+1's copy and squash on a side
+stream while step k trains (what ``clipvip pretrain`` uses).
+
 The gap (1 - input/device) is what the input pipeline costs the GPU. Decode cost on the CPU side is
 measured by bench/loader.py (cores needed per GPU). CPU smoke test:
 
@@ -29,7 +33,8 @@ import torch
 from model.clip_vip import CLIPViP, get_config
 from model.loss import OCLLoss
 from model.optim import OptimConfig, build_optimizer
-from model.train import Runtime, train_step
+from model.prefetch import DevicePrefetcher
+from model.train import Runtime, model_inputs, train_step
 
 
 def host_batches(n_distinct: int, batch: int, frames: int, text_len: int, vocab: int, pin: bool):
@@ -118,18 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     res = {}
     res["device-resident"] = timed(step, device_batches(args.batch, args.frames, size, text_len, vocab, device),
                                    args.steps, args.warmup, device)
-    if args.shards:
-        src = shard_batches(args.shards, args.tokenizer, args.batch, args.workers, size)
-        name = f"real shards ({args.workers} workers)"
-    else:
-        src = host_batches(4, args.batch, args.frames, text_len, vocab, pin=device.type == "cuda")
-        name = "host uint8 clips + device squash"
-    res[name] = timed(step, src, args.steps, args.warmup, device)
+    def source():
+        if args.shards:
+            return shard_batches(args.shards, args.tokenizer, args.batch, args.workers, size)
+        return host_batches(4, args.batch, args.frames, text_len, vocab, pin=device.type == "cuda")
+
+    name = f"real shards ({args.workers} workers)" if args.shards else "host uint8 clips + device squash"
+    res[name] = timed(step, source(), args.steps, args.warmup, device)
+    prefetched = DevicePrefetcher(source(), lambda b: model_inputs(b, rt), device)
+    res[f"{name}, prefetched"] = timed(step, prefetched, args.steps, args.warmup, device)
     dev = res["device-resident"]
     print(f"{args.flavour} batch {args.batch}, {args.frames} frames, compile={args.compile}, {device} "
           f"({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}):")
     for k, v in res.items():
-        print(f"  {k:40s} {args.steps * args.batch / v:8.1f} clips/s  {1000 * v / args.steps:7.1f} ms/step"
+        print(f"  {k:52s} {args.steps * args.batch / v:8.1f} clips/s  {1000 * v / args.steps:7.1f} ms/step"
               f"  gap {100 * (1 - dev / v):5.1f}%")
     print(json.dumps({k: round(args.steps * args.batch / v, 2) for k, v in res.items()}))
     return 0

@@ -138,7 +138,9 @@ def preprocess_on_device(clips_uint8: list[torch.Tensor], size: int, device: tor
     for i, clip in enumerate(clips_uint8):
         by_shape.setdefault(tuple(clip.shape), []).append(i)
     for shape, members in by_shape.items():
-        x = torch.stack([clips_uint8[i] for i in members]).to(device, non_blocking=True)  # [b, T, H, W, C]
+        # Clip by clip: pinned clips copy asynchronously; stacking on the host would first memcpy the
+        # whole batch (hundreds of MB) into unpinned memory on the training thread.
+        x = torch.stack([clips_uint8[i].to(device, non_blocking=True) for i in members])  # [b, T, H, W, C]
         b, t = x.shape[:2]
         x = x.permute(0, 1, 4, 2, 3).reshape(b * t, 3, shape[1], shape[2]).float().div_(255.0)
         x = squash_and_normalize(x, size).view(b, t, 3, size, size)
