@@ -11,8 +11,9 @@ subtitle and caption; OCL loss vsc+fc; backward; clip; AdamW). They differ only 
                     tokenizer; ``--workers`` processes decode, as in training)
 
 Each input source runs twice: as it was (copy and squash on the training stream, in front of each step)
-and through model.prefetch.DevicePrefetcher, which queues batch k+1's copy and squash on a side
-stream while step k trains (what ``clipvip pretrain`` uses).
+and through model.prefetch.DevicePrefetcher, which prepares batch k+1 once step k's forward is queued
+(host work overlapping the GPU) and copies and squashes it on a side stream (what ``clipvip pretrain``
+uses).
 
 The gap (1 - input/device) is what the input pipeline costs the GPU. Decode cost on the CPU side is
 measured by bench/loader.py (cores needed per GPU). CPU smoke test:
@@ -116,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     rt = Runtime(0, 1, device, "bf16" if device.type == "cuda" else "fp32", size)
     counter = {"step": 0}
 
-    def step(batch):
+    def step(batch, after_forward=None):
         counter["step"] += 1
-        train_step(model, raw, loss_fn, batch, opt, step=counter["step"], grad_clip=5.0, rt=rt)
+        train_step(model, raw, loss_fn, batch, opt, step=counter["step"], grad_clip=5.0, rt=rt,
+                   after_forward=after_forward)
 
     res = {}
     res["device-resident"] = timed(step, device_batches(args.batch, args.frames, size, text_len, vocab, device),
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     name = f"real shards ({args.workers} workers)" if args.shards else "host uint8 clips + device squash"
     res[name] = timed(step, source(), args.steps, args.warmup, device)
     prefetched = DevicePrefetcher(source(), lambda b: model_inputs(b, rt), device)
-    res[f"{name}, prefetched"] = timed(step, prefetched, args.steps, args.warmup, device)
+    res[f"{name}, prefetched"] = timed(lambda b: step(b, prefetched.prefetch), prefetched, args.steps, args.warmup,
+                                       device)
     dev = res["device-resident"]
     print(f"{args.flavour} batch {args.batch}, {args.frames} frames, compile={args.compile}, {device} "
           f"({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}):")

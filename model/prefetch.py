@@ -1,10 +1,13 @@
 """``DevicePrefetcher``: batch k+1 goes to the accelerator while the model trains on batch k.
 
 The loader ships uint8 clips in pinned memory (``resize_on_device``). Without prefetching, the copy
-and the bicubic squash of batch k run on the training stream in front of step k, and the GPU waits
-for them every step. Here they are queued on a side stream as soon as batch k is handed out, so they
-overlap step k; the training stream waits only on an event. On CPU the wrapper still prepares one
-batch ahead (no streams), so its bookkeeping is exercised wherever the tests run.
+and the bicubic squash of batch k are queued on the training stream in front of step k, and the host
+work of queueing them (one copy per clip, the resize kernels) happens while the GPU sits idle after
+the previous step's loss read-back. Here the training step calls ``prefetch()`` once its forward pass
+is queued: the host prepares batch k+1 while the GPU runs the forward of step k, and the copies and
+resizes run on a side stream; the training stream waits on an event only when it takes batch k+1.
+Without ``prefetch()`` calls, ``next()`` prepares each batch itself (no overlap, same batches). On
+CPU there are no streams, but the bookkeeping is the same, so the tests exercise it anywhere.
 
 Checkpoints must record where the *trained* batches end, not the prefetched one: the loader state
 is snapshotted with each batch and ``state_dict()`` returns the snapshot of the batch last handed
@@ -81,9 +84,13 @@ class DevicePrefetcher:
             for t in _tensors(batch):
                 if t.is_cuda:
                     t.record_stream(current)  # allocated on the side stream, used on this one
-        self._state = state
-        self._fetch()  # queue batch k+1 before the caller queues step k
+        self._state, self._ahead = state, None
         return batch
+
+    def prefetch(self) -> None:
+        """Prepare the next batch now (call once the current step's GPU work is queued)."""
+        if self._ahead is None and self._error is None:
+            self._fetch()
 
     def state_dict(self) -> Any:
         """The wrapped loader's state after the batch last handed out."""

@@ -40,9 +40,14 @@ def test_batches_arrive_in_order_and_state_trails_the_prefetch():
     pf = DevicePrefetcher(loader, lambda b: {"x": b["x"] * 10}, "cpu")
     assert pf.state_dict() == {"served": 0}
     first = next(pf)
-    assert first["x"].tolist() == [10.0, 10.0]
+    assert first["x"].tolist() == [10.0, 10.0] and loader.served == 1
+    pf.prefetch()
+    pf.prefetch()  # idempotent until the batch is taken
     assert loader.served == 2 and pf.state_dict() == {"served": 1}  # one ahead, but the checkpoint says 1
-    assert [b["x"][0].item() for b in pf] == [20.0, 30.0, 40.0]
+    assert next(pf)["x"][0].item() == 20.0 and pf.state_dict() == {"served": 2}
+    assert next(pf)["x"][0].item() == 30.0  # without prefetch(), next() prepares the batch itself
+    pf.prefetch()
+    assert [b["x"][0].item() for b in pf] == [40.0]
     assert pf.state_dict() == {"served": 4}
     with pytest.raises(StopIteration):
         next(pf)
@@ -50,7 +55,10 @@ def test_batches_arrive_in_order_and_state_trails_the_prefetch():
 
 def test_a_loader_error_surfaces_after_the_batches_before_it():
     pf = DevicePrefetcher(CountingLoader(10, fail_at=2), lambda b: b, "cpu")
-    assert [next(pf)["x"][0].item() for _ in range(2)] == [1.0, 2.0]
+    assert next(pf)["x"][0].item() == 1.0
+    pf.prefetch()
+    assert next(pf)["x"][0].item() == 2.0
+    pf.prefetch()  # the failure is held back, not raised into the training step
     with pytest.raises(OSError, match="shard 7 vanished"):
         next(pf)
     assert pf.state_dict() == {"served": 2}
@@ -74,9 +82,11 @@ def test_side_stream_batches_equal_the_training_stream_ones():
     pinned = [{k: [t.pin_memory() for t in v] if isinstance(v, list) else v.pin_memory() for k, v in b.items()} for b in raw]
     expected = [prepare(b) for b in raw]
     got = []
-    for batch in DevicePrefetcher(iter(pinned), prepare, device):
+    pf = DevicePrefetcher(iter(pinned), prepare, device)
+    for batch in pf:
         # Heavy work on the training stream while the next batch copies on the side stream.
         torch.randn(2048, 2048, device=device).matmul(torch.randn(2048, 2048, device=device))
+        pf.prefetch()
         got.append({k: v.clone() for k, v in batch.items()})
     assert len(got) == 5
     for e, g in zip(expected, got):
