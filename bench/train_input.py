@@ -10,11 +10,6 @@ subtitle and caption; OCL loss vsc+fc; backward; clip; AdamW). They differ only 
                     through model.data.ShardLoader (needs webdataset, decord2, transformers and a
                     tokenizer; ``--workers`` processes decode, as in training)
 
-Each input source runs twice: as it was (copy and squash on the training stream, in front of each step)
-and through model.prefetch.DevicePrefetcher, which prepares batch k+1 once step k's forward is queued
-(host work overlapping the GPU) and copies and squashes it on a side stream (what ``clipvip pretrain``
-uses).
-
 The gap (1 - input/device) is what the input pipeline costs the GPU. Decode cost on the CPU side is
 measured by bench/loader.py (cores needed per GPU). CPU smoke test:
 
@@ -34,8 +29,7 @@ import torch
 from model.clip_vip import CLIPViP, get_config
 from model.loss import OCLLoss
 from model.optim import OptimConfig, build_optimizer
-from model.prefetch import DevicePrefetcher
-from model.train import Runtime, model_inputs, train_step
+from model.train import Runtime, train_step
 
 
 def host_batches(n_distinct: int, batch: int, frames: int, text_len: int, vocab: int, pin: bool):
@@ -117,29 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     rt = Runtime(0, 1, device, "bf16" if device.type == "cuda" else "fp32", size)
     counter = {"step": 0}
 
-    def step(batch, after_forward=None):
+    def step(batch):
         counter["step"] += 1
-        train_step(model, raw, loss_fn, batch, opt, step=counter["step"], grad_clip=5.0, rt=rt,
-                   after_forward=after_forward)
+        train_step(model, raw, loss_fn, batch, opt, step=counter["step"], grad_clip=5.0, rt=rt)
 
     res = {}
     res["device-resident"] = timed(step, device_batches(args.batch, args.frames, size, text_len, vocab, device),
                                    args.steps, args.warmup, device)
-    def source():
-        if args.shards:
-            return shard_batches(args.shards, args.tokenizer, args.batch, args.workers, size)
-        return host_batches(4, args.batch, args.frames, text_len, vocab, pin=device.type == "cuda")
-
-    name = f"real shards ({args.workers} workers)" if args.shards else "host uint8 clips + device squash"
-    res[name] = timed(step, source(), args.steps, args.warmup, device)
-    prefetched = DevicePrefetcher(source(), lambda b: model_inputs(b, rt), device)
-    res[f"{name}, prefetched"] = timed(lambda b: step(b, prefetched.prefetch), prefetched, args.steps, args.warmup,
-                                       device)
+    if args.shards:
+        src = shard_batches(args.shards, args.tokenizer, args.batch, args.workers, size)
+        name = f"real shards ({args.workers} workers)"
+    else:
+        src = host_batches(4, args.batch, args.frames, text_len, vocab, pin=device.type == "cuda")
+        name = "host uint8 clips + device squash"
+    res[name] = timed(step, src, args.steps, args.warmup, device)
     dev = res["device-resident"]
     print(f"{args.flavour} batch {args.batch}, {args.frames} frames, compile={args.compile}, {device} "
           f"({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}):")
     for k, v in res.items():
-        print(f"  {k:52s} {args.steps * args.batch / v:8.1f} clips/s  {1000 * v / args.steps:7.1f} ms/step"
+        print(f"  {k:40s} {args.steps * args.batch / v:8.1f} clips/s  {1000 * v / args.steps:7.1f} ms/step"
               f"  gap {100 * (1 - dev / v):5.1f}%")
     print(json.dumps({k: round(args.steps * args.batch / v, 2) for k, v in res.items()}))
     return 0

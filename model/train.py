@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -107,12 +106,8 @@ def setup_distributed(device: str) -> Runtime:
 
 
 def train_step(model, raw_model, loss_fn, batch: dict[str, Any], optimizer, *, step: int, grad_clip: float,
-               rt: Runtime, after_forward: Callable[[], None] | None = None) -> dict[str, float]:
-    """Forward, backward, clip, finiteness check, optimizer step. Returns the logged scalars.
-
-    ``after_forward`` runs once the forward pass and loss are queued and before the first read-back,
-    so host work there (preparing the next batch) overlaps the GPU's forward.
-    """
+               rt: Runtime) -> dict[str, float]:
+    """Forward, backward, clip, finiteness check, optimizer step. Returns the logged scalars."""
     from model.loss import clamp_logit_scale_
 
     clamp_logit_scale_(raw_model.logit_scale)  # [0, ln 200] before the forward, as the official pretraining
@@ -120,8 +115,6 @@ def train_step(model, raw_model, loss_fn, batch: dict[str, Any], optimizer, *, s
     with autocast_for(rt.device, rt.precision):
         out = model(**inputs)
     losses = loss_fn(out, out["logit_scale"])
-    if after_forward is not None:
-        after_forward()
     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
     if bad:
         raise NonFiniteError(f"step {step}: non-finite {bad} ({ {k: float(losses[k]) for k in bad} }); "
@@ -177,7 +170,7 @@ def train_loop(*, cfg: TrainConfig, rt: Runtime, model, raw_model, loss_fn, opti
         batch = next(batches)
         wait += time.perf_counter() - t0
         scalars = train_step(model, raw_model, loss_fn, batch, optimizer, step=step, grad_clip=cfg.optim.grad_clip,
-                             rt=rt, after_forward=getattr(batches, "prefetch", None))
+                             rt=rt)
         scheduler.step()
         losses.append(scalars["loss"])
         window_steps += 1

@@ -6,7 +6,6 @@ Kept apart from :mod:`model.train` so the loop itself reads top to bottom in one
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 from pathlib import Path
@@ -16,9 +15,8 @@ import torch
 import torch.distributed as dist
 
 from model import checkpoint as ckpt
-from model.prefetch import DevicePrefetcher
-from model.train import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, model_inputs,
-                         setup_distributed, steps_for, train_loop)
+from model.train import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
+                         steps_for, train_loop)
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +168,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         batches = FinetuneLoader(train_set, tokenizer, cfg.finetune, rank=rt.rank, world_size=rt.world_size,
                                  state=loader_state)
 
-    batches = DevicePrefetcher(batches, functools.partial(model_inputs, rt=rt), rt.device)
     model = torch.compile(raw_model) if cfg.model.compile else raw_model
     if rt.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
