@@ -45,7 +45,7 @@ class OFACaptioner:
         bpe_dir: folder with ``encoder.json``, ``vocab.bpe``, ``dict.txt`` (default: beside the model).
         precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``. Weights are cast,
             as fairseq's ``--fp16`` does; log-probabilities are always computed in fp32.
-        batch_size: images per forward pass (default 64 on GPU, 8 on CPU).
+        batch_size: images per forward pass (default 128 on GPU, 8 on CPU; H100 throughput doubles from 32 to 128).
         share_encoder: encode each image once for all beams (same captions, much faster).
         temperature: logits divisor (1.0; OFA's huge script uses 0.98).
         prompt: the encoder prompt, OFA's English caption prompt by default.
@@ -88,7 +88,7 @@ class OFACaptioner:
             raise ValueError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
         self.precision = precision
         self.settings = settings or DecodeSettings()
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
+        self.batch_size = batch_size or (128 if self.device.type == "cuda" else 8)
         self.cfg, self.meta, self.prompt = cfg, meta, prompt
         self.weights_path = weights
         self.checkpoint_sha256 = sha256_file(weights)
