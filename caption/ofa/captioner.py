@@ -30,7 +30,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _find_bpe_dir(ckpt: Path) -> Path:
     for candidate in (ckpt.parent, ckpt.parent / "BPE", ckpt.parent / "utils" / "BPE"):
-        if (candidate / "dict.txt").is_file():
+        if (candidate / "dict.txt").is_file() or (candidate / "vocab.json").is_file():
             return candidate
     return ckpt.parent  # find_bpe_files then raises, naming the missing files
 
@@ -42,7 +42,8 @@ class OFACaptioner:
         target: converted directory or official ``.pt``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
         settings: beam, length and n-gram settings (defaults are OFA-Caption's).
-        bpe_dir: folder with ``encoder.json``, ``vocab.bpe``, ``dict.txt`` (default: beside the model).
+        bpe_dir: folder with ``encoder.json``, ``vocab.bpe``, ``dict.txt`` or BART-style ``vocab.json`` and
+            ``merges.txt`` (default: beside the model).
         precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``. Weights are cast,
             as fairseq's ``--fp16`` does; log-probabilities are always computed in fp32.
         batch_size: images per forward pass (default 128 on GPU, 8 on CPU; H100 throughput doubles from 32 to 128).

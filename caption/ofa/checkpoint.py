@@ -181,17 +181,20 @@ def load_converted(model_dir: str | Path) -> tuple[OFAConfig, dict[str, torch.Te
 def convert_fairseq_checkpoint(ckpt: str | Path, out_dir: str | Path, bpe_dir: str | Path | None = None) -> Path:
     """One-time conversion: official ``.pt`` -> ``out_dir`` with safetensors, JSON config and the BPE files.
 
-    The BPE files (``encoder.json``, ``vocab.bpe``, ``dict.txt``) are copied from ``bpe_dir`` when given,
-    so the directory alone is enough for ``load_captioner('ofa:<out_dir>')``.
+    The tokenizer files (``encoder.json``, ``vocab.bpe``, ``dict.txt``, or BART-style ``vocab.json`` and
+    ``merges.txt`` with any ``added_tokens.json``) are copied from ``bpe_dir`` when given, so the
+    directory alone is enough for ``load_captioner('ofa:<out_dir>')``.
     """
     import shutil
 
-    from caption.ofa.tokenizer import BPE_FILES, find_bpe_files
+    from caption.ofa.tokenizer import find_bpe_files
 
     cfg, state, meta = read_fairseq_checkpoint(ckpt)
     files = find_bpe_files(bpe_dir) if bpe_dir is not None else {}
     meta = {**meta, "source": str(Path(ckpt).resolve()), "source_sha256": sha256_file(ckpt)}
     out = save_converted(out_dir, cfg, state, meta)
-    for name in BPE_FILES if files else ():
-        shutil.copyfile(files[name], out / name)
+    if "vocab.json" in files and (files["vocab.json"].parent / "added_tokens.json").is_file():
+        files["added_tokens.json"] = files["vocab.json"].parent / "added_tokens.json"
+    for name, path in files.items():
+        shutil.copyfile(path, out / name)
     return out

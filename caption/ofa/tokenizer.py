@@ -1,9 +1,15 @@
 """OFA tokenisation: GPT-2 byte-level BPE, then fairseq's dictionary remap, plus OFA's extra symbols.
 
-The files are OFA's ``utils/BPE``: ``encoder.json`` and ``vocab.bpe`` (GPT-2's vocabulary and merges)
-and ``dict.txt`` (fairseq's list of GPT-2 ids, one per line with a count). Token ids the model sees are
-fairseq indices: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, then ``dict.txt`` in order, then
-``<mask>``, ``<code_0..num_codes-1>``, ``<bin_0..num_bins-1>`` (``tasks/ofa_task.py``).
+Two file layouts are accepted, with the same resulting ids:
+
+- **fairseq** (OFA's ``utils/BPE``): ``encoder.json`` and ``vocab.bpe`` (GPT-2's vocabulary and merges)
+  and ``dict.txt`` (fairseq's list of GPT-2 ids, one per line with a count). Token ids the model sees
+  are fairseq indices: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, then ``dict.txt`` in order, then
+  ``<mask>``, ``<code_0..num_codes-1>``, ``<bin_0..num_bins-1>`` (``tasks/ofa_task.py``).
+- **BART** (the transformers-style OFA tokenizer folders): ``vocab.json`` maps each byte-level token
+  straight to its fairseq index (the ``dict.txt`` remap is already applied, specials and ``<mask>``
+  included) and ``merges.txt`` holds the same merges as ``vocab.bpe``. The code and bin symbols follow
+  in the same order; an ``added_tokens.json`` beside them must agree.
 """
 
 from __future__ import annotations
@@ -25,23 +31,28 @@ def strip_punctuation(text: str) -> str:
     return text.translate(_PUNCT).strip()
 
 
+BART_FILES = ("vocab.json", "merges.txt")
+
+
 def find_bpe_files(directory: str | Path) -> dict[str, Path]:
-    """The three BPE files in ``directory``; raise naming every missing one."""
+    """The tokenizer files in ``directory``: the fairseq set, else the BART set; raise naming what is missing."""
     directory = Path(directory)
-    paths = {name: directory / name for name in BPE_FILES}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"OFA tokenizer files missing: {', '.join(missing)}. They are OFA's utils/BPE files "
-            "(encoder.json, vocab.bpe, dict.txt); put them in the model directory or pass bpe_dir=<folder>"
-        )
-    return paths
+    for names in (BPE_FILES, BART_FILES):
+        paths = {name: directory / name for name in names}
+        if all(p.is_file() for p in paths.values()):
+            return paths
+    missing = [str(directory / n) for n in BPE_FILES if not (directory / n).is_file()]
+    raise FileNotFoundError(
+        f"OFA tokenizer files missing: {', '.join(missing)}. They are OFA's utils/BPE files "
+        "(encoder.json, vocab.bpe, dict.txt), or vocab.json + merges.txt from a transformers-style OFA "
+        "tokenizer; put them in the model directory or pass bpe_dir=<folder>"
+    )
 
 
 class GPT2BPE:
     """Byte-level BPE over GPT-2's files; the merge loop runs in ``tokenizers`` (same algorithm as GPT-2)."""
 
-    def __init__(self, encoder_json: str | Path, vocab_bpe: str | Path) -> None:
+    def __init__(self, encoder_json: str | Path, vocab_bpe: str | Path, unk_token: str | None = None) -> None:
         from tokenizers import Tokenizer, models, pre_tokenizers
 
         self.encoder: dict[str, int] = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
@@ -51,7 +62,7 @@ class GPT2BPE:
         bad = [m for m in merges if len(m) != 2]
         if bad:
             raise ValueError(f"{vocab_bpe}: merge lines must hold two symbols, got {bad[0]!r}")
-        self._tok = Tokenizer(models.BPE(vocab=self.encoder, merges=merges))
+        self._tok = Tokenizer(models.BPE(vocab=self.encoder, merges=merges, unk_token=unk_token))
         self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
 
@@ -89,6 +100,24 @@ class FairseqDictionary:
         for extra in ["<mask>"] + [f"<code_{i}>" for i in range(num_codes)] + [f"<bin_{i}>" for i in range(num_bins)]:
             self.add(extra)
 
+    @classmethod
+    def from_vocab(cls, vocab_json: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> FairseqDictionary:
+        """The same dictionary from a BART-style ``vocab.json`` (symbol -> index, remap already applied)."""
+        vocab: dict[str, int] = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+        by_id = sorted((i, sym) for sym, i in vocab.items())
+        if [i for i, _ in by_id] != list(range(len(by_id))):
+            raise ValueError(f"{vocab_json}: token ids must be 0..{len(by_id) - 1} without gaps or repeats")
+        if tuple(sym for _, sym in by_id[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"{vocab_json}: ids 0-3 must be {', '.join(SPECIALS)} (fairseq's specials), got "
+                             f"{[sym for _, sym in by_id[:4]]}")
+        self = cls.__new__(cls)
+        self.symbols, self.index = [], {}
+        for _, sym in by_id:
+            self.add(sym)
+        for extra in ["<mask>"] + [f"<code_{i}>" for i in range(num_codes)] + [f"<bin_{i}>" for i in range(num_bins)]:
+            self.add(extra)
+        return self
+
     def add(self, symbol: str) -> int:
         if symbol not in self.index:
             self.index[symbol] = len(self.symbols)
@@ -105,8 +134,15 @@ class OFATokenizer:
     def __init__(self, bpe_dir: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> None:
         files = find_bpe_files(bpe_dir)
         self.bpe_dir = Path(bpe_dir)
-        self.bpe = GPT2BPE(files["encoder.json"], files["vocab.bpe"])
-        self.dictionary = FairseqDictionary(files["dict.txt"], num_codes, num_bins)
+        self.layout = "bart" if "vocab.json" in files else "fairseq"
+        if self.layout == "fairseq":
+            self.bpe = GPT2BPE(files["encoder.json"], files["vocab.bpe"])
+            self.dictionary = FairseqDictionary(files["dict.txt"], num_codes, num_bins)
+        else:
+            # BPE ids are the final ids; a token missing from vocab.json becomes <unk>, as fairseq's remap does
+            self.bpe = GPT2BPE(files["vocab.json"], files["merges.txt"], unk_token="<unk>")
+            self.dictionary = FairseqDictionary.from_vocab(files["vocab.json"], num_codes, num_bins)
+            _check_added_tokens(self.bpe_dir / "added_tokens.json", self.dictionary)
         self.bos, self.pad, self.eos, self.unk = (self.dictionary.index[s] for s in SPECIALS)
 
     def __len__(self) -> int:
@@ -114,6 +150,8 @@ class OFATokenizer:
 
     def encode(self, text: str) -> list[int]:
         """BPE ids -> dictionary indices (``<unk>`` when a GPT-2 id is absent from ``dict.txt``)."""
+        if self.layout == "bart":
+            return self.bpe.encode(text)
         return [self.dictionary.index.get(str(i), self.unk) for i in self.bpe.encode(text)]
 
     def encode_prompt(self, text: str = CAPTION_PROMPT) -> list[int]:
@@ -127,5 +165,20 @@ class OFATokenizer:
             if t in (self.bos, self.eos, self.pad):
                 continue
             symbol = self.dictionary.symbols[t]
-            pieces.append(int(symbol) if symbol.isdigit() else symbol)
+            if self.layout == "bart":
+                pieces.append(t if t in self.bpe.decoder else symbol)
+            else:
+                pieces.append(int(symbol) if symbol.isdigit() else symbol)
         return self.bpe.decode_pieces(pieces)
+
+
+def _check_added_tokens(path: Path, dictionary: FairseqDictionary) -> None:
+    """An ``added_tokens.json`` (symbol -> id) must give the ids this dictionary gives."""
+    if not path.is_file():
+        return
+    added: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
+    wrong = [(sym, i, dictionary.index.get(sym)) for sym, i in added.items() if dictionary.index.get(sym) != i]
+    if wrong:
+        sym, theirs, ours = wrong[0]
+        raise ValueError(f"{path}: {sym!r} has id {theirs} there but {ours} in OFA's order (<mask>, codes, bins "
+                         f"after vocab.json); {len(wrong)} symbol(s) disagree. Check num_codes/num_bins")

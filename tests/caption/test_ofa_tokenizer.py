@@ -125,3 +125,58 @@ def test_corrupt_and_missing_images_give_clear_errors(tmp_path):
         load_image(tmp_path / "nothere.png")
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         preprocess([np.zeros((4, 4), dtype=np.float32)], size=8)
+
+
+def write_bart_files(bpe_dir, out):
+    """The same tokenizer in the transformers/BART layout: vocab.json maps tokens straight to fairseq ids."""
+    from caption.ofa.tokenizer import SPECIALS
+
+    out.mkdir(parents=True, exist_ok=True)
+    token_of = {i: s for s, i in json.loads((bpe_dir / "encoder.json").read_text()).items()}
+    d = FairseqDictionary(bpe_dir / "dict.txt", NUM_CODES, NUM_BINS)
+    vocab = {token_of[int(s)] if s.isdigit() else s: i for i, s in enumerate(d.symbols) if s.isdigit() or s in (*SPECIALS, "<mask>")}
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text((bpe_dir / "vocab.bpe").read_text())
+    (out / "added_tokens.json").write_text(json.dumps({s: d.index[s] for s in d.symbols if s.startswith(("<code_", "<bin_"))}))
+    return out
+
+
+def test_bart_layout_gives_the_same_ids(tok, bpe_dir, tmp_path):
+    bart = OFATokenizer(write_bart_files(bpe_dir, tmp_path / "bart"), num_codes=NUM_CODES, num_bins=NUM_BINS)
+    assert (bart.layout, tok.layout) == ("bart", "fairseq") and len(bart) == len(tok)
+    assert bart.dictionary.symbols[-1] == f"<bin_{NUM_BINS - 1}>" and bart.dictionary.index["<mask>"] == tok.dictionary.index["<mask>"]
+    for text in [*CORPUS, " what does the image describe?", "caf\u00e9 \u2615 zebra-crossing QQQ 1234"]:
+        assert bart.encode(text) == tok.encode(text)
+        assert bart.decode(bart.encode_prompt(text)) == tok.decode(tok.encode_prompt(text)) == text
+    assert bart.decode([bart.bos, bart.dictionary.index["<code_3>"], bart.eos]) == "<code_3>"
+
+
+def test_bart_layout_checks_added_tokens_and_specials(bpe_dir, tmp_path):
+    out = write_bart_files(bpe_dir, tmp_path / "bart")
+    (out / "added_tokens.json").write_text(json.dumps({"<code_0>": 7}))
+    with pytest.raises(ValueError, match="'<code_0>' has id 7 there but"):
+        OFATokenizer(out, num_codes=NUM_CODES, num_bins=NUM_BINS)
+    (out / "added_tokens.json").unlink()
+    vocab = json.loads((out / "vocab.json").read_text())
+    vocab["<s>"], vocab["<pad>"] = vocab["<pad>"], vocab["<s>"]
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match="ids 0-3 must be <s>, <pad>, </s>, <unk>"):
+        OFATokenizer(out, num_codes=NUM_CODES, num_bins=NUM_BINS)
+
+
+def test_captioner_reads_the_bart_layout(tmp_path):
+    import shutil
+
+    from caption.ofa.captioner import OFACaptioner
+    from caption.ofa.tiny import write_tiny_ofa
+
+    fairseq_dir = write_tiny_ofa(tmp_path / "fairseq", seed=0)
+    bart_dir = tmp_path / "bart"
+    shutil.copytree(fairseq_dir, bart_dir)
+    write_bart_files(fairseq_dir, bart_dir)
+    for name in ("encoder.json", "vocab.bpe", "dict.txt"):
+        (bart_dir / name).unlink()
+    images = [np.random.default_rng(i).integers(0, 256, (32, 40, 3), dtype=np.uint8) for i in range(3)]
+    a, b = OFACaptioner(str(fairseq_dir), device="cpu"), OFACaptioner(str(bart_dir), device="cpu")
+    assert b.tokenizer.layout == "bart"
+    assert a.generate(images) == b.generate(images) and a.generate_tokens(images) == b.generate_tokens(images)
