@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             out = convert_fairseq_checkpoint(args.checkpoint, args.out_dir, args.bpe_dir)
             logger.info("converted %s -> %s", args.checkpoint, out)
             if args.bpe_dir is None:
-                logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt into %s before captioning", out)
+                logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt (or vocab.json and merges.txt) "
+                               "into %s before captioning", out)
             return 0
         if args.action == "images":
             return _caption_images(args)

@@ -182,3 +182,31 @@ def _check_added_tokens(path: Path, dictionary: FairseqDictionary) -> None:
         sym, theirs, ours = wrong[0]
         raise ValueError(f"{path}: {sym!r} has id {theirs} there but {ours} in OFA's order (<mask>, codes, bins "
                          f"after vocab.json); {len(wrong)} symbol(s) disagree. Check num_codes/num_bins")
+
+
+def write_bart_layout(bpe_dir: str | Path, out_dir: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> Path:
+    """Rewrite OFA's fairseq-layout files (``encoder.json``, ``vocab.bpe``, ``dict.txt``) as the BART
+    layout (``vocab.json``, ``merges.txt``, ``added_tokens.json``) giving the same ids; returns ``out_dir``.
+
+    GPT-2 tokens that ``dict.txt`` lacks are left out of ``vocab.json``, so both layouts map them to
+    ``<unk>``.
+    """
+    files = find_bpe_files(bpe_dir)
+    if "dict.txt" not in files:
+        raise ValueError(f"{bpe_dir} already holds the BART layout (vocab.json + merges.txt)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    token_of = {i: s for s, i in json.loads(files["encoder.json"].read_text(encoding="utf-8")).items()}
+    d = FairseqDictionary(files["dict.txt"], num_codes, num_bins)
+    vocab, added = {}, {}
+    for i, sym in enumerate(d.symbols):
+        if sym.isdigit():
+            vocab[token_of[int(sym)]] = i
+        elif sym in SPECIALS or sym == "<mask>":
+            vocab[sym] = i
+        else:
+            added[sym] = i
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text(files["vocab.bpe"].read_text(encoding="utf-8"), encoding="utf-8")
+    (out / "added_tokens.json").write_text(json.dumps(added), encoding="utf-8")
+    return out

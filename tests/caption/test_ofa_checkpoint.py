@@ -17,6 +17,7 @@ from caption.ofa.captioner import OFACaptioner
 from caption.ofa.checkpoint import UnsafeCheckpointError, load_converted, read_fairseq_checkpoint, restricted_load
 from caption.ofa.keymap import port_to_official
 from caption.ofa.tiny import NUM_BINS, NUM_CODES, write_tiny_ofa
+from caption.ofa.tokenizer import write_bart_layout
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,11 @@ def test_convert_cli_writes_a_loadable_directory(tiny_dir, tmp_path):
     converted = OFACaptioner(str(out), device="cpu")
     assert converted.describe()["source_sha256"] is not None
     assert converted.generate(images(2)) == OFACaptioner(str(tiny_dir), device="cpu").generate(images(2))
+    bart = write_bart_layout(tiny_dir, tmp_path / "bart_bpe", num_codes=NUM_CODES, num_bins=NUM_BINS)
+    assert main(["convert-ofa", str(pt), str(tmp_path / "converted_bart"), "--bpe-dir", str(bart)]) == 0
+    assert sorted(p.name for p in (tmp_path / "converted_bart").iterdir()) == [
+        "added_tokens.json", "config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert OFACaptioner(str(tmp_path / "converted_bart"), device="cpu").generate(images(2)) == converted.generate(images(2))
 
 
 def test_missing_and_unexpected_keys_are_named(tiny_dir, tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from caption.ofa.preprocess import load_image, preprocess
 from caption.ofa.tiny import CORPUS, NUM_BINS, NUM_CODES, write_bpe_files
-from caption.ofa.tokenizer import FairseqDictionary, OFATokenizer, bytes_to_unicode, strip_punctuation
+from caption.ofa.tokenizer import FairseqDictionary, OFATokenizer, bytes_to_unicode, strip_punctuation, write_bart_layout
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +128,7 @@ def test_corrupt_and_missing_images_give_clear_errors(tmp_path):
 
 
 def write_bart_files(bpe_dir, out):
-    """The same tokenizer in the transformers/BART layout: vocab.json maps tokens straight to fairseq ids."""
-    from caption.ofa.tokenizer import SPECIALS
-
-    out.mkdir(parents=True, exist_ok=True)
-    token_of = {i: s for s, i in json.loads((bpe_dir / "encoder.json").read_text()).items()}
-    d = FairseqDictionary(bpe_dir / "dict.txt", NUM_CODES, NUM_BINS)
-    vocab = {token_of[int(s)] if s.isdigit() else s: i for i, s in enumerate(d.symbols) if s.isdigit() or s in (*SPECIALS, "<mask>")}
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text((bpe_dir / "vocab.bpe").read_text())
-    (out / "added_tokens.json").write_text(json.dumps({s: d.index[s] for s in d.symbols if s.startswith(("<code_", "<bin_"))}))
-    return out
+    return write_bart_layout(bpe_dir, out, num_codes=NUM_CODES, num_bins=NUM_BINS)
 
 
 def test_bart_layout_gives_the_same_ids(tok, bpe_dir, tmp_path):
