@@ -1,4 +1,4 @@
-"""The transformers image-to-text captioner (caption/hf.py) on a tiny random BLIP built offline.
+"""The transformers image-to-text captioner (caption/hf.py) on tiny random BLIP, GIT and ViT+GPT-2 built offline.
 Run: ``.venv/bin/python -m pytest tests/caption/test_hf.py -q``."""
 
 from __future__ import annotations
@@ -13,9 +13,17 @@ from caption.hf import HFCaptioner, write_debug_model
 from caption.protocol import Captioner, DecodeSettings, load_captioner
 
 
+ARCHS = ("blip", "git", "vision-encoder-decoder")
+
+
 @pytest.fixture(scope="module")
-def blip_dir(tmp_path_factory):
-    return write_debug_model(tmp_path_factory.mktemp("blip"), seed=1)
+def model_dirs(tmp_path_factory):
+    return {arch: write_debug_model(tmp_path_factory.mktemp(arch), seed=1, arch=arch) for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def blip_dir(model_dirs):
+    return model_dirs["blip"]
 
 
 def _images(n):
@@ -23,10 +31,11 @@ def _images(n):
     return [rng.integers(0, 256, size=(40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(n)]
 
 
-def test_loads_through_registry_and_matches_raw_generate(blip_dir):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loads_through_registry_and_matches_raw_generate(model_dirs, arch):
     settings = DecodeSettings(beam=3, max_new_tokens=7, no_repeat_ngram_size=2)
-    cap = load_captioner(f"hf:{blip_dir}", device="cpu", settings=settings)
-    assert isinstance(cap, Captioner) and isinstance(cap, HFCaptioner)
+    cap = load_captioner(f"hf:{model_dirs[arch]}", device="cpu", settings=settings)
+    assert isinstance(cap, Captioner) and isinstance(cap, HFCaptioner) and cap.model_type == arch
     images = _images(3)
     texts = cap.generate(images)
     assert len(texts) == 3 and all(t for t in texts)
@@ -38,7 +47,7 @@ def test_loads_through_registry_and_matches_raw_generate(blip_dir):
                                      no_repeat_ngram_size=2, early_stopping=True, do_sample=False)
         assert text == " ".join(cap.tokenizer.decode(ids[0], skip_special_tokens=True).split())
         tokens = text.split()
-        assert len(tokens) <= 7
+        assert len(tokens) <= 7  # every debug token starts a word
         bigrams = list(zip(tokens, tokens[1:]))
         assert len(bigrams) == len(set(bigrams))  # no_repeat_ngram_size=2 holds
 
