@@ -22,11 +22,25 @@ class NullLogger:
         pass
 
 
+def _drop_partial_last_line(path: Path) -> None:
+    """A run killed mid-write can leave half a row; cut it so the resumed run appends whole rows."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    logger.warning("%s ended in a partial row (the run was killed mid-write); dropped %d bytes", path, len(data) - keep)
+
+
 class RunLogger(NullLogger):
     """Appends ``{"step", "kind", ...metrics}`` rows to ``metrics.jsonl`` and mirrors them to TensorBoard."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
+        _drop_partial_last_line(self.path)
         self.file = open(self.path, "a")
         self.tb = None
         if tensorboard:

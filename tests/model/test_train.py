@@ -141,3 +141,77 @@ def test_non_finite_gradient_stops_before_the_optimizer_step(synth_shards, synth
                    rt=Runtime(0, 1, torch.device("cpu"), "fp32", 32))
     for n, p in model.named_parameters():
         assert torch.equal(before[n], p.detach()) or not torch.isfinite(before[n]).all(), n
+
+
+def _rows(run_dir) -> list[dict]:
+    """The complete rows of metrics.jsonl (a row being written by a live or killed run is left out)."""
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    text = path.read_text() if path.is_file() else ""
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
+
+
+def _train_losses(run_dir) -> dict[int, float]:
+    """Step -> loss; a resumed run's rows come later and win."""
+    return {r["step"]: r["loss"] for r in _rows(run_dir) if r["kind"] == "train"}
+
+
+def test_sigkill_of_the_training_process_then_resume_gives_the_same_losses(synth_shards, tmp_path):
+    """A real preemption: SIGKILL to the whole process group (trainer and loader workers) mid-run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from jobs.pretrain import main
+
+    def argv(run_dir):
+        return ["--config", "debug", f"run_dir={run_dir}", "steps=24", "device=cpu", "precision=fp32",
+                f"data.shards={synth_shards}", "data.batch_size=4", "data.num_frames=4", "data.max_text_len=16",
+                "data.shuffle_buffer=4", "eval.every=0", "eval.at_start=false", "checkpoint_every=4", "log_every=1",
+                "tensorboard=false", "--log-level", "WARNING"]
+
+    assert main(argv(tmp_path / "full")) == 0
+    full = _train_losses(tmp_path / "full")
+    assert sorted(full) == list(range(1, 25))
+
+    killed = tmp_path / "killed"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.pretrain", *argv(killed)], cwd=root, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (killed / "checkpoints" / "latest").is_file() and max(_train_losses(killed), default=0) >= 6:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    done_before_kill = max(_train_losses(killed))
+    rows_before = len(_rows(killed))
+    checkpoint_step = int((killed / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert 4 <= checkpoint_step <= done_before_kill < 24
+
+    assert main([*argv(killed), "--resume"]) == 0
+    new_rows = _rows(killed)[rows_before:]
+    assert [r["step"] for r in new_rows] == list(range(checkpoint_step + 1, 25))  # resumed, not restarted
+    resumed = _train_losses(killed)
+    assert sorted(resumed) == list(range(1, 25))
+    assert [resumed[s] for s in range(1, 25)] == pytest.approx([full[s] for s in range(1, 25)], rel=1e-6, abs=1e-6)
+
+
+def test_a_half_written_metrics_row_is_cut_before_appending(tmp_path):
+    import json
+
+    from model.train_log import RunLogger, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 2.0}\n{"step": 2, "kind": "tr')
+    log = RunLogger(tmp_path, tensorboard=False)
+    log.log(2, {"loss": 1.5})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5)]
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 2
