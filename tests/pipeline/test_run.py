@@ -97,3 +97,74 @@ def test_caption_off_is_recorded(local_ray, synth_clips, tmp_path):
     sample = next(iter(wds.WebDataset(str(tmp_path / "out" / "t-000000.tar"), shardshuffle=False)))
     assert sample["caption.txt"] == b""
     assert json.loads(sample["json"])["caption"]["model"] == ""
+
+
+class KillOnce:
+    """Background thread: SIGKILL the first Ray worker process whose title matches, once."""
+
+    def __init__(self, *fragments: str, exclude: tuple[str, ...] = ("IDLE", "__init__")) -> None:
+        import threading
+
+        self.fragments, self.exclude, self.killed = fragments, exclude, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    @staticmethod
+    def _ray_workers() -> dict[int, str]:
+        out = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if title.startswith("ray::"):
+                out[int(pid)] = title
+        return out
+
+    def _watch(self) -> None:
+        import signal
+        import time
+
+        while not self._stop.is_set() and not self.killed:
+            for pid, title in self._ray_workers().items():
+                if all(f in title for f in self.fragments) and not any(e in title for e in self.exclude):
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(title)
+                    return
+            time.sleep(0.01)
+
+    def __enter__(self) -> "KillOnce":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("target", ["decode task", "captioner actor"])
+def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path, target):
+    """SIGKILL a worker mid-batch: Ray retries the batch; every key lands once, no row turns into a failure."""
+    from caption.hf import write_debug_model
+    from pipeline.frames import FrameConfig
+
+    cfg = _cfg(curate_manifest, tmp_path / "out")
+    cfg = dataclasses.replace(cfg, frames=FrameConfig(batch_size=2))
+    if target == "captioner actor":
+        model = write_debug_model(tmp_path / "blip")
+        cfg = dataclasses.replace(cfg, caption=CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4,
+                                                             decode=DecodeSettings(beam=2, max_new_tokens=5)))
+        fragments = ("CaptionStage", ".submit")  # the actor while it processes a batch
+    else:
+        fragments = ("decode_clips", "_no_caption")  # a running (fused) decode task
+    with KillOnce(*fragments) as killer:
+        summary = run(cfg)
+    assert killer.killed, f"no worker matching {fragments} was seen running"
+    keys = [json.loads(line)["key"] for line in curate_manifest.read_text().splitlines()]
+    table = _statuses(tmp_path / "out")
+    assert sorted(table["key"]) == sorted(keys)
+    assert set(table.loc[table["status"] == "failed", "key"]) == set(EXPECTED_FAILURES)
+    assert summary["counts"] == {"ok": len(keys) - len(EXPECTED_FAILURES), "failed": len(EXPECTED_FAILURES)}
+    samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("t-*.tar")), shardshuffle=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(set(keys) - set(EXPECTED_FAILURES))
