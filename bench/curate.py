@@ -60,7 +60,12 @@ def bare_loop(rows: list[dict], cpus: int, model: str, batch: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int) -> float:
+def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, actors: int = 1) -> float:
+    """Whole-run clips/s of the pipeline (the captioner actors start inside the run).
+
+    ``actors`` > 1: that many captioner actors of one CPU each, with decode at one CPU too, so Ray Data
+    fuses decode into each actor and every core runs decode + caption (the CPU-only layout).
+    """
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
     from pipeline.stages import CaptionConfig
@@ -72,8 +77,10 @@ def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int) -> float:
                            # With one actor holding half a CPU, decode tasks take the rest of the cores.
                            # (The actor pool starts inside the measured run: Ray Data builds it per
                            # execution, so import + model load count against the pipeline here.)
-                           frames=FrameConfig(batch_size=batch, num_cpus=1.0 - (0.5 / cpus if model else 0.0)),
-                           caption=CaptionConfig(model=model, device="cpu", batch_size=batch, num_cpus=0.5,
+                           frames=FrameConfig(batch_size=batch,
+                                              num_cpus=1.0 - (0.5 / cpus if model and actors == 1 else 0.0)),
+                           caption=CaptionConfig(model=model, device="cpu", batch_size=batch,
+                                                 num_cpus=0.5 if actors == 1 else 1.0, concurrency=actors,
                                                  decode=SETTINGS),
                            writer=ShardWriterConfig(output_dir=str(out / "shards"), samples_per_shard=50),
                            ray=RayConfig(num_cpus=cpus), progress_every_s=1e9)
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=200)
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--only-caption", action="store_true", help="skip the caption-off comparison")
     args = p.parse_args(argv)
     manifest = bench_clips(args.clips_dir, args.n)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -109,10 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     model = f"hf:{write_debug_model(model_dir)}"
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     print(f"{len(rows)} clips, {args.cpus} CPUs; clips/s (higher is better)")
-    for label, spec in (("caption off", ""), ("caption on (tiny BLIP)", model)):
+    variants = (("caption off", "", 1), ("caption on, 1 actor", model, 1),
+                (f"caption on, {args.cpus} actors", model, args.cpus))
+    for label, spec, actors in variants:
+        if args.only_caption and not spec:
+            continue
         bare = bare_loop(rows, args.cpus, spec, args.batch)
-        piped = ray_pipeline(manifest, args.cpus, spec, args.batch)
-        print(f"{label:<24} bare loop {bare:7.1f}   Ray pipeline {piped:7.1f}   pipeline/bare {piped / bare:5.2f}",
+        piped = ray_pipeline(manifest, args.cpus, spec, args.batch, actors)
+        print(f"{label:<22} bare loop {bare:7.1f}   Ray pipeline {piped:7.1f}   pipeline/bare {piped / bare:5.2f}",
               flush=True)
     ray.shutdown()
     shutil.rmtree(model_dir, ignore_errors=True)
