@@ -128,3 +128,21 @@ def test_folding_batchnorm_keeps_features_and_captions(tiny_dir):
     assert [[h.tokens for h in hs] for hs in a] == [[h.tokens for h in hs] for hs in b]
     with pytest.raises(RuntimeError, match="call .eval"):
         build_model(cfg, state).train().encoder.resnet.fold_batchnorm()
+
+
+def test_threaded_preprocessing_gives_the_same_captions(tiny_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from caption.ofa.preprocess import preprocess, resize_batch
+
+    images = [*frames(7), Image.fromarray(frames(1)[0])]
+    with ThreadPoolExecutor(3) as pool:
+        assert torch.equal(resize_batch(images, 64, pool), resize_batch(images, 64))
+    assert preprocess(images, 64).dtype == torch.float32 and preprocess(images, 64).shape == (8, 3, 64, 64)
+    plain = OFACaptioner(str(tiny_dir), device="cpu", batch_size=3)
+    threaded = OFACaptioner(str(tiny_dir), device="cpu", batch_size=3, preprocess_workers=3)
+    assert threaded._prefetch is not None and plain._prefetch is None
+    assert threaded.generate_tokens(images) == plain.generate_tokens(images)
+    assert threaded.generate([]) == []
+    with pytest.raises(ValueError, match="expected an HxWx3 uint8 image"):
+        threaded.generate([*frames(4), np.zeros((5, 5), dtype=np.uint8)])  # the bad image is in the prefetched batch
