@@ -132,7 +132,8 @@ class CaptionStage:
         seconds = [0.0] * len(batch)
         idx = [i for i in range(len(batch)) if ok[i]]
         if idx:
-            images = [Image.open(io.BytesIO(batch["jpg"].iloc[i])).convert("RGB") for i in idx]
+            # Opened, not decoded: the captioner decodes them (the OFA port in its resize threads).
+            images = [Image.open(io.BytesIO(batch["jpg"].iloc[i])) for i in idx]
             t0 = time.perf_counter()
             texts = self.captioner.generate(images)
             per = (time.perf_counter() - t0) / len(idx)
