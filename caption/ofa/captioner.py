@@ -28,6 +28,8 @@ from caption.protocol import DecodeSettings, resolve_device
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# run_scripts/caption/evaluate_caption_huge.sh (base and large use the DecodeSettings defaults)
+HUGE_SETTINGS = DecodeSettings(beam=10, length_penalty=0.98)
 
 
 def _find_bpe_dir(ckpt: Path) -> Path:
@@ -43,14 +45,15 @@ class OFACaptioner:
     Args:
         target: converted directory or official ``.pt``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
-        settings: beam, length and n-gram settings (defaults are OFA-Caption's).
+        settings: beam, length and n-gram settings. Left at the defaults (beam 5, 16 tokens), OFA-huge
+            switches to its official eval script's beam 10 and length penalty 0.98.
         bpe_dir: folder with ``encoder.json``, ``vocab.bpe``, ``dict.txt`` or BART-style ``vocab.json`` and
             ``merges.txt`` (default: beside the model).
-        precision: ``auto`` (bf16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16``. Weights are cast,
-            as fairseq's ``--fp16`` does; log-probabilities are always computed in fp32.
+        precision: ``auto`` (fp16 on GPU, as the official eval scripts run; fp32 on CPU), ``fp32``, ``bf16``
+            or ``fp16``. Weights are cast, as fairseq's ``--fp16`` does; log-probabilities are always fp32.
         batch_size: images per forward pass (default 128 on GPU, 8 on CPU; H100 throughput doubles from 32 to 128).
         share_encoder: encode each image once for all beams (same captions, much faster).
-        temperature: logits divisor (1.0; OFA's huge script uses 0.98).
+        temperature: logits divisor (default: 0.98 for OFA-huge, 1.0 otherwise, as the official scripts).
         prompt: the encoder prompt, OFA's English caption prompt by default.
         preprocess_workers: threads resizing frames (default: up to 8 on GPU, where one thread's ~490
             frames/s would hold an H100 back; 1 on CPU, where the model is the bottleneck). With more than one,
@@ -69,7 +72,7 @@ class OFACaptioner:
         precision: str = "auto",
         batch_size: int | None = None,
         share_encoder: bool = True,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         prompt: str = CAPTION_PROMPT,
         preprocess_workers: int | None = None,
     ) -> None:
@@ -90,11 +93,16 @@ class OFACaptioner:
             )
         self.device = torch.device(resolve_device(device))
         if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
         if precision not in _DTYPES:
             raise ValueError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
         self.precision = precision
         self.settings = settings or DecodeSettings()
+        if cfg.flavour == "huge" and self.settings == DecodeSettings():
+            self.settings = HUGE_SETTINGS
+            logger.info("OFA-huge: decoding with its official settings (beam 10, length penalty 0.98, temperature 0.98)")
+        if temperature is None:
+            temperature = 0.98 if cfg.flavour == "huge" else 1.0
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 8)
         self.cfg, self.meta, self.prompt = cfg, meta, prompt
         self.weights_path = weights

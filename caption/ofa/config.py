@@ -2,7 +2,8 @@
 
 Sizes follow the OFA model card (``models/ofa/ofa.py`` arch functions). The NormFormer switches
 (``scale_attn``, ``scale_fc``, ``scale_heads``) and ``disable_entangle`` default to what the official
-caption fine-tuning scripts pass; a checkpoint's own arguments always win.
+caption fine-tuning scripts pass; a checkpoint's own arguments always win, and where a checkpoint
+lacks one, it gets the official arch function's default (False), as fairseq would give it.
 """
 
 from __future__ import annotations
@@ -158,7 +159,14 @@ _ARG_FIELDS: dict[str, str] = {
 
 # Arguments the port does not implement; a checkpoint that turns one on is refused rather than
 # silently mis-computed.
-_UNSUPPORTED_TRUE = ("encoder_prompt", "decoder_prompt", "adapter", "cross_self_attention", "no_cross_attention")
+# sync_bn changes the ResNet's BatchNorm eps (1e-3) and freeze_resnet its buffers, under the same key names.
+_UNSUPPORTED_TRUE = ("encoder_prompt", "decoder_prompt", "adapter", "cross_self_attention", "no_cross_attention",
+                     "sync_bn", "freeze_resnet")
+
+
+# Switches the official arch functions default to False (``getattr(args, name, False)``) although the
+# caption scripts turn them on: a checkpoint that does not store them was trained without them.
+_ARCH_FALSE_DEFAULTS = ("scale_attn", "scale_fc", "scale_heads", "disable_entangle")
 
 
 def config_from_fairseq_args(args: dict[str, Any], vocab_size: int) -> OFAConfig:
@@ -182,6 +190,7 @@ def config_from_fairseq_args(args: dict[str, Any], vocab_size: int) -> OFAConfig
     if args.get("decoder_embed_dim", args.get("encoder_embed_dim")) != args.get("encoder_embed_dim"):
         raise ValueError("checkpoint has different encoder and decoder widths; OFA shares one embedding")
     fields: dict[str, Any] = {"flavour": name, "vocab_size": vocab_size}
+    fields.update({arg: False for arg in _ARCH_FALSE_DEFAULTS if args.get(arg) is None})
     for arg, field in _ARG_FIELDS.items():
         if args.get(arg) is not None:
             fields[field] = args[arg]

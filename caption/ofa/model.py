@@ -57,7 +57,8 @@ class OFAEncoder(nn.Module):
         self.token_rel_pos = nn.ModuleList(nn.Embedding(2 * cfg.token_bucket_size - 1, cfg.heads) for _ in range(cfg.encoder_layers))
         n_img = (2 * cfg.image_bucket_size - 1) ** 2 + 3
         self.image_rel_pos = nn.ModuleList(nn.Embedding(n_img, cfg.heads) for _ in range(cfg.encoder_layers))
-        self.register_buffer("token_buckets", token_rel_buckets(cfg.token_bucket_size, cfg.max_source_positions), persistent=False)
+        # Official OFA builds this table for 1024 positions whatever max_source_positions says.
+        self.register_buffer("token_buckets", token_rel_buckets(cfg.token_bucket_size), persistent=False)
         self.register_buffer("image_buckets", image_rel_buckets(cfg.image_bucket_size), persistent=False)
 
     def position_biases(self, grid: tuple[int, int], length: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -123,7 +124,7 @@ class OFADecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.layer_norm = nn.LayerNorm(c)
         self.token_rel_pos = nn.ModuleList(nn.Embedding(2 * cfg.token_bucket_size - 1, cfg.heads) for _ in range(cfg.decoder_layers))
-        self.register_buffer("token_buckets", token_rel_buckets(cfg.token_bucket_size, cfg.max_target_positions), persistent=False)
+        self.register_buffer("token_buckets", token_rel_buckets(cfg.token_bucket_size), persistent=False)  # 1024, as above
 
     embed_tokens: nn.Embedding  # set by OFAModel
 

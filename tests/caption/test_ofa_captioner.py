@@ -146,3 +146,16 @@ def test_threaded_preprocessing_gives_the_same_captions(tiny_dir):
     assert threaded.generate([]) == []
     with pytest.raises(ValueError, match="expected an HxWx3 uint8 image"):
         threaded.generate([*frames(4), np.zeros((5, 5), dtype=np.uint8)])  # the bad image is in the prefetched batch
+
+
+def test_huge_gets_its_official_decode_settings_unless_told_otherwise(tiny_dir, tmp_path):
+    huge = tmp_path / "huge_named"
+    shutil.copytree(tiny_dir, huge)
+    data = json.loads((huge / "config.json").read_text())
+    data["model"]["flavour"] = "huge"  # the tiny weights, named huge: only the decode defaults change
+    (huge / "config.json").write_text(json.dumps(data))
+    decode = OFACaptioner(str(huge), device="cpu").describe()["decode"]
+    assert (decode["beam"], decode["length_penalty"], decode["temperature"]) == (10, 0.98, 0.98)
+    chosen = OFACaptioner(str(huge), device="cpu", settings=DecodeSettings(beam=3), temperature=1.0).describe()["decode"]
+    assert (chosen["beam"], chosen["length_penalty"], chosen["temperature"]) == (3, 1.0, 1.0)
+    assert OFACaptioner(str(tiny_dir), device="cpu").describe()["decode"]["beam"] == 5

@@ -128,3 +128,38 @@ def test_non_ofa_checkpoints_are_refused(tmp_path):
     text.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
         read_fairseq_checkpoint(text)
+
+
+def test_checkpoints_with_unported_options_are_refused(tiny_dir, tmp_path):
+    """sync_bn would silently change the ResNet's BatchNorm eps under the same key names."""
+    pt = write_official(tiny_dir, tmp_path / "sync.pt")
+    ckpt = torch.load(pt, weights_only=False)
+    ckpt["args"].sync_bn = True
+    torch.save(ckpt, pt)
+    with pytest.raises(ValueError, match="sync_bn=True, which the OFA port does not implement"):
+        read_fairseq_checkpoint(pt)
+
+
+def test_text_buckets_are_the_1024_table_whatever_the_max_positions():
+    import dataclasses
+
+    from caption.ofa.config import flavour
+    from caption.ofa.model import OFAModel
+    from caption.ofa.positions import token_rel_buckets
+
+    cfg = dataclasses.replace(flavour("tiny"), max_source_positions=512, max_target_positions=256)
+    model = OFAModel(cfg)
+    full = token_rel_buckets(cfg.token_bucket_size, 1024)
+    assert torch.equal(model.encoder.token_buckets[:512, :512], full[:512, :512])
+    assert torch.equal(model.decoder.token_buckets[:256, :256], full[:256, :256])
+    assert not torch.equal(token_rel_buckets(cfg.token_bucket_size, 512), full[:512, :512])  # the old, wrong table
+
+
+def test_switches_a_checkpoint_does_not_store_take_the_official_arch_defaults():
+    from caption.ofa.config import config_from_fairseq_args
+
+    stored = {"arch": "ofa_large", "scale_attn": True, "scale_fc": True, "scale_heads": True, "disable_entangle": True}
+    assert config_from_fairseq_args(stored, 59457).scale_attn is True
+    bare = config_from_fairseq_args({"arch": "ofa_large"}, 59457)
+    assert (bare.scale_attn, bare.scale_fc, bare.scale_heads, bare.disable_entangle) == (False, False, False, False)
+    assert bare.embed_dim == 1024 and bare.resnet_layers == (3, 8, 36)
