@@ -130,22 +130,23 @@ def write_debug_model(out_dir: str | Path, seed: int = 0, image_size: int = 32, 
 _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
 
 
-def _bert_tokenizer(out: Path, **kwargs: Any):
+def _bert_tokenizer(out: Path, **kwargs: Any) -> tuple[Any, dict[str, int]]:
+    """A word-level BERT tokenizer over the debug words, and the ids of its special tokens."""
     from transformers import BertTokenizer
 
     vocab = out / "vocab.txt"
     vocab.write_text("\n".join(_BERT_SPECIALS + list(DEBUG_WORDS)) + "\n")
-    return BertTokenizer(str(vocab), do_lower_case=True, **kwargs)
+    tokenizer = BertTokenizer(str(vocab), do_lower_case=True, **kwargs)
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in _BERT_SPECIALS}
 
 
 def _write_blip(out: Path, image_size: int) -> Path:
     import torch
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
-    tokenizer = _bert_tokenizer(out, bos_token="[DEC]")
+    tokenizer, ids = _bert_tokenizer(out, bos_token="[DEC]")
     image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _BERT_SPECIALS}
     text = dict(vocab_size=len(_BERT_SPECIALS) + len(DEBUG_WORDS), hidden_size=32, num_hidden_layers=2,
                 num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=32,
                 pad_token_id=ids["[PAD]"], bos_token_id=ids["[DEC]"], sep_token_id=ids["[SEP]"],
@@ -164,10 +165,9 @@ def _write_blip(out: Path, image_size: int) -> Path:
 def _write_git(out: Path, image_size: int) -> Path:
     from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
-    tokenizer = _bert_tokenizer(out)
+    tokenizer, ids = _bert_tokenizer(out)
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _BERT_SPECIALS}
     config = GitConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=8),

@@ -133,13 +133,10 @@ class OFACaptioner:
             return resize_batch(chunk, size, self._resize_pool)
 
         out: list[list[int]] = []
-        ahead = self._prefetch.submit(resize, chunks[0]) if self._prefetch and chunks else None
+        ahead = None  # the next chunk, resizing in the background while this one decodes
         for i, chunk in enumerate(chunks):
-            if ahead is not None:
-                pixels = ahead.result()
-                ahead = self._prefetch.submit(resize, chunks[i + 1]) if i + 1 < len(chunks) else None
-            else:
-                pixels = resize(chunk)
+            pixels = ahead.result() if ahead is not None else resize(chunk)
+            ahead = self._prefetch.submit(resize, chunks[i + 1]) if self._prefetch and i + 1 < len(chunks) else None
             batch = normalize(pixels, self.device, dtype)
             out += [hyps[0].tokens for hyps in self.generator.generate(batch)]
         return out

@@ -193,8 +193,6 @@ def convert_fairseq_checkpoint(ckpt: str | Path, out_dir: str | Path, bpe_dir: s
     files = find_bpe_files(bpe_dir) if bpe_dir is not None else {}
     meta = {**meta, "source": str(Path(ckpt).resolve()), "source_sha256": sha256_file(ckpt)}
     out = save_converted(out_dir, cfg, state, meta)
-    if "vocab.json" in files and (files["vocab.json"].parent / "added_tokens.json").is_file():
-        files["added_tokens.json"] = files["vocab.json"].parent / "added_tokens.json"
     for name, path in files.items():
         shutil.copyfile(path, out / name)
     return out

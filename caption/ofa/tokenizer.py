@@ -32,14 +32,18 @@ def strip_punctuation(text: str) -> str:
 
 
 BART_FILES = ("vocab.json", "merges.txt")
+ADDED_TOKENS = "added_tokens.json"
 
 
 def find_bpe_files(directory: str | Path) -> dict[str, Path]:
-    """The tokenizer files in ``directory``: the fairseq set, else the BART set; raise naming what is missing."""
+    """The tokenizer files in ``directory``: the fairseq set, else the BART set (with ``added_tokens.json``
+    when present); raise naming what is missing."""
     directory = Path(directory)
     for names in (BPE_FILES, BART_FILES):
         paths = {name: directory / name for name in names}
         if all(p.is_file() for p in paths.values()):
+            if names == BART_FILES and (directory / ADDED_TOKENS).is_file():
+                paths[ADDED_TOKENS] = directory / ADDED_TOKENS  # optional; checked against our ids
             return paths
     missing = [str(directory / n) for n in BPE_FILES if not (directory / n).is_file()]
     raise FileNotFoundError(
@@ -97,8 +101,7 @@ class FairseqDictionary:
             if word in self.index and not overwrite:
                 raise ValueError(f"{dict_txt}:{lineno}: duplicate token {word!r}; fairseq refuses this dictionary too")
             self.add(word)
-        for extra in ["<mask>"] + [f"<code_{i}>" for i in range(num_codes)] + [f"<bin_{i}>" for i in range(num_bins)]:
-            self.add(extra)
+        self._add_extras(num_codes, num_bins)
 
     @classmethod
     def from_vocab(cls, vocab_json: str | Path, num_codes: int = 8192, num_bins: int = 1000) -> FairseqDictionary:
@@ -114,9 +117,13 @@ class FairseqDictionary:
         self.symbols, self.index = [], {}
         for _, sym in by_id:
             self.add(sym)
+        self._add_extras(num_codes, num_bins)
+        return self
+
+    def _add_extras(self, num_codes: int, num_bins: int) -> None:
+        """OFA's symbols after the text vocabulary: ``<mask>`` (kept where already present), codes, bins."""
         for extra in ["<mask>"] + [f"<code_{i}>" for i in range(num_codes)] + [f"<bin_{i}>" for i in range(num_bins)]:
             self.add(extra)
-        return self
 
     def add(self, symbol: str) -> int:
         if symbol not in self.index:
@@ -142,7 +149,8 @@ class OFATokenizer:
             # BPE ids are the final ids; a token missing from vocab.json becomes <unk>, as fairseq's remap does
             self.bpe = GPT2BPE(files["vocab.json"], files["merges.txt"], unk_token="<unk>")
             self.dictionary = FairseqDictionary.from_vocab(files["vocab.json"], num_codes, num_bins)
-            _check_added_tokens(self.bpe_dir / "added_tokens.json", self.dictionary)
+            if ADDED_TOKENS in files:
+                _check_added_tokens(files[ADDED_TOKENS], self.dictionary)
         self.bos, self.pad, self.eos, self.unk = (self.dictionary.index[s] for s in SPECIALS)
 
     def __len__(self) -> int:
@@ -174,8 +182,6 @@ class OFATokenizer:
 
 def _check_added_tokens(path: Path, dictionary: FairseqDictionary) -> None:
     """An ``added_tokens.json`` (symbol -> id) must give the ids this dictionary gives."""
-    if not path.is_file():
-        return
     added: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
     wrong = [(sym, i, dictionary.index.get(sym)) for sym, i in added.items() if dictionary.index.get(sym) != i]
     if wrong:
@@ -208,5 +214,5 @@ def write_bart_layout(bpe_dir: str | Path, out_dir: str | Path, num_codes: int =
             added[sym] = i
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text(files["vocab.bpe"].read_text(encoding="utf-8"), encoding="utf-8")
-    (out / "added_tokens.json").write_text(json.dumps(added), encoding="utf-8")
+    (out / ADDED_TOKENS).write_text(json.dumps(added), encoding="utf-8")
     return out
