@@ -17,11 +17,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class ConfigError(ValueError):
+    """A config file, key or value the user must fix; the message names it and says how."""
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML, YAML or JSON config file into a dict."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist; pass an existing .toml, .yaml or .json file")
+        raise ConfigError(f"config file {path} does not exist; pass an existing .toml, .yaml or .json file")
     text = path.read_text()
     suffix = path.suffix.lower()
     if suffix == ".toml":
@@ -35,13 +39,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         return data or {}
     if suffix == ".json":
         return json.loads(text)
-    raise ValueError(f"config file {path}: unknown format {suffix!r}; use .toml, .yaml or .json")
+    raise ConfigError(f"config file {path}: unknown format {suffix!r}; use .toml, .yaml or .json")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value``; the value is read as YAML so ``3``, ``true`` and ``[1, 2]`` keep their types."""
     if "=" not in item:
-        raise ValueError(f"override {item!r} must look like section.field=value")
+        raise ConfigError(f"override {item!r} must look like section.field=value")
     key, raw = item.split("=", 1)
     import yaml
 
@@ -61,7 +65,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {k!r} is not a section")
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
         node[keys[-1]] = value
     return out
 
@@ -81,12 +85,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, base: T | None = None, 
     """
     data = data or {}
     if not isinstance(data, dict):
-        raise ValueError(f"config section {where or cls.__name__} must be a table, got {data!r}")
+        raise ConfigError(f"config section {where or cls.__name__} must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown config key(s) {unknown} in {where or cls.__name__}; known keys: {sorted(fields)}"
         )
     current = base if base is not None else cls()

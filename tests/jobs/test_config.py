@@ -40,7 +40,7 @@ def test_unknown_key_names_key_and_section(tmp_path):
 
 
 def test_missing_file_is_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         config.load(Outer, tmp_path / "nope.toml")
 
 
