@@ -22,15 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.common import offline_defaults, setup_logging
-from jobs.config import load, write_resolved
+from jobs.common import cli_main, offline_defaults, setup_logging
+from jobs.config import load
 
 logger = logging.getLogger("jobs.curate")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Kept out of the uploaded working dir (Ray refuses more than 100 MiB).
-RUNTIME_ENV_EXCLUDES = [".venv", ".venv/", ".git", ".git/", "runs/", "data/", "out/", "demo_out/",
-                        "*.mp4", "*.tar", "*.parquet", "__pycache__/", ".pytest_cache/", "*.egg-info/"]
+RUNTIME_ENV_EXCLUDES = [".venv", ".venv/", ".git", ".git/", "runs/", "data/", "out/", "demo_out/", "models/",
+                        "*.mp4", "*.tar", "*.parquet", "*.safetensors", "*.pt", "__pycache__/", ".pytest_cache/",
+                        "*.egg-info/"]
 
 
 def runtime_env() -> dict[str, Any]:
@@ -64,20 +65,23 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.log_level)
     offline_defaults()
-    from pipeline.run import CurateConfig, run
+    from pipeline.run import CurateConfig, CurationError, check_outcome, run
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     cfg = load(CurateConfig, args.config, overrides)
-    if "://" not in cfg.writer.output_dir:  # write_resolved writes local files only
-        write_resolved(cfg, Path(cfg.writer.output_dir) / "config.json")
     if cfg.ray.address and cfg.ray.address.startswith("ray://"):
         import ray
 
         ray.init(address=cfg.ray.address, runtime_env=runtime_env())
-    summary = run(cfg)
+    summary = run(cfg)  # writes config.json and _run.json beside the shards once the inputs are valid
     print(summary_table(summary))
+    try:
+        check_outcome(summary)
+    except CurationError as exc:
+        print(f"clipvip curate: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip curate", main))

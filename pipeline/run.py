@@ -1,12 +1,23 @@
-"""The curation run: manifest -> checks -> decode -> caption -> shards, as one Ray Data graph.
+"""The curation run: plan from metadata, check the cluster, then one Ray task per shard.
 
-``run(cfg)`` reads and validates the manifest, decides which input shards still need work (resume),
-chains the stages with their resources from config, checks that every stage's inputs are produced
-upstream, then streams the results into one ``ShardWriter`` per input shard. A shard is written
-as soon as all of its rows have arrived, so finished work survives a killed job.
+``run(cfg)`` is the driver. It never reads a row or a clip byte:
 
-The writer runs in the driver: rows arrive already encoded (a few tens of KB each), and one writer
-per shard keeps a shard all-or-nothing without a shuffle barrier in the graph.
+1. Resolve paths (relative local paths become absolute; inside a Ray job they are refused, since
+   they would point into Ray's temporary copy of the working dir and vanish with it).
+2. Check the cluster can run what the config asks (GPUs, custom resources) and that the caption
+   model is readable where the caption stage will run.
+3. Plan (``pipeline/plan.py``): scan tasks validate every manifest part on the workers and check
+   keys are unique; the driver gets row counts and digests.
+4. Fingerprint: ``_run.json`` in ``output_dir`` records what decides the outputs (manifest digest,
+   rows, shard size, frame and caption settings). A rerun with a different fingerprint is
+   refused, naming the difference, unless ``writer.overwrite`` removes the old run first; a
+   rerun with the same one resumes. Nothing is written before steps 1-4 pass.
+5. One ``process_shard`` task per unfinished shard (``pipeline/shard_task.py``), at most
+   ``writer.max_in_flight`` at a time. Each writes its shard's files on its worker and returns a
+   summary. Finished shards (marker present) are skipped; ``retry_failed`` reopens those with
+   failed rows.
+6. ``_summary.json`` and ``sizes.json`` from the markers; ``check_outcome`` raises when shards
+   are missing or more than ``max_failed_fraction`` of the rows failed.
 """
 
 from __future__ import annotations
@@ -15,21 +26,34 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
-import pandas as pd
-
-from pipeline import manifest as manifest_mod
-from pipeline import stages
 from pipeline import writer as writer_mod
 from pipeline.frames import FrameConfig
-from pipeline.manifest import ManifestConfig, load_manifest
-from pipeline.stages import CaptionConfig
-from pipeline.writer import ShardWriter, ShardWriterConfig
+from pipeline.manifest import ManifestConfig
+from pipeline.plan import Plan, plan_manifest
+from pipeline.shard_task import CaptionActor, ProgressCounter, ShardJob, process_shard
+from pipeline import manifest as manifest_mod
+from pipeline.stages import CaptionConfig, build_stages, check_graph
+from pipeline.writer import ShardWriterConfig
+from shards import format as fmt
 
 logger = logging.getLogger(__name__)
+
+RUN_FORMAT = 1
+# FrameConfig fields that do not change what is written (where and how fast it runs).
+_FRAME_RUNTIME_FIELDS = ("decode_threads", "timeout_s", "num_cpus", "batch_size")
+
+
+class SetupError(ValueError):
+    """The run cannot start as configured; the message names the setting and the fix."""
+
+
+class CurationError(RuntimeError):
+    """The run ended, but not as it should: shards missing, or too many rows failed."""
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -38,10 +62,9 @@ class RayConfig:
 
     address: str = ""
     num_cpus: int | None = None
-    progress_bars: bool = False  # Ray Data's own bars; the run logs clips/s itself
-    # Ray Data holds back part of the CPUs per operator by default; in this short linear graph that
-    # idles decode slots (measured: ~1.5x fewer clips/s on 2 CPUs), so it is off unless asked for.
-    reserve_op_resources: bool = False
+    # Refuse to start when the cluster as it is now cannot host the requested actors and tasks.
+    # Turn off on an autoscaling cluster whose nodes arrive after the job starts.
+    check_resources: bool = True
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -54,181 +77,419 @@ class CurateConfig:
     writer: ShardWriterConfig = dataclasses.field(default_factory=ShardWriterConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     progress_every_s: float = 10.0
+    stall_warn_s: float = 60.0  # say what the run waits for when no row finished for this long
+    max_failed_fraction: float = 0.5  # more failed rows than this fraction: the run ends non-zero
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise ValueError(f"max_failed_fraction={self.max_failed_fraction} must be between 0 and 1")
 
 
-@dataclasses.dataclass(kw_only=True, frozen=True)
-class Stage:
-    """One node of the graph: a function (task) or a class (actor pool) with its resources."""
-
-    name: str
-    fn: Callable[..., Any] | type
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    batch_size: int | None = None
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    concurrency: int | None = None  # actor pool size; None for tasks
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+# ---------------------------------------------------------------------------------------------
+# 1. paths
 
 
-def _no_caption(batch: pd.DataFrame) -> pd.DataFrame:
-    """Caption stage off: empty captions, and metadata that says why."""
-    return batch.assign(caption="", caption_info=stages.caption_off_info(), caption_s=0.0)
+def in_ray_job() -> bool:
+    """True inside ``ray job submit``: the entrypoint runs in Ray's temporary copy of the working dir."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or "working_dir_files" in os.getcwd()
 
 
-def build_stages(cfg: CurateConfig) -> list[Stage]:
-    """The stage list for ``cfg``, in order."""
-    out = [
-        Stage(name="check_text", fn=stages.check_text, inputs=stages.CHECK_TEXT_INPUTS,
-              outputs=stages.CHECK_TEXT_OUTPUTS, batch_size=cfg.frames.batch_size, num_cpus=cfg.frames.num_cpus),
-        Stage(name="decode", fn=stages.decode_clips, inputs=stages.DECODE_INPUTS, outputs=stages.DECODE_OUTPUTS,
-              batch_size=cfg.frames.batch_size, num_cpus=cfg.frames.num_cpus, kwargs={"cfg": cfg.frames}),
-    ]
-    if cfg.caption.model:
-        c = cfg.caption
-        out.append(Stage(name="caption", fn=stages.CaptionStage, inputs=stages.CAPTION_INPUTS,
-                         outputs=stages.CAPTION_OUTPUTS, batch_size=c.batch_size, num_cpus=c.num_cpus,
-                         num_gpus=c.num_gpus, concurrency=c.concurrency, kwargs={"cfg": c}))
-    else:
-        out.append(Stage(name="no_caption", fn=_no_caption, inputs=(), outputs=stages.CAPTION_OUTPUTS,
-                         batch_size=cfg.frames.batch_size, num_cpus=cfg.frames.num_cpus))
-    return out
+def resolve_paths(cfg: CurateConfig) -> CurateConfig:
+    """Absolute local paths for the manifest, the output and an ``ofa:``/``hf:`` model directory."""
+    job = in_ray_job()
+
+    def fix(value: str, setting: str) -> str:
+        if not value or "://" in value or os.path.isabs(value):
+            return value
+        if job:
+            raise SetupError(f"{setting}={value!r} is relative; inside a Ray job it would resolve in Ray's temporary "
+                             "copy of the working dir and vanish with it: give an absolute path or a URL "
+                             "(s3://..., gs://...)")
+        return os.path.abspath(value)
+
+    model = cfg.caption.model
+    if model and ":" in model:
+        backend, target = model.split(":", 1)
+        if backend == "ofa" or (backend == "hf" and (target.startswith((".", "/")) or os.path.exists(target))):
+            model = f"{backend}:{fix(target, 'caption.model')}"
+    return dataclasses.replace(
+        cfg, manifest=dataclasses.replace(cfg.manifest, path="::".join(fix(p, "manifest.path")
+                                                                       for p in cfg.manifest.path.split("::"))),
+        writer=dataclasses.replace(cfg.writer, output_dir=fix(cfg.writer.output_dir, "writer.output_dir")),
+        caption=dataclasses.replace(cfg.caption, model=model))
 
 
-def check_graph(source: tuple[str, ...], graph: list[Stage], sink: tuple[str, ...]) -> None:
-    """Raise before launching anything if a stage (or the writer) reads a column nobody produced."""
-    available = set(source)
-    for stage in graph:
-        missing = [c for c in stage.inputs if c not in available]
-        if missing:
-            raise ValueError(f"stage {stage.name!r} reads column(s) {missing} that no earlier stage produces "
-                             f"(available: {sorted(available)})")
-        available |= set(stage.outputs)
-    missing = [c for c in sink if c not in available]
-    if missing:
-        raise ValueError(f"the writer reads column(s) {missing} that no stage produces")
-
-
-def apply_stage(ds: Any, stage: Stage) -> Any:
-    """Add ``stage`` to a Ray dataset: a task for functions, an actor pool for classes."""
-    common = dict(batch_size=stage.batch_size, batch_format="pandas", num_cpus=stage.num_cpus)
-    if isinstance(stage.fn, type):
-        # On a CPU-only run Ray Data fuses the decode tasks into this actor (equal remote args). That
-        # is faster on few cores (measured on 2 CPUs: 0.56 of the bare loop fused, 0.35 kept apart,
-        # bench/curate.py); with num_gpus > 0 the stages stay apart and decode scales on its own.
-        return ds.map_batches(stage.fn, fn_constructor_kwargs=stage.kwargs, num_gpus=stage.num_gpus,
-                              concurrency=stage.concurrency, **common)
-    return ds.map_batches(stage.fn, fn_kwargs=stage.kwargs, **common)
+# ---------------------------------------------------------------------------------------------
+# 2. the cluster
 
 
 def init_ray(cfg: RayConfig) -> None:
     """Connect to ``cfg.address`` or ``RAY_ADDRESS`` (set inside ``ray job submit``), else start local Ray."""
     import ray
 
-    if not ray.is_initialized():
-        _connect(cfg)
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress_bars
-    ctx.op_resource_reservation_enabled = cfg.reserve_op_resources
-
-
-def _connect(cfg: RayConfig) -> None:
-    import ray
-
+    if ray.is_initialized():
+        return
     if cfg.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.address or None, log_to_driver=True)
     else:
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
 
 
-def plan_shards(cfg: CurateConfig, rows: pd.DataFrame) -> tuple[list[int], dict[int, dict[str, Any]]]:
+def _task_demand(cfg: CurateConfig) -> dict[str, float]:
+    demand = {"CPU": cfg.writer.num_cpus, **cfg.writer.resources}
+    if cfg.caption.model and not cfg.caption.uses_actors and cfg.caption.num_gpus:
+        demand["GPU"] = cfg.caption.num_gpus
+    return {k: v for k, v in demand.items() if v}
+
+
+def _actor_demand(cfg: CurateConfig) -> dict[str, float]:
+    c = cfg.caption
+    return {k: v for k, v in {"CPU": c.num_cpus, "GPU": c.num_gpus, **c.resources}.items() if v}
+
+
+def _fits(node: dict[str, float], demand: dict[str, float]) -> int:
+    """How many of ``demand`` one node can host at once."""
+    return int(min((node.get(k, 0.0) / v for k, v in demand.items()), default=1e9))
+
+
+def _describe(demand: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(demand.items()))
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cluster(cfg: CurateConfig) -> int:
+    """Raise ``SetupError`` when no node can run a shard task or the caption pool cannot all start.
+
+    Returns how many shard tasks the cluster can run at once.
+    """
+    nodes = alive_nodes()
+    have = Counter()
+    for n in nodes:
+        have.update(n)
+    offer = _describe({k: v for k, v in have.items() if not k.startswith("node:") and "memory" not in k})
+    task = _task_demand(cfg)
+    slots = sum(_fits(n, task) for n in nodes)
+    if cfg.ray.check_resources and slots == 0:
+        raise SetupError(f"no node can run a shard task, which needs {_describe(task)} (writer.num_cpus, "
+                         f"writer.resources); the cluster offers {offer}. Lower them or add nodes that offer them")
+    if cfg.caption.uses_actors and cfg.ray.check_resources:
+        actor = _actor_demand(cfg)
+        room = sum(_fits(n, actor) for n in nodes)
+        if room < cfg.caption.concurrency:
+            raise SetupError(
+                f"caption.concurrency={cfg.caption.concurrency} actors each needing {_describe(actor)} "
+                f"(caption.num_gpus, num_cpus, resources) do not fit: the cluster has room for {room} "
+                f"(it offers {offer}). Lower caption.concurrency or caption.num_gpus, or add nodes; on a "
+                "CPU-only cluster set caption.num_gpus=0")
+    return max(slots, 1)
+
+
+def model_problem(spec: str) -> str | None:
+    """Why the caption model at ``spec`` cannot be read here, or None (run on a caption node)."""
+    backend, _, target = spec.partition(":")
+    if backend not in ("hf", "ofa") or not target:
+        return f"caption.model={spec!r} must be 'ofa:<converted checkpoint dir>' or 'hf:<path or hub id>'"
+    looks_local = backend == "ofa" or target.startswith(("/", "."))
+    if "://" in target:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(target)
+        return None if fs.exists(path) else f"caption.model {target} does not exist"
+    if looks_local and not os.path.isdir(target):
+        return (f"caption.model directory {target} does not exist on node {os.uname().nodename}; put the model "
+                "on storage every caption node can read (a shared path or a URL), outside the job's working dir")
+    if looks_local and not os.access(target, os.R_OK | os.X_OK):
+        return f"caption.model directory {target} is not readable by the Ray workers"
+    return None
+
+
+def probe_model(cfg: CurateConfig, timeout_s: float = 300.0) -> None:
+    """Check the model path on a node that will caption, before any actor or shard starts."""
+    import ray
+
+    demand = _actor_demand(cfg) if cfg.caption.uses_actors else _task_demand(cfg)
+    probe = ray.remote(model_problem).options(num_cpus=0, num_gpus=demand.get("GPU", 0),
+                                              resources={k: v for k, v in demand.items() if k not in ("CPU", "GPU")})
+    ref = probe.remote(cfg.caption.model)
+    ready, _ = ray.wait([ref], timeout=timeout_s)
+    if not ready:
+        ray.cancel(ref, force=True)
+        raise SetupError(f"no node could check caption.model within {timeout_s:.0f} s (needs {_describe(demand)}); "
+                         "is a caption node up?")
+    problem = ray.get(ref)
+    if problem:
+        raise SetupError(problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. the fingerprint
+
+
+def fingerprint(cfg: CurateConfig, plan: Plan) -> dict[str, Any]:
+    """What decides this run's outputs; equal fingerprints may share an output folder."""
+    frames = {k: v for k, v in dataclasses.asdict(cfg.frames).items() if k not in _FRAME_RUNTIME_FIELDS}
+    caption = {"model": cfg.caption.model, "decode": dataclasses.asdict(cfg.caption.decode) if cfg.caption.model else None}
+    return {"format": RUN_FORMAT,
+            "manifest": {"parts": len(plan.parts), "rows": plan.n_rows, "digest": plan.digest},
+            "samples_per_shard": cfg.writer.samples_per_shard, "prefix": cfg.writer.prefix,
+            "frames": frames, "caption": caption}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
+    """Refuse an output folder holding a different run, or empty it first with ``overwrite``.
+
+    The same fingerprint resumes, with or without ``overwrite``: it never throws away finished
+    shards of the very run being resumed.
+    """
+    base = cfg.output_dir.rstrip("/")
+    existing = writer_mod.read_json(f"{base}/{fmt.RUN_FILE}")
+    if cfg.overwrite and existing != fp:
+        removed = writer_mod.remove_run(cfg)
+        if removed:
+            logger.info("writer.overwrite: removed %d file(s) of a different earlier run in %s", removed, base)
+        return
+    if existing is None:
+        leftovers = [p for p in writer_mod.run_files(cfg) if fmt.parse_shard_file(p.rsplit("/", 1)[-1])]
+        if leftovers:
+            raise SetupError(f"writer.output_dir {base} holds {len(leftovers)} '{cfg.prefix}-*' shard file(s) but no "
+                             f"{fmt.RUN_FILE}, so they cannot be matched to this run; use a new writer.output_dir or "
+                             "set writer.overwrite=true to delete them first")
+        return
+    old, new = _flat(existing), _flat(fp)
+    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+    if diffs:
+        raise SetupError(f"writer.output_dir {base} holds a different run ({'; '.join(diffs[:4])}"
+                         f"{'; ...' if len(diffs) > 4 else ''}); use a new writer.output_dir, or set "
+                         "writer.overwrite=true to delete the old shards first")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. the shards
+
+
+def plan_shards(cfg: CurateConfig, n_shards: int) -> tuple[list[int], dict[int, dict[str, Any]]]:
     """(shards to process, stats of shards kept as they are). ``retry_failed`` reopens failed ones."""
-    all_shards = sorted(int(s) for s in rows["shard"].unique())
-    finished = writer_mod.finished_shards(cfg.writer, all_shards)
+    finished = writer_mod.finished_shards(cfg.writer, range(n_shards))
     if cfg.writer.retry_failed:
         for s in [s for s, st in finished.items() if st["counts"].get("failed", 0) > 0]:
             writer_mod.reopen_shard(cfg.writer, s)
             del finished[s]
-    return [s for s in all_shards if s not in finished], finished
+    return [s for s in range(n_shards) if s not in finished], finished
 
 
 class Progress:
-    """Logs clips/s, failures and shards at a fixed cadence."""
+    """Rows, failures and shards so far; logs at a fixed cadence and says what a stalled run waits for."""
 
-    def __init__(self, total_rows: int, total_shards: int, every_s: float):
-        self.total_rows, self.total_shards, self.every_s = total_rows, total_shards, every_s
-        self.t0 = self.last = time.monotonic()
-        self.rows = self.shards = 0
+    def __init__(self, total_rows: int, total_shards: int, every_s: float, stall_s: float):
+        self.total_rows, self.total_shards = total_rows, total_shards
+        self.every_s, self.stall_s = every_s, stall_s
+        self.t0 = self.last_log = self.last_change = time.monotonic()
+        self.rows = self.failed = self.shards = 0
         self.status: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-
-    def update(self, batch: pd.DataFrame) -> None:
-        self.rows += len(batch)
-        self.status.update(batch["status"])
-        self.errors.update(e.split(":")[0] for e in batch.loc[batch["status"] != "ok", "error"])
-        if time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
-            logger.info("%d/%d rows, %.1f clips/s, %d failed, %d/%d shards written", self.rows, self.total_rows,
-                        self.rate, self.status["failed"], self.shards, self.total_shards)
 
     @property
     def rate(self) -> float:
         return self.rows / max(time.monotonic() - self.t0, 1e-9)
 
+    def rows_seen(self, rows: int, failed: int) -> None:
+        if rows != self.rows:
+            self.last_change = time.monotonic()
+        self.rows, self.failed = max(self.rows, rows), max(self.failed, failed)
 
-def run(cfg: CurateConfig) -> dict[str, Any]:
-    """Curate ``cfg.manifest`` into shards; returns the dataset summary (also ``_summary.json``)."""
-    rows = load_manifest(cfg.manifest, cfg.writer.samples_per_shard)
-    n_shards = int(rows["shard"].max()) + 1
-    graph = build_stages(cfg)
-    check_graph(manifest_mod.OUTPUTS, graph, writer_mod.INPUTS)
+    def shard_done(self, stats: dict[str, Any]) -> None:
+        self.shards += 1
+        self.status.update(stats["counts"])
+        self.errors.update(stats.get("failures", {}))
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_log >= self.every_s
+
+    def log(self, waiting: str) -> None:
+        self.last_log = time.monotonic()
+        logger.info("%d/%d rows, %.1f clips/s, %d failed, %d/%d shards written", self.rows, self.total_rows,
+                    self.rate, self.failed, self.shards, self.total_shards)
+        idle = time.monotonic() - self.last_change
+        if idle >= self.stall_s:
+            logger.warning("0 rows in the last %.0f s; %s", idle, waiting)
+
+
+class _Driver:
+    """The bookkeeping of one run's tasks and actors, all of it metadata."""
+
+    def __init__(self, cfg: CurateConfig, plan: Plan, todo: list[int], slots: int, stats: dict[str, int]):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.cfg, self.plan, self.todo, self.stats = cfg, plan, todo, stats
+        self.job = ShardJob(manifest=cfg.manifest, frames=cfg.frames, caption=cfg.caption, writer=cfg.writer,
+                            base_dir=os.getcwd())
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.counter = ray.remote(ProgressCounter).options(num_cpus=0, scheduling_strategy=here).remote()
+        self.actors: list[Any] = []
+        self.actor_ready: dict[Any, int] = {}
+        if cfg.caption.uses_actors:
+            c = cfg.caption
+            cls = ray.remote(CaptionActor).options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=c.resources,
+                                                   max_restarts=-1, max_task_retries=-1)
+            self.actors = [cls.remote(c) for _ in range(c.concurrency)]
+            self.actor_ready = {a.ready.remote(): i for i, a in enumerate(self.actors)}
+        self.task = ray.remote(process_shard).options(num_cpus=cfg.writer.num_cpus, resources=cfg.writer.resources,
+                                                      num_gpus=_task_demand(cfg).get("GPU", 0), max_retries=3)
+        self.max_in_flight = cfg.writer.max_in_flight or 2 * slots
+        self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
+                                 cfg.stall_warn_s)
+        self.failed_shards: dict[int, str] = {}
+
+    def get(self, ref: Any) -> Any:
+        import ray
+
+        value = ray.get(ref)
+        self.stats["bytes_received"] = self.stats.get("bytes_received", 0) + len(pickle.dumps(value))
+        self.stats["objects_received"] = self.stats.get("objects_received", 0) + 1
+        return value
+
+    def submit(self, shard: int) -> Any:
+        actor = self.actors[shard % len(self.actors)] if self.actors else None
+        return self.task.remote(self.job, shard, self.plan.slices(shard), self.plan.shard_rows(shard), actor,
+                                self.counter)
+
+    def waiting_for(self, pending: dict[Any, int]) -> str:
+        import ray
+
+        if self.actor_ready:
+            done, _ = ray.wait(list(self.actor_ready), num_returns=len(self.actor_ready), timeout=0)
+            for ref in done:
+                self.actor_ready.pop(ref)
+        free = {k: round(v, 2) for k, v in ray.available_resources().items()
+                if not k.startswith("node:") and "memory" not in k}
+        parts = [f"waiting for {len(pending)} shard task(s)"]
+        if self.actor_ready:
+            parts.append(f"{len(self.actor_ready)} of {len(self.actors)} caption actor(s) not started "
+                         f"(each needs {_describe(_actor_demand(self.cfg))})")
+        return "; ".join(parts) + f"; free now: {free}"
+
+    def poll_progress(self, pending: dict[Any, int]) -> None:
+        import ray
+
+        ref = self.counter.snapshot.remote()
+        ready, _ = ray.wait([ref], timeout=5.0)
+        if ready:
+            self.progress.rows_seen(*self.get(ref))
+        self.progress.log(self.waiting_for(pending))
+
+    def run(self) -> Progress:
+        import ray
+
+        queue = iter(self.todo)
+        pending: dict[Any, int] = {}
+        more = True
+        while more or pending:
+            while more and len(pending) < self.max_in_flight:
+                shard = next(queue, None)
+                if shard is None:
+                    more = False
+                    break
+                pending[self.submit(shard)] = shard
+            if not pending:
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(self.cfg.progress_every_s, 5.0))
+            for ref in ready:
+                shard = pending.pop(ref)
+                try:
+                    self.progress.shard_done(self.get(ref))
+                except (ray.exceptions.RayError, OSError) as exc:
+                    # A shard whose task failed after Ray's retries: the others go on, the rerun redoes it.
+                    self.failed_shards[shard] = str(exc).strip().splitlines()[-1][:300]
+                    logger.error("shard %d failed: %s", shard, self.failed_shards[shard])
+            if self.progress.due():
+                self.poll_progress(pending)
+        snap = self.counter.snapshot.remote()
+        self.progress.rows_seen(*self.get(snap))
+        for actor in self.actors:
+            ray.kill(actor)
+        ray.kill(self.counter)
+        return self.progress
+
+
+def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, Any]:
+    """Curate ``cfg.manifest`` into shards; returns the dataset summary (also ``_summary.json``).
+
+    ``stats`` (optional) receives what the driver got from the cluster: ``bytes_received``,
+    ``objects_received``.
+    """
+    stats = stats if stats is not None else {}
+    check_graph(manifest_mod.OUTPUTS, build_stages(cfg.caption), writer_mod.INPUTS)
+    cfg = resolve_paths(cfg)
+    init_ray(cfg.ray)
+    slots = check_cluster(cfg)
+    if cfg.caption.model:
+        probe_model(cfg)
+    plan = plan_manifest(cfg.manifest, cfg.writer.samples_per_shard, stats=stats)
+    logger.info("manifest %s: %d rows in %d part(s), %d shard(s)", cfg.manifest.path, plan.n_rows, len(plan.parts),
+                plan.n_shards)
+    fp = fingerprint(cfg, plan)
+    check_fingerprint(cfg.writer, fp)
+    # Inputs are valid: from here on the run writes.
+    base = cfg.writer.output_dir.rstrip("/")
     stale = writer_mod.remove_stale_temp_files(cfg.writer)
     if stale:
         logger.info("removed %d temporary file(s) left by an interrupted run", stale)
-    todo, kept = plan_shards(cfg, rows)
+    writer_mod.write_atomic(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
+    writer_mod.write_atomic(f"{base}/config.json", json.dumps(_jsonable(cfg), indent=1, sort_keys=True).encode())
+    todo, kept = plan_shards(cfg, plan.n_shards)
     logger.info("%d shard(s) to process, %d already complete", len(todo), len(kept))
     t0 = time.monotonic()
-    progress = Progress(0, len(todo), cfg.progress_every_s)
+    progress, failed_shards = None, {}
     if todo:
-        work = rows[rows["shard"].isin(todo)]
-        progress.total_rows = len(work)
-        _execute(cfg, graph, work, progress)
+        driver = _Driver(cfg, plan, todo, slots, stats)
+        progress = driver.run()
+        failed_shards = driver.failed_shards
+        logger.info("%d rows at %.1f clips/s, %d failed, %d shards written", progress.rows, progress.rate,
+                    progress.failed, progress.shards)
     wall = time.monotonic() - t0
-    summary = writer_mod.write_summary(cfg.writer, n_shards, extra={
-        "this_run": {"rows": progress.rows, "shards": len(todo), "skipped_shards": len(kept),
-                     "wall_s": round(wall, 3), "clips_per_s": round(progress.rows / wall, 3) if wall else None,
-                     "failures": dict(progress.errors.most_common(10))},
-        "caption_model": cfg.caption.model,
+    rows = sum(progress.status.values()) if progress else 0
+    return writer_mod.write_summary(cfg.writer, plan.n_shards, extra={
+        "this_run": {"rows": rows, "shards": len(todo) - len(failed_shards), "skipped_shards": len(kept),
+                     "failed_shards": {str(k): v for k, v in sorted(failed_shards.items())[:20]},
+                     "wall_s": round(wall, 3), "clips_per_s": round(rows / wall, 3) if wall and rows else None,
+                     "failures": dict(progress.errors.most_common(10)) if progress else {}},
+        "caption_model": cfg.caption.model, "max_failed_fraction": cfg.max_failed_fraction,
     })
-    if summary["shards_complete"] != n_shards:
-        raise RuntimeError(f"only {summary['shards_complete']} of {n_shards} shards are complete; rerun to finish")
-    return summary
 
 
-def _execute(cfg: CurateConfig, graph: list[Stage], work: pd.DataFrame, progress: Progress) -> None:
-    import ray
-
-    init_ray(cfg.ray)
-    step = max(1, cfg.frames.batch_size)
-    ds = ray.data.from_pandas([work.iloc[i:i + step] for i in range(0, len(work), step)])
-    for stage in graph:
-        ds = apply_stage(ds, stage)
-    expected = work.groupby("shard").size().to_dict()
-    writers: dict[int, ShardWriter] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-        progress.update(batch)
-        for row in batch.to_dict("records"):
-            s = int(row["shard"])
-            w = writers.setdefault(s, ShardWriter(cfg.writer, s, int(expected[s])))
-            w.write(row)
-            if w.complete:
-                stats = w.close()
-                del writers[s]
-                progress.shards += 1
-                logger.debug("wrote %s: %s", stats["name"], json.dumps(stats["counts"]))
-    logger.info("%d rows at %.1f clips/s, %d failed, %d shards written", progress.rows, progress.rate,
-                progress.status["failed"], progress.shards)
-    if writers:
-        raise RuntimeError(f"shards {sorted(writers)} ended incomplete; a stage dropped rows")
+def check_outcome(summary: dict[str, Any]) -> None:
+    """Raise ``CurationError`` for an incomplete run or one where too many rows failed."""
+    if summary["shards_complete"] != summary["shards"]:
+        failed = summary.get("this_run", {}).get("failed_shards", {})
+        why = f"; e.g. shard {next(iter(failed))}: {next(iter(failed.values()))}" if failed else ""
+        raise CurationError(f"only {summary['shards_complete']} of {summary['shards']} shards are complete{why}; "
+                            "rerun the same command to finish them")
+    failed = summary["counts"].get("failed", 0)
+    limit = summary.get("max_failed_fraction", 0.5)
+    if summary["rows"] and failed / summary["rows"] > limit:
+        reasons = summary.get("this_run", {}).get("failures", {})
+        top = ", ".join(f"{k} ({v})" for k, v in list(reasons.items())[:3])
+        raise CurationError(f"{failed} of {summary['rows']} rows failed, more than max_failed_fraction={limit:g}"
+                            f"{f'; most common: {top}' if top else ''}; every row's reason is in the status parquet "
+                            "files beside the shards")

@@ -1,168 +1,225 @@
-"""WebDataset shards, their status tables and completion markers (the pipeline's writer).
+"""Shard files, run files and completion markers (the pipeline's writer; runs on the workers).
 
-Shard format (read by the CLIP-ViP trainer; keep in sync with it)
------------------------------------------------------------------
-Input shard ``i`` (manifest rows ``[i*S, (i+1)*S)``) produces, in ``output_dir``::
+The layout and member names are the shared shard format (``shards/format.py``). This module adds
+how they reach storage so that a shard is all-or-nothing:
 
-    {prefix}-{i:06d}.tar          WebDataset tar: one sample per successfully processed row
-    {prefix}-{i:06d}.parquet      one row per input row: key, row, status ("ok"|"failed"), error
-    {prefix}-{i:06d}_stats.json   written last; its presence means the shard is complete
+- Local folders: each file is written under a temporary name (``.tmp-`` in it) in the output
+  folder and renamed into place, which is atomic.
+- Object stores (``s3://``, ``gs://``, ...): there is no rename (``mv`` is copy + delete). Each
+  file is built in a local temporary file and uploaded once under its final name; an object
+  appears whole or not at all (a multipart upload is only visible once completed).
 
-Each sample in a tar is five consecutive members named ``<key>.<ext>`` (``__key__`` is the
-manifest key, which never holds a dot or slash), in manifest order:
+Either way the shard's ``_stats.json`` is written last: it is the completion marker. A shard
+without it is unfinished, whatever else of it exists, and is redone (overwritten) by the next run.
+A rerun that reopens a finished shard (``retry_failed``) deletes the marker first.
 
-    mp4           the clip span re-encoded for training: H.264, ``fps`` frames/s, short side <= 240
-    jpg           the middle frame (the frame on screen at (start+end)/2), short side <= 480
-    subtitle.txt  the manifest ``text`` (UTF-8)
-    caption.txt   the caption of the middle frame; empty when the caption stage is off
-    json          metadata: key, path, start, end (seconds in the source), middle_time, src_fps,
-                  src_width, src_height, fps, width, height, n_frames (of the mp4), duration,
-                  caption ({"model": ..., "settings": ..., ...} or {"model": ""} when off), and
-                  every extra manifest column (e.g. caption_gt, color, shape, direction) verbatim;
-                  one whose name collides with a field above is stored as ``manifest_<name>``
-
-After the whole run: ``_summary.json`` (counts by status, shards, config) and ``sizes.json``
-(``{"<prefix>-000000.tar": n_samples, ...}``, the WebDataset convention).
-
-Every file is written to a temporary name and renamed into place, so a killed run never leaves a
-partial file under a final name. A rerun deletes a shard's ``_stats.json`` before rewriting it,
-so a shard is either complete (marker present) or redone.
+``ShardWriter`` streams samples into the tar as they are ready, so a worker holds at most a few
+rows' bytes, never a whole shard.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
+import os
+import socket
 import tarfile
+import tempfile
 import time
 import uuid
+from collections import Counter
 from typing import Any, Iterable
 
 import fsspec
-import pandas as pd
+
+from shards import format as fmt
 
 logger = logging.getLogger(__name__)
 
 # What the writer reads from each row.
 INPUTS = ("key", "path", "text", "extra", "shard", "row", "status", "error", "jpg", "mp4", "clip", "caption",
           "caption_info")
-TMP_MARK = ".tmp-"
+TMP_MARK = fmt.TMP_MARK
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
 class ShardWriterConfig:
     """Where shards go, how they are named and how many input rows each holds."""
 
-    output_dir: str = "runs/curate/shards"
+    output_dir: str = "runs/curate/shards"  # local folder or any fsspec URL
     prefix: str = "shard"
     samples_per_shard: int = 1000
     retry_failed: bool = False  # rerun also redoes finished shards that hold failed rows
+    overwrite: bool = False  # delete an earlier, different run's files in output_dir before starting
+    num_cpus: float = 1.0  # per shard task (it reads rows, runs the decode child and writes)
+    # Custom Ray resources a node must offer to run shard tasks, e.g. {"curate_writer": 1}.
+    resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    max_in_flight: int = 0  # shard tasks submitted at once; 0: twice the slots the cluster has
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError(f"writer.samples_per_shard={self.samples_per_shard} must be >= 1")
+        if not self.prefix or "/" in self.prefix:
+            raise ValueError(f"writer.prefix={self.prefix!r} must be a non-empty name without '/'")
 
 
 def shard_name(prefix: str, shard: int) -> str:
-    """``{prefix}-{shard:06d}``: stable across runs because shards are manifest positions."""
-    return f"{prefix}-{shard:06d}"
+    return fmt.shard_name(prefix, shard)
 
 
 def shard_paths(cfg: ShardWriterConfig, shard: int) -> dict[str, str]:
     """The tar, parquet and stats paths of one shard."""
-    base = f"{cfg.output_dir.rstrip('/')}/{shard_name(cfg.prefix, shard)}"
-    return {"tar": f"{base}.tar", "parquet": f"{base}.parquet", "stats": f"{base}_stats.json"}
+    return fmt.shard_files(cfg.output_dir, cfg.prefix, shard)
 
 
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root
+    return fsspec.core.url_to_fs(path)
+
+
+def is_local(path: str) -> bool:
+    fs, _ = _fs(path)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def put_file(local_path: str, path: str) -> None:
+    """Move a finished local file to ``path``: a rename on local storage, one upload elsewhere."""
+    fs, p = _fs(path)
+    if is_local(path):
+        fs.makedirs(os.path.dirname(p), exist_ok=True)
+        os.replace(local_path, p)  # atomic within one file system
+    else:
+        fs.put_file(local_path, p)
+        os.unlink(local_path)
+
+
+def local_temp(path: str) -> str:
+    """Where to build a file bound for ``path``: beside it when local (same file system, so the
+    rename is atomic), in the local temporary folder otherwise."""
+    if is_local(path):
+        _, p = _fs(path)
+        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+        return f"{p}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    fd, tmp = tempfile.mkstemp(prefix="clipvip-", suffix=TMP_MARK.strip("."))
+    os.close(fd)
+    return tmp
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it to ``path``."""
-    fs, p = _fs(path)
-    tmp = f"{p}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, p)
+    """Write ``data`` so that ``path`` appears whole or not at all."""
+    tmp = local_temp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_json(path: str) -> dict[str, Any] | None:
     fs, p = _fs(path)
-    if not fs.exists(p):
+    try:
+        with fs.open(p, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
         return None
-    with fs.open(p, "rb") as f:
-        return json.loads(f.read())
-
-
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-class ShardWriter:
-    """Collects the rows of one input shard, then writes tar, parquet and stats (in that order).
-
-    Rows may arrive in any order; ``close`` sorts them by manifest position so a shard's bytes do
-    not depend on scheduling.
-    """
-
-    def __init__(self, cfg: ShardWriterConfig, shard: int, expected: int):
-        self.cfg, self.shard, self.expected = cfg, shard, expected
-        self.rows: list[dict[str, Any]] = []
-        self.started = time.time()
-
-    @property
-    def complete(self) -> bool:
-        return len(self.rows) >= self.expected
-
-    def write(self, row: dict[str, Any]) -> None:
-        """Add one processed row (any status)."""
-        assert int(row["shard"]) == self.shard, f"row {row['key']} of shard {row['shard']} sent to shard {self.shard}"
-        self.rows.append(row)
-
-    def close(self) -> dict[str, Any]:
-        """Write the shard's files atomically, the stats marker last; return the stats."""
-        assert self.complete, f"shard {self.shard}: closing with {len(self.rows)} of {self.expected} rows"
-        paths = shard_paths(self.cfg, self.shard)
-        rows = sorted(self.rows, key=lambda r: int(r["row"]))
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for r in rows:
-                if r["status"] == "ok":
-                    for ext, data in sample_members(r):
-                        _tar_member(tar, f"{r['key']}.{ext}", data)
-        write_atomic(paths["tar"], buf.getvalue())
-        table = pd.DataFrame({"key": [r["key"] for r in rows], "row": [int(r["row"]) for r in rows],
-                              "status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
-        pbuf = io.BytesIO()
-        table.to_parquet(pbuf, index=False)
-        write_atomic(paths["parquet"], pbuf.getvalue())
-        counts = table["status"].value_counts().to_dict()
-        stats = {
-            "shard": self.shard, "name": shard_name(self.cfg.prefix, self.shard), "rows": len(rows),
-            "counts": {k: int(v) for k, v in counts.items()}, "samples": int(counts.get("ok", 0)),
-            "timings": {"decode_s": round(sum(float(r.get("decode_s") or 0) for r in rows), 4),
-                        "caption_s": round(sum(float(r.get("caption_s") or 0) for r in rows), 4),
-                        "shard_wall_s": round(time.time() - self.started, 4)},
-            "written_at": time.time(),
-        }
-        write_atomic(paths["stats"], json.dumps(stats, indent=1).encode())
-        return stats
 
 
 def sample_members(row: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """The five tar members of one sample, in a fixed order."""
+    """The members of one ok row's sample, in the shard format's order."""
     clip = json.loads(row["clip"]) if row.get("clip") else {}
     caption_info = json.loads(row["caption_info"]) if row.get("caption_info") else {"model": ""}
     meta = {"key": row["key"], "path": row["path"], **clip,
             "duration": round(clip["end"] - clip["start"], 6) if clip else None, "caption": caption_info}
-    # Manifest columns pass through; one that collides with a pipeline field keeps a prefix.
-    for name, value in json.loads(row.get("extra") or "{}").items():
-        meta[f"manifest_{name}" if name in meta else name] = value
-    return [("mp4", bytes(row["mp4"])), ("jpg", bytes(row["jpg"])), ("subtitle.txt", row["text"].encode()),
-            ("caption.txt", (row.get("caption") or "").encode()),
-            ("json", json.dumps(meta, sort_keys=True).encode())]
+    extra = row.get("extra") or {}
+    meta = fmt.merge_passthrough(meta, json.loads(extra) if isinstance(extra, str) else extra)
+    return fmt.sample_members(row["key"], mp4=bytes(row["mp4"]), jpg=bytes(row["jpg"]), subtitle=row["text"],
+                              caption=row.get("caption") or "", meta=meta)
+
+
+def worker_identity() -> dict[str, Any]:
+    """Which process wrote a file: Ray node id (when in Ray), host name and process id."""
+    node = None
+    try:
+        import ray
+
+        if ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - identity is informative; never fail a shard over it
+        node = None
+    return {"node_id": node, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+class ShardWriter:
+    """Streams the rows of one input shard into its tar, then writes parquet and stats (marker last).
+
+    Rows must arrive in manifest order (``row`` increasing), which makes a shard's bytes
+    independent of scheduling. ``abort`` removes the temporary files of an unfinished shard.
+    """
+
+    def __init__(self, cfg: ShardWriterConfig, shard: int, expected: int):
+        self.cfg, self.shard, self.expected = cfg, shard, expected
+        self.paths = shard_paths(cfg, shard)
+        self.started = time.time()
+        self.status: list[tuple[str, int, str, str]] = []
+        self.timings = Counter()
+        self.tmp = local_temp(self.paths["tar"])
+        self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        self.bytes_written = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.status) >= self.expected
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Add one processed row (any status); ok rows become a sample."""
+        if int(row["shard"]) != self.shard:
+            raise ValueError(f"row {row['key']} of shard {row['shard']} sent to shard {self.shard}")
+        if self.status and int(row["row"]) <= self.status[-1][1]:
+            raise ValueError(f"shard {self.shard}: row {row['row']} arrived after row {self.status[-1][1]}")
+        if row["status"] == fmt.STATUS_OK:
+            for name, data in sample_members(row):
+                fmt.add_member(self._tar, name, data)
+                self.bytes_written += len(data)
+        self.status.append((row["key"], int(row["row"]), row["status"], row["error"]))
+        for t in ("decode_s", "caption_s"):
+            self.timings[t] += float(row.get(t) or 0.0)
+
+    def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Finish the tar, write the status parquet, then the stats marker; return the stats."""
+        import pandas as pd
+
+        if not self.complete:
+            raise ValueError(f"shard {self.shard}: closing with {len(self.status)} of {self.expected} rows")
+        self._tar.close()
+        self._file.close()
+        put_file(self.tmp, self.paths["tar"])
+        table = pd.DataFrame(self.status, columns=list(fmt.STATUS_COLUMNS))
+        tmp = local_temp(self.paths["parquet"])
+        table.to_parquet(tmp, index=False)
+        put_file(tmp, self.paths["parquet"])
+        counts = {k: int(v) for k, v in table["status"].value_counts().items()}
+        failures = Counter(e.split(":")[0] for e in table.loc[table["status"] != fmt.STATUS_OK, "error"])
+        stats = {
+            "shard": self.shard, "name": shard_name(self.cfg.prefix, self.shard), "rows": len(table),
+            "counts": counts, "samples": counts.get(fmt.STATUS_OK, 0), "failures": dict(failures.most_common(20)),
+            "timings": {"decode_s": round(self.timings["decode_s"], 4), "caption_s": round(self.timings["caption_s"], 4),
+                        "shard_wall_s": round(time.time() - self.started, 4)},
+            "tar_bytes": self.bytes_written, "written_by": worker_identity(), "written_at": time.time(),
+            **(extra or {}),
+        }
+        write_atomic(self.paths["stats"], json.dumps(stats, indent=1).encode())
+        return stats
+
+    def abort(self) -> None:
+        try:
+            self._tar.close()
+            self._file.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
 
 
 def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -170,13 +227,14 @@ def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int]) -> dict[int, 
     fs, root = _fs(cfg.output_dir)
     if not fs.exists(root):
         return {}
-    present = {p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)}
+    wanted = set(shards)
     out = {}
-    for s in shards:
-        if f"{shard_name(cfg.prefix, s)}_stats.json" in present:
-            stats = read_json(shard_paths(cfg, s)["stats"])
+    for p in fs.ls(root, detail=False):
+        parsed = fmt.parse_shard_file(p.rsplit("/", 1)[-1])
+        if parsed and parsed[0] == cfg.prefix and parsed[2] == "_stats.json" and parsed[1] in wanted:
+            stats = read_json(shard_paths(cfg, parsed[1])["stats"])
             if stats is not None:
-                out[s] = stats
+                out[parsed[1]] = stats
     return out
 
 
@@ -199,6 +257,30 @@ def remove_stale_temp_files(cfg: ShardWriterConfig) -> int:
     return len(stale)
 
 
+def run_files(cfg: ShardWriterConfig) -> list[str]:
+    """Every file this writer's runs put in ``output_dir`` (shards of ``prefix`` and run files)."""
+    fs, root = _fs(cfg.output_dir)
+    if not fs.exists(root):
+        return []
+    names = {fmt.RUN_FILE, fmt.SUMMARY_FILE, fmt.SIZES_FILE, "config.json"}
+    out = []
+    for p in fs.ls(root, detail=False):
+        base = p.rsplit("/", 1)[-1]
+        parsed = fmt.parse_shard_file(base)
+        if base in names or TMP_MARK in base or (parsed and parsed[0] == cfg.prefix):
+            out.append(p)
+    return out
+
+
+def remove_run(cfg: ShardWriterConfig) -> int:
+    """Delete an earlier run's shards and run files (``writer.overwrite``); returns how many."""
+    fs, _ = _fs(cfg.output_dir)
+    files = run_files(cfg)
+    for p in files:
+        fs.rm(p)
+    return len(files)
+
+
 def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``_summary.json`` (counts over all shards) and ``sizes.json`` (tar name -> samples)."""
     stats = finished_shards(cfg, range(n_shards))
@@ -210,6 +292,6 @@ def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] |
     summary = {"shards": n_shards, "shards_complete": len(stats), "rows": sum(counts.values()),
                "samples": sum(sizes.values()), "counts": counts, **(extra or {})}
     base = cfg.output_dir.rstrip("/")
-    write_atomic(f"{base}/sizes.json", json.dumps(sizes, indent=1).encode())
-    write_atomic(f"{base}/_summary.json", json.dumps(summary, indent=1, default=str).encode())
+    write_atomic(f"{base}/{fmt.SIZES_FILE}", json.dumps(sizes, indent=1).encode())
+    write_atomic(f"{base}/{fmt.SUMMARY_FILE}", json.dumps(summary, indent=1, default=str).encode())
     return summary

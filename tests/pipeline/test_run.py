@@ -14,8 +14,8 @@ import webdataset as wds
 from caption.protocol import DecodeSettings
 from pipeline.decode_worker import CRASH_ENV
 from pipeline.manifest import ManifestConfig
-from pipeline.run import CurateConfig, RayConfig, Stage, build_stages, check_graph, run
-from pipeline.stages import CaptionConfig
+from pipeline.run import CurateConfig, RayConfig, run
+from pipeline.stages import CaptionConfig, Stage, build_stages, check_graph
 from pipeline.writer import ShardWriterConfig
 
 EXPECTED_FAILURES = {"broken_zero_byte": "InvalidDataError", "broken_truncated": "InvalidDataError",
@@ -46,10 +46,12 @@ def _statuses(out) -> pd.DataFrame:
 
 
 def test_graph_check_rejects_unproduced_columns():
-    cfg = CurateConfig()
-    check_graph(("key", "path", "start", "end", "text", "extra", "shard", "row", "status", "error"),
-                build_stages(cfg), ())
-    bad = [Stage(name="needs_jpg", fn=lambda b: b, inputs=("jpg",), outputs=())]
+    from pipeline.manifest import OUTPUTS
+    from pipeline.writer import INPUTS
+
+    check_graph(OUTPUTS, build_stages(CaptionConfig()), INPUTS)
+    check_graph(OUTPUTS, build_stages(CaptionConfig(model="hf:x")), INPUTS)
+    bad = [Stage(name="needs_jpg", inputs=("jpg",), outputs=())]
     with pytest.raises(ValueError, match=r"stage 'needs_jpg' reads column\(s\) \['jpg'\]"):
         check_graph(("key",), bad, ())
 
@@ -154,10 +156,11 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path,
     if target == "captioner actor":
         model = write_debug_model(tmp_path / "blip")
         cfg = dataclasses.replace(cfg, caption=CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4,
+                                                             placement="actors",
                                                              decode=DecodeSettings(beam=2, max_new_tokens=5)))
-        fragments = ("CaptionStage", ".submit")  # the actor while it processes a batch
+        fragments = ("CaptionActor.caption",)  # the actor while it processes a batch
     else:
-        fragments = ("decode_clips", "_no_caption")  # a running (fused) decode task
+        fragments = ("process_shard",)  # a running shard task (decodes, then writes its shard)
     with KillOnce(*fragments) as killer:
         summary = run(cfg)
     assert killer.killed, f"no worker matching {fragments} was seen running"

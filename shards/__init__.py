@@ -1,0 +1,1 @@
+"""The shard format shared by the curation writer, the trainer and the NMI reader."""
