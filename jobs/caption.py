@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from jobs.common import offline_defaults, setup_logging
+from jobs.common import UserError, cli_main, offline_defaults, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,34 @@ def _caption_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Paths and numbers a user can get wrong, before any model is loaded (UserError otherwise)."""
+    problems = []
+    out_dir = getattr(args, "out_dir", None)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        problems.append(f"output folder {out_dir} is a file; give a new or existing folder")
+    if args.action == "convert-ofa" and not args.checkpoint.is_file():
+        problems.append(f"checkpoint {args.checkpoint} does not exist; give the official OFA .pt file")
+    bpe_dir = getattr(args, "bpe_dir", None)
+    if bpe_dir is not None and not bpe_dir.is_dir():
+        problems.append(f"--bpe-dir {bpe_dir} is not a folder; give OFA's utils/BPE folder")
+    if args.action == "images":
+        problems += [f"image {p} does not exist" for p in args.images if not p.is_file()]
+        for name in ("beam", "max_new_tokens", "batch_size"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name.replace('_', '-')} {value} must be at least 1")
+        if args.out is not None and args.out.is_dir():
+            problems.append(f"--out {args.out} is a folder; give a file name for the JSON lines")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging()
     offline_defaults()
+    _check(args)
     try:
         if args.action == "convert-ofa":
             from caption.ofa.checkpoint import convert_fairseq_checkpoint
@@ -89,9 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
         return 0
     except (ValueError, FileNotFoundError) as exc:
-        print(f"clipvip caption {args.action}: {exc}", file=sys.stderr)
-        return 1
+        # The captioner and checkpoint loaders name the file and the problem in these (a corrupt
+        # image, a refused or foreign checkpoint, a model spec without a backend).
+        raise UserError(f"{args.action}: {exc}") from exc
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip caption", main))

@@ -1,13 +1,17 @@
 """The ``clipvip`` command: one subcommand per job, each a thin module in ``jobs/``.
 
 Each job module exposes ``main(argv) -> int`` and also runs as ``python -m jobs.<name>`` (the form
-``ray job submit`` uses). Modules load lazily so ``clipvip --help`` stays fast.
+``ray job submit`` uses). Modules load lazily so ``clipvip --help`` stays fast. Both ways run
+``main`` through :func:`jobs.common.cli_main`: a user error is one line on stderr and exit code 2
+(``--debug`` anywhere shows the traceback instead).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+
+from jobs.common import cli_main
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("jobs.demo", "the whole recipe on synthesised clips: curate, caption, NMI, pretrain, evaluate"),
@@ -25,7 +29,7 @@ def usage() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = ["usage: clipvip <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'clipvip <command> --help' for a command's options."]
+    lines += ["", "Run 'clipvip <command> --help' for a command's options; add --debug for tracebacks."]
     return "\n".join(lines)
 
 
@@ -36,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"clipvip: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        print(f"clipvip: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (clipvip --help)",
+              file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    # Every command's user errors (UserError, ConfigError, ManifestError) become one line on stderr
+    # and exit code 2 here, whatever the module; --debug shows the traceback instead.
+    return cli_main(f"clipvip {name}", module.main, rest)
 
 
 if __name__ == "__main__":

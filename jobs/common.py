@@ -36,6 +36,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from jobs.config import ConfigError
 
     types.append(ConfigError)
+    from pipeline.errors import SetupError
+
+    types.append(SetupError)
     return tuple(types)
 
 

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(args.log_level)
     offline_defaults()
-    from pipeline.run import CurateConfig, CurationError, check_outcome, run
+    from pipeline.errors import CurationError
+    from pipeline.run import CurateConfig, check_outcome, run
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     cfg = load(CurateConfig, args.config, overrides)

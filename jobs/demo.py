@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import config as config_io
-from jobs.common import offline_defaults, setup_logging
+from jobs.common import UserError, cli_main, offline_defaults, setup_logging
 
 logger = logging.getLogger("clipvip.demo")
 
@@ -170,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         print("note: clip_model given: 224 px frames, 240 px training copies, lr 5e-6 (override with --set)")
     unknown = [v for v in (*cfg.variants, *cfg.finetune_variants) if v not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+        raise UserError(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
+        raise UserError(f"out_dir {cfg.out_dir} is a file; give a new or existing folder (--out)")
     run(cfg, argv)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip demo", main))

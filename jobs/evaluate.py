@@ -11,11 +11,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from jobs.common import offline_defaults, setup_logging
+from jobs.common import UserError, cli_main, offline_defaults, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     offline_defaults()
+    check(args)
 
     import torch
     from torch.utils.data import DataLoader
@@ -64,10 +64,38 @@ def main(argv: list[str] | None = None) -> int:
                                  device=device, precision=args.precision)
     print(format_metrics(metrics))
     if args.out:
+        from model.train_log import strict_dumps
+
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
+        Path(args.out).write_text(strict_dumps(metrics, indent=2) + "\n")
     return 0
 
 
+def check(args: argparse.Namespace) -> None:
+    """The inputs exist and the numbers make sense, before any model is loaded (UserError otherwise)."""
+    from jobs.train_cli import checkpoint_dir_problems, manifest_problems
+
+    problems = []
+    if args.model.startswith("clipvip:"):
+        official = Path(args.model.split(":", 1)[1]).expanduser()
+        if not official.is_file():
+            problems.append(f"--model {args.model}: checkpoint file {official} does not exist")
+    else:
+        problems += checkpoint_dir_problems("--model", args.model)
+    problems += manifest_problems("--manifest", args.manifest, args.dataset, args.video_root)
+    if args.tokenizer.startswith(("/", ".", "~")) and not Path(args.tokenizer).expanduser().is_dir():
+        problems.append(f"--tokenizer {args.tokenizer}: folder does not exist; give a CLIP tokenizer folder or hub id")
+    for name in ("frames", "max_text_len", "image_size", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            problems.append(f"--{name.replace('_', '-')} {value} must be at least 1")
+    if args.workers < 0:
+        problems.append(f"--workers {args.workers} must be 0 or more")
+    if args.out and Path(args.out).is_dir():
+        problems.append(f"--out {args.out} is a folder; give a file name for the metrics JSON")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip evaluate", main))

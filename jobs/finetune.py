@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import sys
 
-from jobs.train_cli import parse
+from jobs.common import cli_main
+from jobs.train_cli import parse, run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv, "clipvip finetune", "finetune_msrvtt", "finetune")
-    from model.train import run
-
     result = run(cfg)
     print(f"done: {result['steps']} steps; best {cfg.eval.select_metric} {result['best']['value']:.2f} at step "
           f"{result['best']['step']} -> {cfg.run_dir}/best")
@@ -30,4 +29,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip finetune", main))

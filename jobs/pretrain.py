@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import sys
 
-from jobs.train_cli import parse
+from jobs.common import cli_main
+from jobs.train_cli import parse, run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(argv, "clipvip pretrain", "debug", "pretrain")
-    if not cfg.data.shards:
-        raise SystemExit("clipvip pretrain: set data.shards=<brace pattern of the curated shards> "
-                         "(make them with 'clipvip synth' then 'clipvip curate')")
-    from model.train import run
-
     result = run(cfg)
     print(f"done: {result['steps']} steps, run dir {result['run_dir']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip pretrain", main))

@@ -1,15 +1,23 @@
 """Training checkpoints: written atomically, holding everything needed for a bit-identical resume.
 
-A checkpoint is a folder ``<run_dir>/checkpoints/step_<step>/`` with ``state.pt`` (model, optimizer,
-scheduler, step, per-rank loader states and RNG states) and the model alone as safetensors
-(``model/``, loadable with :func:`model.convert.load_checkpoint`). It is written into a temporary
-sibling and renamed into place, then ``latest`` (a one-line file) is replaced atomically, so a job
-killed mid-write leaves the previous checkpoint intact and ``latest`` never points at a partial one.
+A checkpoint is a folder ``<run_dir>/checkpoints/step_<step>/`` with the training state in two
+files - ``state.safetensors`` (every tensor: model, optimizer moments, RNG states) and
+``state.json`` (everything else: step, scheduler, per-rank loader positions, Python and NumPy RNG
+states, best score, config) - and the model alone as safetensors (``model/``, loadable with
+:func:`model.convert.load_checkpoint`). Neither state file can carry code: resuming reads JSON and
+raw tensors, never a pickle, so a crafted checkpoint cannot run anything (``torch.load`` of the
+``state.pt`` that older versions wrote could, so such a folder is refused, not loaded).
+
+The folder is written into a temporary sibling and renamed into place, then ``latest`` (a one-line
+file) is replaced atomically, so a job killed mid-write leaves the previous checkpoint intact and
+``latest`` never points at a partial one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -20,6 +28,21 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+LEGACY_PICKLE = "state.pt"
+FORMAT = "clipvip-train-state"
+VERSION = 1
+
+# JSON has no tuples, no non-string keys, no tensors and no inf/nan: such values are written as
+# one-key objects tagged with these names, and only these are turned back into Python values.
+_TENSOR, _TUPLE, _DICT, _FLOAT, _NDARRAY = "__tensor__", "__tuple__", "__dict__", "__float__", "__ndarray__"
+_TAGS = {_TENSOR, _TUPLE, _DICT, _FLOAT, _NDARRAY}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from as asked; the message names it and the way out."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -37,6 +60,111 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ---- state <-> (JSON, tensors) ----------------------------------------------------------------
+
+
+def _encode(obj: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """``obj`` as JSON-ready data; its tensors go into ``tensors`` under their path in the state."""
+    if isinstance(obj, torch.Tensor):
+        tensors[where] = obj.detach().cpu().contiguous()
+        return {_TENSOR: where}
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {_FLOAT: repr(obj)}  # 'inf', '-inf' or 'nan'
+    if isinstance(obj, np.ndarray):
+        return {_NDARRAY: {"dtype": str(obj.dtype), "data": obj.tolist()}}
+    if isinstance(obj, np.generic):
+        return _encode(obj.item(), where, tensors)
+    if isinstance(obj, tuple):
+        return {_TUPLE: [_encode(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{where}/{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not _TAGS & set(obj):
+            return {k: _encode(v, f"{where}/{k}", tensors) for k, v in obj.items()}
+        # Optimizer state is keyed by parameter index (int keys); keep the key types exactly.
+        return {_DICT: [[_encode(k, f"{where}/key{i}", tensors), _encode(v, f"{where}/{k}", tensors)]
+                        for i, (k, v) in enumerate(obj.items())]}
+    raise TypeError(f"training state at {where!r}: a {type(obj).__name__} has no pickle-free form; "
+                    f"store it as numbers, strings, lists, dicts or tensors")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1 and next(iter(obj)) in _TAGS:
+        tag, value = next(iter(obj.items()))
+        if tag == _TENSOR:
+            if value not in tensors:
+                raise CheckpointError(f"{STATE_JSON} refers to tensor {value!r}, which {STATE_TENSORS} lacks")
+            return tensors[value]
+        if tag == _TUPLE:
+            return tuple(_decode(v, tensors) for v in value)
+        if tag == _DICT:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in value}
+        if tag == _FLOAT:
+            return float(value)
+        return np.asarray(value["data"], dtype=np.dtype(value["dtype"]))
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _owning(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied weights, views): copy all but the first."""
+    seen: set[tuple[str, int]] = set()
+    out = {}
+    for name, t in tensors.items():
+        ptr = (str(t.device), t.untyped_storage().data_ptr())
+        out[name] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
+    return out
+
+
+def write_state(folder: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` as ``state.json`` + ``state.safetensors`` in ``folder``."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    doc = {"format": FORMAT, "version": VERSION, "state": _encode(state, "", tensors)}
+    save_file(_owning(tensors), str(folder / STATE_TENSORS))
+    (folder / STATE_JSON).write_text(json.dumps(doc, allow_nan=False) + "\n")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """The state written by :func:`write_state`: JSON and raw tensors only, nothing executable."""
+    from safetensors.torch import load_file
+
+    if not (folder / STATE_JSON).is_file():
+        if (folder / LEGACY_PICKLE).exists():
+            raise CheckpointError(
+                f"checkpoint {folder} holds only {LEGACY_PICKLE}, a pickle (the format of older versions), and "
+                f"loading a pickle can run arbitrary code, so it is not loaded; start the run again without "
+                f"--resume (or in a new run_dir)")
+        raise CheckpointError(f"checkpoint {folder} has no {STATE_JSON}; it is not a training checkpoint")
+    try:
+        doc = json.loads((folder / STATE_JSON).read_text(), parse_constant=_refuse_constant)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} file")
+        if doc.get("version") != VERSION:
+            raise ValueError(f"format version {doc.get('version')!r}; this code reads version {VERSION}")
+        tensors = load_file(str(folder / STATE_TENSORS), device="cpu")
+        return _decode(doc["state"], tensors)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a damaged or foreign file: say which, never a bare traceback
+        raise CheckpointError(f"checkpoint {folder} cannot be read ({type(exc).__name__}: {exc}); resume from an "
+                              f"older checkpoint by pointing {folder.parent / 'latest'} at it") from exc
+
+
+# ---- checkpoint folders -----------------------------------------------------------------------
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -50,7 +178,7 @@ def save(ckpt_dir: Path, step: int, state: dict[str, Any], model_for_export=None
     tmp = ckpt_dir / f".tmp_step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save(state, tmp / "state.pt")
+    write_state(tmp, state)
     if model_for_export is not None:
         from model.convert import save_checkpoint
 
@@ -66,13 +194,44 @@ def save(ckpt_dir: Path, step: int, state: dict[str, Any], model_for_export=None
 
 
 def latest(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder, or None."""
+    """The newest checkpoint folder, or None.
+
+    A folder of the old pickle format is returned too, so that :func:`load` refuses it by name
+    rather than the run silently starting afresh over it.
+    """
     pointer = ckpt_dir / "latest"
     if not pointer.is_file():
         return None
     path = ckpt_dir / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+    return path if (path / STATE_JSON).is_file() or (path / LEGACY_PICKLE).is_file() else None
 
 
 def load(path: Path) -> dict[str, Any]:
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    """The training state of checkpoint folder ``path`` (see :func:`read_state`)."""
+    return read_state(path)
+
+
+# Settings a resumed run may change without changing the numbers it computes: where and how often
+# it reports, evaluates and saves. Any other difference breaks bit-identical resumption.
+RESUME_SAFE_KEYS = ("run_dir", "resume", "resume_changed", "eval", "checkpoint_every", "keep_checkpoints",
+                    "log_every", "tensorboard")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: list(d) if isinstance(d, tuple) else d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def changed_settings(saved: dict[str, Any], now: dict[str, Any], safe: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:
+    """``key: old -> new`` for each setting that differs between two run configs, except ``safe`` ones."""
+    old, new = _flat(saved), _flat(now)
+
+    def is_safe(key: str) -> bool:
+        return any(key == s or key.startswith(s + ".") for s in safe)
+
+    keys = sorted(k for k in set(old) | set(new) if not is_safe(k) and old.get(k, "<unset>") != new.get(k, "<unset>"))
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys]

@@ -103,12 +103,20 @@ def _open_url(url: str):
     return fsspec.open(url, "rb").open()
 
 
+def _naming_url(exn: Exception, url: str | None) -> OSError:
+    """The shard error as ``<url>: <reason>``: webdataset appends the stream object's repr
+    (``@ <fsspec...LocalFileOpener object at 0x...>``) to the reason, which names no file."""
+    first = exn.args[0] if exn.args else None
+    reason = first if isinstance(first, str) else getattr(exn, "strerror", None) or str(exn)
+    return OSError(f"{url}: {reason.split(' @ <', 1)[0] or type(exn).__name__}")
+
+
 def raw_samples(urls: list[str], on_shard_error) -> Iterator[dict[str, Any]]:
     """Samples (dicts of raw bytes keyed by extension) from the tars at ``urls``, in order.
 
     A shard that cannot be opened or is cut short ends early; ``on_shard_error(exn)`` is told once
-    per shard. The last, incomplete sample of a cut-off shard comes through without its missing
-    members, for the decoder to reject.
+    per shard, with an ``OSError`` reading ``<url>: <reason>``. The last, incomplete sample of a
+    cut-off shard comes through without its missing members, for the decoder to reject.
     """
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -119,7 +127,7 @@ def raw_samples(urls: list[str], on_shard_error) -> Iterator[dict[str, Any]]:
         # webdataset may report one cut-off tar twice (member read, then the tar header): tell once.
         if current["url"] not in failed:
             failed.add(current["url"])
-            on_shard_error(exn)
+            on_shard_error(_naming_url(exn, current["url"]))
         return True
 
     def streams():

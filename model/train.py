@@ -74,6 +74,9 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True
     resume: bool = False
+    # Resume although settings that change the numbers (batch size, lr, steps, ...) differ from the
+    # checkpoint's; without it such a resume is refused, naming the differences.
+    resume_changed: bool = False
 
 
 class NonFiniteError(RuntimeError):

@@ -7,9 +7,34 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (nan, inf, -inf) as None, so it is strict JSON.
+
+    Python's ``json`` writes ``NaN`` and ``-Infinity``, which strict readers (JavaScript, jq, most
+    languages' parsers) reject; a missing number is written as ``null`` instead. NumPy scalars and
+    tuples become plain numbers and lists.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "shape", None) == ():
+        return strict_json(obj.item())  # numpy / torch scalars
+    return obj
+
+
+def strict_dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`strict_json` (non-finite numbers as null); refuses anything else non-standard."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
 
 
 class NullLogger:
@@ -35,24 +60,45 @@ def _drop_partial_last_line(path: Path) -> None:
     logger.warning("%s ended in a partial row (the run was killed mid-write); dropped %d bytes", path, len(data) - keep)
 
 
-class RunLogger(NullLogger):
-    """Appends ``{"step", "kind", ...metrics}`` rows to ``metrics.jsonl`` and mirrors them to TensorBoard."""
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep only the rows of steps <= ``step``: a resumed run replays the steps after its checkpoint."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+    logger.info("%s: dropped %d row(s) after step %d (those steps run again)", path, len(lines) - len(kept), step)
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+
+class RunLogger(NullLogger):
+    """Appends ``{"step", "kind", ...metrics}`` rows to ``metrics.jsonl`` and mirrors them to TensorBoard.
+
+    ``keep_until``: rows (and TensorBoard events) of later steps are dropped first, so a resumed run
+    leaves one row per step; ``-1`` starts both afresh, ``None`` keeps everything.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, keep_until: int | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         _drop_partial_last_line(self.path)
+        if keep_until is not None:
+            _drop_rows_after(self.path, keep_until)
         self.file = open(self.path, "a")
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"),
+                                        purge_step=keep_until + 1 if keep_until is not None else None)
             except ImportError:
                 logger.warning("tensorboard is not installed; logging to %s only", self.path)
 
     def log(self, step: int, metrics: dict[str, float], kind: str = "train") -> None:
-        self.file.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
+        self.file.write(strict_dumps({"step": step, "kind": kind, **metrics}) + "\n")
         self.file.flush()
         if self.tb is not None:
             for k, v in metrics.items():

@@ -6,7 +6,6 @@ Kept apart from :mod:`model.train` so the loop itself reads top to bottom in one
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -105,11 +104,64 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
     return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval)
 
 
+def resume_state(cfg: TrainConfig, rt: Runtime) -> dict[str, Any] | None:
+    """The latest checkpoint's state when resuming, once it is known to fit this run; else None.
+
+    Refused (:class:`model.checkpoint.CheckpointError`): a checkpoint of another world size, or of
+    a run whose settings differ in anything that changes the numbers (batch size, lr, steps, ...)
+    unless ``cfg.resume_changed`` says the change is meant.
+    """
+    if not cfg.resume:
+        return None
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    last = ckpt.latest(ckpt_dir)
+    if last is None:
+        logger.warning("resume requested but %s holds no checkpoint: starting fresh", ckpt_dir)
+        return None
+    state = ckpt.load(last)
+    if len(state["loader"]) != rt.world_size:
+        raise ckpt.CheckpointError(f"checkpoint {last} was written by {len(state['loader'])} rank(s); resume with "
+                                   f"the same number (now {rt.world_size})")
+    changes = ckpt.changed_settings(state.get("config", {}), dataclasses.asdict(cfg))
+    if changes and not cfg.resume_changed:
+        raise ckpt.CheckpointError(f"checkpoint {last} was written with other settings, so the run would not "
+                                   f"continue exactly: {'; '.join(changes)}. Resume with the original values, or "
+                                   f"pass --resume-changed if the change is meant")
+    if changes:
+        logger.warning("resuming %s with changed settings (--resume-changed): %s", last, "; ".join(changes))
+    logger.info("resuming from %s", last)
+    return state
+
+
+def restore(state: dict[str, Any], raw_model, optimizer, scheduler, *, new_hyperparameters: bool = False) -> None:
+    """Load model, optimizer and scheduler state from a checkpoint.
+
+    Loading puts the checkpoint's lr, betas, eps and weight decay back into the optimizer; with
+    ``new_hyperparameters`` (a deliberate change, ``--resume-changed``) the configured ones replace
+    them again, and the lr follows the new schedule from the resumed step.
+    """
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ckpt.CheckpointError(f"the checkpoint does not fit this model or optimizer: {exc}".replace("\n", " "))
+    if not new_hyperparameters:
+        return
+    for group, new in zip(optimizer.param_groups, fresh):
+        group.update({k: new[k] for k in ("weight_decay", "betas", "eps", "initial_lr") if k in new})
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from model.evaluate import evaluate_retrieval
     from model.loss import OCLLoss
     from model.optim import build_optimizer, build_scheduler
-    from model.train_log import NullLogger, RunLogger, plot_losses
+    from model.train_log import NullLogger, RunLogger, plot_losses, strict_dumps
 
     if cfg.task not in ("pretrain", "finetune"):
         raise ValueError(f"task={cfg.task!r}: choose 'pretrain' or 'finetune'")
@@ -117,9 +169,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     rt.precision = cfg.precision
     rt.image_size = cfg.data.image_size if cfg.task == "pretrain" else cfg.finetune.image_size
     run_dir = Path(cfg.run_dir)
+    state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
     if rt.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
+        (run_dir / "config.json").write_text(strict_dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
     _barrier(rt)
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg, rt, run_dir)
@@ -141,20 +194,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, total, cfg.optim)
 
     start_step, loader_state, best = 0, None, {"value": float("-inf"), "step": 0}
-    last = ckpt.latest(run_dir / "checkpoints") if cfg.resume else None
-    if last is not None:
-        state = ckpt.load(last)
-        if len(state["loader"]) != rt.world_size:
-            raise ValueError(f"checkpoint {last} was written by {len(state['loader'])} rank(s); resume with the same "
-                             f"number (now {rt.world_size})")
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    if state is not None:
+        if state.get("total_steps", total) != total and not cfg.resume_changed:
+            raise ckpt.CheckpointError(
+                f"the checkpoint's run had {state['total_steps']} steps and this one has {total} (the data size "
+                f"changed?): the schedule would differ; pass --resume-changed if that is meant")
+        restore(state, raw_model, optimizer, scheduler, new_hyperparameters=cfg.resume_changed)
         start_step, loader_state, best = state["step"], state["loader"][rt.rank], state["best"]
         ckpt.set_rng_state(state["rng"][rt.rank])
-        logger.info("resumed from %s at step %d", last, start_step)
-    elif cfg.resume:
-        logger.warning("resume requested but %s holds no checkpoint: starting fresh", run_dir / "checkpoints")
+        logger.info("resumed from step %d of %s", start_step, run_dir / "checkpoints")
 
     if cfg.task == "pretrain":
         from model.data import LoaderState, ShardLoader
@@ -172,7 +220,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if rt.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    run_log = RunLogger(run_dir, cfg.tensorboard) if rt.rank == 0 else NullLogger()
+    # Rows past the resumed step are replayed now, so they go (a fresh start keeps no earlier rows).
+    run_log = RunLogger(run_dir, cfg.tensorboard, keep_until=start_step if state is not None else -1) \
+        if rt.rank == 0 else NullLogger()
     has_eval = bool(cfg.eval.shards or cfg.eval.manifest.manifest)
     split = "heldout" if cfg.eval.shards else "val"
     last_metrics: dict[str, float] = {}
@@ -194,7 +244,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
                 best.update(value=value, step=step)
                 save_checkpoint(raw_model, run_dir / "best")
-                (run_dir / "best" / "selection.json").write_text(json.dumps(
+                (run_dir / "best" / "selection.json").write_text(strict_dumps(
                     {"split": split, "metric": cfg.eval.select_metric, **best}) + "\n")
         _barrier(rt)
 
@@ -204,8 +254,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if rt.rank == 0:
             ckpt.save(run_dir / "checkpoints", step, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "loader": loaders, "rng": rngs, "best": best,
-                "config": dataclasses.asdict(cfg)}, model_for_export=raw_model, keep=cfg.keep_checkpoints)
+                "scheduler": scheduler.state_dict(), "step": step, "total_steps": total, "loader": loaders,
+                "rng": rngs, "best": best, "config": dataclasses.asdict(cfg)},
+                model_for_export=raw_model, keep=cfg.keep_checkpoints)
         _barrier(rt)
 
     if start_step == 0 and cfg.eval.at_start:
@@ -225,5 +276,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         run_log.close()
         if (run_dir / "metrics.jsonl").is_file():
             plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
-        (run_dir / "final_metrics.json").write_text(json.dumps({"metrics": last_metrics, "best": best}, indent=2) + "\n")
+        # Strict JSON: a best score never set is -inf in memory and null on disk.
+        (run_dir / "final_metrics.json").write_text(strict_dumps({"metrics": last_metrics, "best": best}, indent=2)
+                                                    + "\n")
     return result

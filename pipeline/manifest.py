@@ -107,6 +107,9 @@ def list_parts(cfg: ManifestConfig) -> list[Part]:
                 raise ManifestError(f"manifest folder {url} holds no parquet, csv, jsonl or tar file")
             parts += [Part(url=_unstrip(fs, url, n), format=part_format(n, cfg.format)) for n in names]
         elif fs.exists(path):
+            base = url.rsplit("/", 1)[-1]
+            if base.startswith(("_", ".")) and base not in cfg.path:
+                continue  # a glob's match like _SUCCESS or .crc: another tool's marker, not a part
             parts.append(Part(url=url, format=part_format(url, cfg.format)))
         else:
             raise ManifestError(f"manifest {url} does not exist; check manifest.path")
@@ -166,7 +169,8 @@ def _csv_frame(part: Part, skip: int = 0, nrows: int | None = None):
     import pandas as pd
 
     with _open(part.url) as f:
-        df = pd.read_csv(f, dtype={"key": str}, keep_default_na=False, na_values={"start": [""], "end": [""]},
+        # Only an empty cell is missing ("NA" or "null" stay text).
+        df = pd.read_csv(f, dtype={"key": str}, keep_default_na=False, na_values=[""],
                          skiprows=range(1, skip + 1) if skip else None, nrows=nrows)
     # Nullable dtypes keep an integer column integral where some rows are empty.
     return df.convert_dtypes()
@@ -432,10 +436,11 @@ def scan_local(cfg: ManifestConfig) -> list[dict[str, Any]]:
     seen: dict[str, int] = {}
     for part in list_parts(cfg):
         scan = scan_part(part, cfg)
+        offset = len(rows)
         for row in read_rows(part, cfg, 0, scan.rows, scan.checkpoints, len(rows), 0):
             if row["key"] in seen:
-                raise ManifestError(f"manifest part {part.url}: duplicate key {row['key']!r} (rows {seen[row['key']]} "
-                                    f"and {row['row']} of the manifest); keys must be unique")
+                raise ManifestError(f"manifest part {part.url}, row {row['row'] - offset}, column 'key': duplicate "
+                                    f"key {row['key']!r} (first in manifest row {seen[row['key']]}); keys must be unique")
             seen[row["key"]] = row["row"]
             rows.append(row)
     return rows

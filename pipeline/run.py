@@ -32,6 +32,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline import writer as writer_mod
+from pipeline.errors import CurationError, SetupError
 from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig
 from pipeline.plan import Plan, plan_manifest
@@ -46,14 +47,6 @@ logger = logging.getLogger(__name__)
 RUN_FORMAT = 1
 # FrameConfig fields that do not change what is written (where and how fast it runs).
 _FRAME_RUNTIME_FIELDS = ("decode_threads", "timeout_s", "num_cpus", "batch_size")
-
-
-class SetupError(ValueError):
-    """The run cannot start as configured; the message names the setting and the fix."""
-
-
-class CurationError(RuntimeError):
-    """The run ended, but not as it should: shards missing, or too many rows failed."""
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -132,7 +125,8 @@ def init_ray(cfg: RayConfig) -> None:
     if cfg.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.address or None, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False)
+        # "local": always a fresh in-process Ray, never a cluster some other program started here.
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
 
 
 def _task_demand(cfg: CurateConfig) -> dict[str, float]:
@@ -208,22 +202,39 @@ def model_problem(spec: str) -> str | None:
     return None
 
 
-def probe_model(cfg: CurateConfig, timeout_s: float = 300.0) -> None:
-    """Check the model path on a node that will caption, before any actor or shard starts."""
+def probe_model(cfg: CurateConfig, give_up_s: float = 300.0) -> None:
+    """Check the model path on a node that will caption, before any actor or shard starts.
+
+    While no such node is free this logs what it waits for; with ``ray.check_resources`` on (the
+    cluster was checked to fit) it gives up after ``give_up_s``, otherwise it waits for
+    autoscaled nodes as long as it takes.
+    """
     import ray
 
     demand = _actor_demand(cfg) if cfg.caption.uses_actors else _task_demand(cfg)
     probe = ray.remote(model_problem).options(num_cpus=0, num_gpus=demand.get("GPU", 0),
                                               resources={k: v for k, v in demand.items() if k not in ("CPU", "GPU")})
     ref = probe.remote(cfg.caption.model)
-    ready, _ = ray.wait([ref], timeout=timeout_s)
-    if not ready:
-        ray.cancel(ref, force=True)
-        raise SetupError(f"no node could check caption.model within {timeout_s:.0f} s (needs {_describe(demand)}); "
-                         "is a caption node up?")
+    t0 = time.monotonic()
+    while not ray.wait([ref], timeout=min(cfg.progress_every_s, cfg.stall_warn_s))[0]:
+        waited = time.monotonic() - t0
+        if cfg.ray.check_resources and waited > give_up_s:
+            ray.cancel(ref, force=True)
+            raise SetupError(f"no node could check caption.model within {give_up_s:.0f} s (needs "
+                             f"{_describe(demand)}); is a caption node up?")
+        if waited >= cfg.stall_warn_s:
+            logger.warning("0 rows in the last %.0f s; waiting for a node that can run the caption stage (needs %s) "
+                           "to check caption.model; free now: %s", waited, _describe(demand), _free())
     problem = ray.get(ref)
     if problem:
         raise SetupError(problem)
+
+
+def _free() -> dict[str, float]:
+    import ray
+
+    return {k: round(v, 2) for k, v in ray.available_resources().items()
+            if not k.startswith("node:") and "memory" not in k}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,8 +392,7 @@ class _Driver:
             done, _ = ray.wait(list(self.actor_ready), num_returns=len(self.actor_ready), timeout=0)
             for ref in done:
                 self.actor_ready.pop(ref)
-        free = {k: round(v, 2) for k, v in ray.available_resources().items()
-                if not k.startswith("node:") and "memory" not in k}
+        free = _free()
         parts = [f"waiting for {len(pending)} shard task(s)"]
         if self.actor_ready:
             parts.append(f"{len(self.actor_ready)} of {len(self.actors)} caption actor(s) not started "

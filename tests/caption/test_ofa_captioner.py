@@ -70,8 +70,15 @@ def test_vocabulary_mismatch_is_explained(tiny_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)
     lines = (broken / "dict.txt").read_text().splitlines()
+    # Three dict.txt lines short: the model has 3 trained rows the tokenizer cannot name.
     (broken / "dict.txt").write_text("\n".join(lines[:-3]) + "\n")
-    with pytest.raises(ValueError, match="symbols but the model embeds"):
+    with pytest.raises(ValueError, match=r"the model embeds (\d+) symbols but the tokenizer has only \d+: 3 trained "
+                                         r"rows would have no symbol. Official OFA cannot load this pair either"):
+        OFACaptioner(str(broken), device="cpu")
+    # Two extra lines: official OFA would pad the embedding with random rows; refused, and said so.
+    (broken / "dict.txt").write_text("\n".join(lines + ["99990 1", "99991 1"]) + "\n")
+    with pytest.raises(ValueError, match=r"the tokenizer has (\d+) symbols but the model embeds only \d+: .*"
+                                         r"Official OFA would append 2 randomly initialised rows"):
         OFACaptioner(str(broken), device="cpu")
     (broken / "vocab.bpe").unlink()
     with pytest.raises(FileNotFoundError, match="vocab.bpe"):
@@ -94,7 +101,9 @@ def test_cli_captions_files_and_reports_corrupt_ones(tiny_dir, tmp_path, capsys)
     assert rows[0]["captioner"]["backend"] == "ofa"
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
-    assert main(["images", "--model", f"ofa:{tiny_dir}", "--device", "cpu", str(bad)]) == 1
+    from jobs.common import cli_main
+
+    assert cli_main("clipvip caption", main, ["images", "--model", f"ofa:{tiny_dir}", "--device", "cpu", str(bad)]) == 2
     assert "bad.jpg cannot be decoded" in capsys.readouterr().err
 
 
@@ -159,3 +168,21 @@ def test_huge_gets_its_official_decode_settings_unless_told_otherwise(tiny_dir, 
     chosen = OFACaptioner(str(huge), device="cpu", settings=DecodeSettings(beam=3), temperature=1.0).describe()["decode"]
     assert (chosen["beam"], chosen["length_penalty"], chosen["temperature"]) == (3, 1.0, 1.0)
     assert OFACaptioner(str(tiny_dir), device="cpu").describe()["decode"]["beam"] == 5
+
+
+def test_nan_logits_give_a_clear_error(tiny_dir, tmp_path):
+    """A model whose logits are NaN leaves every candidate at -inf, so no caption is ever finalised:
+    a named error, not an IndexError from an empty hypothesis list."""
+    from caption.ofa.beam import BeamSearchError
+    from caption.ofa.checkpoint import load_converted, save_converted
+
+    cfg, state, meta = load_converted(tiny_dir)
+    broken = tmp_path / "nan"
+    shutil.copytree(tiny_dir, broken)
+    state = dict(state)
+    state["decoder.layer_norm.bias"] = torch.full_like(state["decoder.layer_norm.bias"], float("nan"))
+    save_converted(broken, cfg, state, meta)
+    captioner = OFACaptioner(str(broken), device="cpu", batch_size=2)
+    with pytest.raises(BeamSearchError, match=r"images 0\.\.1 of this call: beam search ended with no hypothesis "
+                                              r"for sentence\(s\) \[0, 1\] of 2: the model's log-probabilities were NaN"):
+        captioner.generate(frames(3))

@@ -123,3 +123,61 @@ def test_sigkill_driver_then_resume(synth_clips, tmp_path):
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["this_run"]["skipped_shards"] >= done_at_kill and summary["shards_complete"] == len(many) // 4
     assert "shards complete" in summary_table(summary)
+
+
+def _curate(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.curate", "--log-level", "WARNING", *args], cwd=REPO_ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing manifest", "manifest {tmp}/nope.jsonl does not exist"),
+    ("duplicate key", "duplicate key 'clip000001'"),
+    ("gpus", "caption.concurrency=1 actors each needing CPU=1, GPU=1"),
+    ("typo", "did you mean 'writer.samples_per_shard'"),
+])
+def test_user_errors_are_one_line_and_exit_2(synth_clips, tmp_path, case, fragment):
+    rows = [json.loads(line) for line in synth_clips.read_text().splitlines()]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows + ([rows[1]] if case == "duplicate key" else [])))
+    out = tmp_path / "out"
+    args = ["--set", f"manifest.path={tmp_path / 'nope.jsonl' if case == 'missing manifest' else manifest}",
+            "--set", f"writer.output_dir={out}", "--set", "ray.num_cpus=1"]
+    if case == "gpus":
+        args += ["--set", "caption.model=hf:/models/blip", "--set", "caption.num_gpus=1"]
+    if case == "typo":
+        args += ["--set", "writer.samples_per_shrd=4"]
+    proc = _curate(args)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("clipvip curate")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and fragment.format(tmp=tmp_path) in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()  # nothing is written before the inputs are valid
+
+
+def test_a_stalled_run_says_what_it_waits_for(synth_clips, tmp_path):
+    """Caption actors that cannot start (a GPU the machine lacks, resource check off, as on an
+    autoscaling cluster): progress lines keep coming and name what is missing."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--set", f"manifest.path={synth_clips}",
+                             "--set", f"writer.output_dir={out}", "--set", "ray.num_cpus=2",
+                             "--set", "ray.check_resources=false", "--set", "caption.model=hf:/models/blip",
+                             "--set", "caption.num_gpus=1", "--set", "caption.placement=actors",
+                             "--set", "progress_every_s=1", "--set", "stall_warn_s=2"],
+                            cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen, deadline = [], time.time() + 120
+    try:
+        while time.time() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "0 rows in the last" in line:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stall = [s for s in seen if "0 rows in the last" in s]
+    assert stall, "".join(seen[-20:])
+    assert "waiting for a node that can run the caption stage (needs CPU=1, GPU=1)" in stall[0]

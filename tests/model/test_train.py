@@ -191,12 +191,14 @@ def test_sigkill_of_the_training_process_then_resume_gives_the_same_losses(synth
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
     done_before_kill = max(_train_losses(killed))
-    rows_before = len(_rows(killed))
     checkpoint_step = int((killed / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
     assert 4 <= checkpoint_step <= done_before_kill < 24
+    kept = [r for r in _rows(killed) if r["step"] <= checkpoint_step]
 
     assert main([*argv(killed), "--resume"]) == 0
-    new_rows = _rows(killed)[rows_before:]
+    rows = _rows(killed)
+    assert rows[:len(kept)] == kept  # rows up to the checkpoint stay; those of replayed steps are dropped
+    new_rows = rows[len(kept):]
     assert [r["step"] for r in new_rows] == list(range(checkpoint_step + 1, 25))  # resumed, not restarted
     resumed = _train_losses(killed)
     assert sorted(resumed) == list(range(1, 25))

@@ -13,12 +13,12 @@ from PIL import Image
 from caption.protocol import DecodeSettings
 from pipeline import stages
 from pipeline.frames import FrameConfig
-from pipeline.manifest import ManifestConfig, load_manifest
+from pipeline.manifest import ManifestConfig, scan_local
 
 
 @pytest.fixture()
 def batch(curate_manifest):
-    df = load_manifest(ManifestConfig(path=str(curate_manifest)), samples_per_shard=100)
+    df = pd.DataFrame(scan_local(ManifestConfig(path=str(curate_manifest))))
     keep = ["clip000004", "clip000000", "broken_truncated", "broken_missing", "broken_empty_text", "broken_span"]
     return df[df["key"].isin(keep)].reset_index(drop=True)
 
@@ -49,7 +49,10 @@ def test_caption_stage_captions_ok_rows_only(batch, tmp_path):
     decoded = stages.decode_clips(stages.check_text(batch.copy()), FrameConfig())
     stage = stages.CaptionStage(stages.CaptionConfig(model=f"hf:{model}", device="cpu",
                                                      decode=DecodeSettings(beam=2, max_new_tokens=6)))
-    out = stage(decoded)
+    with pytest.raises(ValueError, match=r"sent column\(s\) .*'mp4'"):
+        stage(decoded)  # the stage takes frames and keys only, never the clips
+    out = stage(decoded[list(stages.CAPTION_INPUTS)])
+    assert list(out.columns) == list(stages.CAPTION_OUTPUTS)  # the frames do not travel back
     ok = out["status"] == "ok"
     assert ok.sum() == 2 and (out.loc[ok, "caption"].str.len() > 0).all()
     assert (out.loc[~ok, "caption"] == "").all()
@@ -69,5 +72,5 @@ def test_empty_caption_fails_the_row():
     Image.new("RGB", (8, 8)).save(buf, format="JPEG")
     stage = stages.CaptionStage.__new__(stages.CaptionStage)
     stage.captioner, stage.info = Silent(), "{}"
-    out = stage(pd.DataFrame({"jpg": [buf.getvalue()], "status": ["ok"], "error": [""]}))
+    out = stage(pd.DataFrame({"key": ["k"], "jpg": [buf.getvalue()], "status": ["ok"], "error": [""]}))
     assert out.loc[0, "status"] == "failed" and out.loc[0, "error"].startswith("empty caption")

@@ -35,7 +35,10 @@ def test_names_are_zero_padded_from_the_input_shard():
 def test_shard_round_trip_through_webdataset(tmp_path):
     cfg = ShardWriterConfig(output_dir=str(tmp_path), prefix="t")
     w = ShardWriter(cfg, 3, expected=3)
-    for r in (_row(3, 11), _row(3, 9), _row(3, 10, "failed")):  # out of order on purpose
+    w.write(_row(3, 9))
+    with pytest.raises(ValueError, match="row 9 arrived after row 9"):
+        w.write(_row(3, 9))  # rows stream in manifest order, so a shard's bytes never depend on timing
+    for r in (_row(3, 10, "failed"), _row(3, 11)):
         w.write(r)
     stats = w.close()
     assert stats["counts"] == {"ok": 2, "failed": 1} and stats["samples"] == 2
@@ -48,7 +51,9 @@ def test_shard_round_trip_through_webdataset(tmp_path):
     assert meta["color"] == "red" and meta["duration"] == 2.0 and meta["caption"] == {"model": "hf:x"}
     table = pd.read_parquet(tmp_path / "t-000003.parquet")
     assert list(table["key"]) == ["s3r9", "s3r10", "s3r11"] and list(table["status"]) == ["ok", "failed", "ok"]
-    assert json.loads((tmp_path / "t-000003_stats.json").read_text())["rows"] == 3
+    marker = json.loads((tmp_path / "t-000003_stats.json").read_text())
+    assert marker["rows"] == 3 and marker["written_by"]["pid"] == os.getpid() and marker["written_by"]["host"]
+    assert marker["failures"] == {"InvalidDataError": 1}
 
 
 def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch):
@@ -56,12 +61,10 @@ def test_interrupted_write_leaves_no_final_file(tmp_path, monkeypatch):
     w = ShardWriter(cfg, 0, expected=1)
     w.write(_row(0, 0))
 
-    def die(self, *args, **kwargs):
+    def die(*args, **kwargs):
         raise KeyboardInterrupt("killed between write and rename")
 
-    import fsspec.implementations.local as local
-
-    monkeypatch.setattr(local.LocalFileSystem, "mv", die)
+    monkeypatch.setattr(writer.os, "replace", die)
     with pytest.raises(KeyboardInterrupt):
         w.close()
     names = os.listdir(tmp_path)
