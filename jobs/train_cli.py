@@ -136,10 +136,10 @@ def _local(path: str) -> Path:
 
 def _shard_problems(key: str, pattern: str, readers: int = 1) -> list[str]:
     """A shard pattern that expands to no existing local file (remote URLs are left to the loader)."""
-    from model.data import expand_urls
+    from shards.format import expand_pattern
 
     try:
-        urls = expand_urls(pattern)
+        urls = expand_pattern(pattern)
     except ValueError as exc:
         return [f"{key}: {exc}"]
     local = [u for u in urls if _is_local(u)]

@@ -1,6 +1,6 @@
 """Weights in and out: HF CLIP initialisation, official CLIP-ViP checkpoints, our safetensors format.
 
-Our parameter names equal HF CLIP's and the official CLIP-ViP's (spec section 4), so every import
+Our parameter names equal HF CLIP's and the official CLIP-ViP's, so every import
 is a filter, not a rename: drop ``position_ids`` buffers, strip the official ``clipmodel.`` prefix,
 cast to fp32, check shapes (raising on any mismatch), and report missing / unexpected keys.
 ``transformers`` is imported only inside :func:`from_hf_clip`.
@@ -11,16 +11,91 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
+import types
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from model.clip_vip import CLIPViP, CLIPViPConfig
+from model.clip_vip import FLAVOURS, CLIPViP, CLIPViPConfig
 
 logger = logging.getLogger(__name__)
 
 OFFICIAL_PREFIX = "clipmodel."
+# Flavours that are OpenAI CLIP architectures, so their head counts are known facts; a checkpoint with
+# their exact shapes is taken to have their heads.
+RELEASED_FLAVOURS = ("B/32", "B/16", "L/14")
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+# What a checkpoint pickle may build: tensors, storages, plain containers and values, plus the
+# argparse.Namespace and numpy scalars fairseq (OFA) stores beside its weights. Nothing that runs code.
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+    ("builtins", "object"),
+    ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),  # how protocol-2 pickles spell bytes (numpy scalars use it)
+    ("argparse", "Namespace"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor_v3"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+}
+
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint's pickle refers to something other than plain data; it is never loaded."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)) or (
+            module.startswith("numpy.dtypes") and name.endswith("DType")
+        ):
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(
+            f"refusing to unpickle global {module}.{name}: a checkpoint holds only tensors and plain data; "
+            "this file carries code or objects from another program"
+        )
+
+
+_PICKLE_MODULE = types.ModuleType("clipvip_restricted_pickle")
+_PICKLE_MODULE.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
+_PICKLE_MODULE.load = lambda f, **kw: _RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
+
+
+def restricted_load(path: str | Path) -> Any:
+    """Unpickle a ``torch.save`` file (zip or legacy format) allowing only plain data.
+
+    Every ``.pt`` the project reads goes through here (official CLIP-ViP and OFA checkpoints). A
+    global outside the allow-list is refused before it is ever called, with a one-line
+    ``UnsafeCheckpointError``; there is no switch to load such a file anyway.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        # weights_only=False only because torch's own allow-list does not know argparse.Namespace;
+        # safety comes from _RestrictedUnpickler, which torch uses for every global lookup.
+        return torch.load(path, map_location="cpu", pickle_module=_PICKLE_MODULE, weights_only=False)
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(f"{path}: {exc}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
 
 
 @dataclasses.dataclass
@@ -89,8 +164,28 @@ def from_hf_clip(path_or_id: str, **cfg_overrides) -> CLIPViP:
     return model
 
 
+def _heads_from_clip_config(path: Path) -> dict[str, int]:
+    """``vision_heads``/``text_heads`` from a transformers ``CLIPConfig`` JSON (a file or its folder)."""
+    file = path / CONFIG_FILE if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+        return {"vision_heads": int(data["vision_config"]["num_attention_heads"]),
+                "text_heads": int(data["text_config"]["num_attention_heads"])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is not a transformers CLIP config.json with vision_config and text_config "
+                         f"num_attention_heads ({type(e).__name__}: {e})") from None
+
+
 def config_from_state(state: dict[str, torch.Tensor], **overrides) -> CLIPViPConfig:
-    """Infer the architecture from tensor shapes (heads = width / 64, CLIP's convention)."""
+    """Infer the architecture from tensor shapes; the head counts from ``overrides`` or a flavour.
+
+    Every shape is the same whatever the number of attention heads, so the heads cannot be read from
+    the weights, and a wrong count loads without a single missing key while every feature comes out
+    different. They are taken from ``overrides`` (``vision_heads``/``text_heads``), else from the
+    released CLIP architecture whose widths, depths, patch and embedding size all match (the
+    CLIP-ViP ViT-B checkpoints: 12 vision and 8 text heads, as in OpenAI's CLIP). Anything else
+    raises rather than guess.
+    """
     def layers(prefix: str) -> int:
         return 1 + max(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix))
     emb = "vision_model.embeddings."
@@ -100,12 +195,25 @@ def config_from_state(state: dict[str, torch.Tensor], **overrides) -> CLIPViPCon
     tok = state["text_model.embeddings.token_embedding.weight"]
     t_width = tok.shape[1]
     fields = dict(image_size=grid * patch, patch_size=patch, vision_width=v_width,
-                  vision_layers=layers("vision_model.encoder.layers."), vision_heads=max(1, v_width // 64),
+                  vision_layers=layers("vision_model.encoder.layers."),
                   vision_mlp=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0], vocab_size=tok.shape[0],
                   context_length=state["text_model.embeddings.position_embedding.weight"].shape[0],
-                  text_width=t_width, text_layers=layers("text_model.encoder.layers."), text_heads=max(1, t_width // 64),
+                  text_width=t_width, text_layers=layers("text_model.encoder.layers."),
                   text_mlp=state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
                   embed_dim=state["visual_projection.weight"].shape[0], eot_token_id=tok.shape[0] - 1)
+    shape_keys = ("patch_size", "vision_width", "vision_layers", "text_width", "text_layers", "embed_dim")
+    flavour = next((name for name in RELEASED_FLAVOURS if all(FLAVOURS[name][k] == fields[k] for k in shape_keys)), None)
+    for heads in ("vision_heads", "text_heads"):
+        if heads in overrides:
+            continue
+        if flavour is None:
+            raise ValueError(
+                f"cannot tell the attention heads of this checkpoint (vision width {v_width}, text width {t_width}, "
+                f"{fields['vision_layers']}/{fields['text_layers']} layers): it matches none of the released "
+                f"architectures {RELEASED_FLAVOURS}, and the weights have the same shapes for every head count. Pass "
+                "vision_heads=<n> and text_heads=<n>, or clip_config=<the transformers CLIP config.json it was "
+                "built from>")
+        fields[heads] = FLAVOURS[flavour][heads]
     for mlp, width in (("vision_mlp", v_width), ("text_mlp", t_width)):
         if fields[mlp] == 4 * width:
             fields[mlp] = None  # the default ratio; keeps configs comparable to the flavours
@@ -118,23 +226,29 @@ def config_from_state(state: dict[str, torch.Tensor], **overrides) -> CLIPViPCon
     return CLIPViPConfig(**{**fields, **overrides})
 
 
-def load_official_clipvip(path: str | Path, **cfg_overrides) -> tuple[CLIPViP, LoadReport]:
+def load_official_clipvip(path: str | Path, clip_config: str | Path | None = None,
+                          **cfg_overrides) -> tuple[CLIPViP, LoadReport]:
     """Load a released CLIP-ViP checkpoint (``pretrain_clipvip_base_{32,16}.pt``).
 
     The file is a ``torch.save``d flat dict whose keys carry the ``clipmodel.`` prefix, mostly fp16
-    (apex O2). Prefix and ``position_ids`` buffers are dropped, tensors cast to fp32; the
-    architecture is read from the shapes unless ``cfg_overrides`` say otherwise (heads default to
-    width / 64, true of every released CLIP).
+    (apex O2). It is read with :func:`restricted_load` (a file carrying code is refused).
+    Prefix and ``position_ids`` buffers are dropped, tensors cast to fp32; the architecture is read
+    from the shapes, the attention heads from ``cfg_overrides``, else ``clip_config`` (the
+    transformers CLIP ``config.json`` the model was built from, as the official configs name one),
+    else a matching flavour (see :func:`config_from_state`).
 
     Returns:
         The model and the report of missing / unexpected keys (both empty for a released file).
     """
-    raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    path = Path(path)
+    raw = restricted_load(path)
     if not isinstance(raw, dict) or not any(k.startswith(OFFICIAL_PREFIX) for k in raw):
         raise ValueError(f"{path}: expected the official flat state dict with '{OFFICIAL_PREFIX}'-prefixed keys")
     state = {k[len(OFFICIAL_PREFIX):]: v for k, v in raw.items()
              if k.startswith(OFFICIAL_PREFIX) and not k.endswith("position_ids")}
     foreign = sorted(k for k in raw if not k.startswith(OFFICIAL_PREFIX))
+    if clip_config is not None:
+        cfg_overrides = {**_heads_from_clip_config(Path(clip_config)), **cfg_overrides}
     model = CLIPViP(config_from_state(state, **cfg_overrides))
     report = load_weights(model, state)
     report.unexpected = sorted(report.unexpected + foreign)

@@ -33,6 +33,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from model.video import DecodeError, decode_frames, decode_image, preprocess
+from shards import format as shard_format
+from shards.format import expand_pattern, raw_samples
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +53,6 @@ class ShardDataConfig:
     seed: int = 42
     resize_on_device: bool = False  # ship uint8 frames and squash on the accelerator (same numbers)
     missing_caption: str = "None"  # the official code's stand-in when a clip has no caption
-
-
-def expand_urls(spec: str | list[str]) -> list[str]:
-    """Expand ``'a-{000..009}.tar::b-{0..3}.tar'`` (or a list of such) into shard URLs."""
-    import braceexpand
-
-    parts = spec if isinstance(spec, list) else [p for p in spec.split("::") if p.strip()]
-    urls = [u for p in parts for u in braceexpand.braceexpand(p.strip())]
-    if not urls:
-        raise ValueError(f"shard pattern {spec!r} expands to no URLs; give e.g. 'shards/train-{{000000..000009}}.tar'")
-    return urls
 
 
 def shards_for_worker(urls: list[str], *, seed: int, epoch: int, worker: int, num_workers: int) -> list[str]:
@@ -95,50 +86,6 @@ class WorkerPosition:
     consumed: int = 0
     skipped_samples: int = 0
     bad_shards: int = 0
-
-
-def _open_url(url: str):
-    import fsspec
-
-    return fsspec.open(url, "rb").open()
-
-
-def _naming_url(exn: Exception, url: str | None) -> OSError:
-    """The shard error as ``<url>: <reason>``: webdataset appends the stream object's repr
-    (``@ <fsspec...LocalFileOpener object at 0x...>``) to the reason, which names no file."""
-    first = exn.args[0] if exn.args else None
-    reason = first if isinstance(first, str) else getattr(exn, "strerror", None) or str(exn)
-    return OSError(f"{url}: {reason.split(' @ <', 1)[0] or type(exn).__name__}")
-
-
-def raw_samples(urls: list[str], on_shard_error) -> Iterator[dict[str, Any]]:
-    """Samples (dicts of raw bytes keyed by extension) from the tars at ``urls``, in order.
-
-    A shard that cannot be opened or is cut short ends early; ``on_shard_error(exn)`` is told once
-    per shard, with an ``OSError`` reading ``<url>: <reason>``. The last, incomplete sample of a
-    cut-off shard comes through without its missing members, for the decoder to reject.
-    """
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    current = {"url": None}
-    failed: set[str | None] = set()
-
-    def handler(exn: Exception) -> bool:
-        # webdataset may report one cut-off tar twice (member read, then the tar header): tell once.
-        if current["url"] not in failed:
-            failed.add(current["url"])
-            on_shard_error(_naming_url(exn, current["url"]))
-        return True
-
-    def streams():
-        for url in urls:
-            current["url"] = url
-            try:
-                yield {"url": url, "stream": _open_url(url)}
-            except (OSError, ValueError) as exn:
-                handler(exn)
-
-    yield from group_by_keys(tar_file_expander(streams(), handler=handler), handler=handler)
 
 
 def seeded_shuffle(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -198,7 +145,7 @@ class ShardStream(IterableDataset):
     def __init__(self, cfg: ShardDataConfig, tokenizer, *, rank: int = 0, world_size: int = 1,
                  positions: list[WorkerPosition] | None = None, rotation: int = 0) -> None:
         self.cfg, self.tokenizer, self.rank, self.world_size = cfg, tokenizer, rank, world_size
-        self.urls = expand_urls(cfg.shards)
+        self.urls = expand_pattern(cfg.shards)
         self.num_workers = max(1, cfg.num_workers)
         total = self.num_workers * world_size
         if len(self.urls) < total:
@@ -317,15 +264,7 @@ class ShardLoader:
 
 def read_sizes(shard_pattern: str) -> dict[str, int]:
     """``sizes.json`` beside the first shard (file name -> samples), or {} when absent."""
-    import fsspec
-
-    first = expand_urls(shard_pattern)[0]
-    path = first.rsplit("/", 1)[0] + "/sizes.json" if "/" in first else "sizes.json"
-    try:
-        with fsspec.open(path, "r") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
+    return shard_format.read_sizes(expand_pattern(shard_pattern))
 
 
 class HeldOutShards(IterableDataset):
@@ -338,7 +277,7 @@ class HeldOutShards(IterableDataset):
     """
 
     def __init__(self, shards: str, *, text_field: str, num_frames: int, image_size: int, batch_size: int) -> None:
-        self.urls = expand_urls(shards)
+        self.urls = expand_pattern(shards)
         self.text_field, self.num_frames = text_field, num_frames
         self.image_size, self.batch_size = image_size, batch_size
 

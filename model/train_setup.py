@@ -27,10 +27,10 @@ def _barrier(rt: Runtime) -> None:
 
 def shard_texts(pattern: str, limit: int = 20000) -> list[str]:
     """Subtitles and captions of the shards (for training a debug tokenizer offline)."""
-    from model.data import expand_urls, raw_samples
+    from shards.format import expand_pattern, raw_samples
 
     texts: list[str] = []
-    for raw in raw_samples(expand_urls(pattern), lambda e: None):
+    for raw in raw_samples(expand_pattern(pattern), lambda e: None):
         texts += [raw[k].decode("utf-8", "replace") for k in ("subtitle.txt", "caption.txt") if k in raw]
         if len(texts) >= limit:
             break

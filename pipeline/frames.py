@@ -10,9 +10,28 @@ The training copy keeps ``target_fps`` frames per second (never more than the so
 the short side down to ``short_side`` and is H.264 with a short keyframe interval, so a training
 loader decodes a few frames without walking a long GOP.
 
+Both outputs show the video the way a player does: a display matrix in the container (a phone clip
+stored landscape and flagged "rotate 90") is applied to the middle frame and to the training copy,
+with FFmpeg's own rules (the ones ``ffmpeg`` and ``ffplay`` use to auto-rotate), and recorded in the
+clip metadata as ``rotation``/``mirrored``; ``src_width``/``src_height`` are the displayed size.
+
+A clip is refused rather than written wrong:
+
+- truncated or cut files: a container often keeps announcing its full duration after the tail of
+  the file is lost. The decode must reach the span's end (the last decoded frame, plus its own
+  duration, within ``END_SLACK_S``); otherwise the middle frame would be the last frame that decoded
+  and the training copy would be padded with that frame frozen.
+- tiny clips: a short side below ``FrameConfig.min_side`` (32 px by default) carries too little
+  picture for a 224-px model, and the smallest sizes cannot be read back by the trainer's decoder.
+- display matrices that rotate by other than a multiple of 90 degrees (rare; turning them would
+  need resampling onto a larger canvas).
+
+The training copy's width is also kept to one the trainer's decoder can read: see
+``readable_width``.
+
 Expected failures (unreadable, truncated or non-video files, missing paths, spans outside the
-video, empty spans) raise ``ClipError`` with a readable reason; the decode stage turns those into
-failed rows. Anything else is a bug and propagates.
+video, empty spans, the refusals above) raise ``ClipError`` with a readable reason; the decode
+stage turns those into failed rows. Anything else is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -28,6 +47,15 @@ import numpy as np
 from PIL import Image
 
 
+# A decode must reach this close to the span's end (beyond the last frame's own duration) or the
+# clip counts as truncated. A quarter second absorbs containers whose duration is that of a
+# slightly longer audio track (Matroska/WebM report one duration for all streams).
+END_SLACK_S = 0.25
+# The smallest ``FrameConfig.min_side`` allowed: below it, ``readable_width`` would have to stretch
+# the training copy by a large fraction (a 2-px-wide clip becomes 10 px wide).
+MIN_SIDE_FLOOR = 16
+
+
 @dataclasses.dataclass(kw_only=True, frozen=True)
 class FrameConfig:
     """How clips are decoded, sampled and re-encoded (the decode stage's config)."""
@@ -41,6 +69,7 @@ class FrameConfig:
     jpeg_quality: int = 90
     decode_threads: int = 1  # one decoder per core; the pipeline parallelises across clips
     reencode: bool = True
+    min_side: int = 32  # px; a source whose displayed short side is smaller fails its row
     timeout_s: float = 60.0  # a decode that hangs longer is killed and counted as failed
     num_cpus: float = 1.0  # per decode task (Ray)
     batch_size: int = 8  # rows per decode task call (Ray)
@@ -52,6 +81,9 @@ class FrameConfig:
             raise ValueError(f"frames.short_side={self.short_side} must be >= 2 pixels")
         if self.keyframe_interval < 1:
             raise ValueError(f"frames.keyframe_interval={self.keyframe_interval} must be >= 1 frame")
+        if self.min_side < MIN_SIDE_FLOOR:
+            raise ValueError(f"frames.min_side={self.min_side} must be >= {MIN_SIDE_FLOOR} pixels: smaller clips "
+                             "would have to be upscaled for the trainer's decoder to read them")
 
 
 class ClipError(Exception):
@@ -72,12 +104,14 @@ class ClipOutput:
     start: float
     end: float
     src_fps: float
-    src_width: int
+    src_width: int  # as displayed, i.e. after ``rotation``
     src_height: int
     fps: float  # of the training copy
     width: int
     height: int
     n_frames: int
+    rotation: int = 0  # degrees counter-clockwise the source's display matrix asks for (FFmpeg's sign)
+    mirrored: bool = False  # the display matrix also mirrors the picture
 
     def meta(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("jpg", "mp4")}
@@ -97,6 +131,84 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     """Scale so the short side is at most ``short_side``; keep aspect; even sizes for yuv420p."""
     scale = min(1.0, short_side / min(width, height)) if short_side > 0 else 1.0
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+# FFmpeg pads each RGB row of a filtered frame to the CPU's SIMD alignment: 16, 32 or 64 pixels.
+_ROW_ALIGNMENTS = (16, 32, 64)
+
+
+def readable_width(width: int) -> int:
+    """The smallest even width >= ``width`` that the trainer's decoder (decord) reads back.
+
+    decord skips its row-by-row copy whenever the padded row length in bytes is a whole multiple
+    of the width, and then reads the padded rows as if they were the frame: for a 144-px-wide clip
+    (rows padded to 192 px) the sizes disagree and every read fails ("The size must exactly
+    match"), so the trainer skips the clip every epoch. Across the alignments above this hits only
+    2, 4, 6, 8, 12, 16, 24, 32, 36, 48, 72, 96 and 144 px; the training copy steps 2 px past them,
+    a change the trainer's square resize makes invisible.
+    """
+    def unsafe(w: int) -> bool:
+        return any(w % a and (3 * -(-w // a) * a) % w == 0 for a in _ROW_ALIGNMENTS)
+
+    w = max(2, width + width % 2)
+    while unsafe(w):
+        w += 2
+    return w
+
+
+@dataclasses.dataclass(frozen=True)
+class Orientation:
+    """How to turn stored frames into displayed ones, from the stream's display matrix.
+
+    ``ops`` are applied in order to an HxWxC array: ``transpose``, ``cw``/``ccw`` (quarter turns)
+    and ``hflip``/``vflip``.
+    """
+
+    rotation: int = 0  # degrees counter-clockwise, FFmpeg's ``av_display_rotation_get`` rounded
+    mirrored: bool = False
+    ops: tuple[str, ...] = ()
+
+    @property
+    def swaps_axes(self) -> bool:
+        return any(op in ("transpose", "cw", "ccw") for op in self.ops)
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        for op in self.ops:
+            arr = {"transpose": lambda a: a.transpose(1, 0, 2), "cw": lambda a: np.rot90(a, -1),
+                   "ccw": lambda a: np.rot90(a, 1), "hflip": lambda a: a[:, ::-1],
+                   "vflip": lambda a: a[::-1]}[op](arr)
+        return np.ascontiguousarray(arr)
+
+    def display_size(self, width: int, height: int) -> tuple[int, int]:
+        return (height, width) if self.swaps_axes else (width, height)
+
+
+def orientation_of(frame: av.VideoFrame, path: str) -> Orientation:
+    """The display transform a player applies to ``frame``.
+
+    Follows the auto-rotation of the ``ffmpeg`` and ``ffplay`` tools case by case (``theta`` is the
+    clockwise angle; the matrix entries decide between a plain quarter turn and a mirrored one), so
+    the outputs look the way the clip plays. Other angles raise ``ClipError``.
+    """
+    matrix = next((np.frombuffer(bytes(sd), dtype=np.int32) for sd in frame.side_data
+                   if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
+    if matrix is None:
+        return Orientation()
+    rotation = 180 if int(frame.rotation) == -180 else int(frame.rotation)  # FFmpeg returns [-180, 180]
+    mirrored = bool(int(matrix[0]) * int(matrix[4]) - int(matrix[1]) * int(matrix[3]) < 0)
+    theta = float(-rotation)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        ops: tuple[str, ...] = ("transpose",) if matrix[3] > 0 else ("cw",)
+    elif abs(theta - 180) < 1:
+        ops = (("hflip",) if matrix[0] < 0 else ()) + (("vflip",) if matrix[4] < 0 else ())
+    elif abs(theta - 270) < 1:
+        ops = ("cw", "vflip") if matrix[3] < 0 else ("ccw",)
+    elif abs(theta) > 1 and abs(theta - 360) > 1:
+        raise ClipError(f"{path}: display matrix rotates by {rotation} degrees; only multiples of 90 are supported")
+    else:
+        ops = ("vflip",) if matrix[4] < 0 else ()
+    return Orientation(rotation=rotation, mirrored=mirrored, ops=ops)
 
 
 def _video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
@@ -137,9 +249,39 @@ def _frames_from(container: av.container.InputContainer, stream: av.video.stream
         yield float((frame.pts - origin) * tb), frame
 
 
-def _jpeg(frame: av.VideoFrame, max_short_side: int, quality: int) -> bytes:
+def _frame_end(t: float, frame: av.VideoFrame, stream: av.video.stream.VideoStream, fps: float) -> float:
+    """When ``frame`` (shown at ``t``) leaves the screen: its own duration, else one frame at ``fps``."""
+    if frame.duration:
+        return t + float(frame.duration * (frame.time_base or stream.time_base))
+    return t + (1.0 / fps if fps > 0 else 0.0)
+
+
+def _reach_towards(container: av.container.InputContainer, stream: av.video.stream.VideoStream, end: float,
+                   fps: float) -> float:
+    """How close to ``end`` the decodable frames reach: seek just before it and decode forward."""
+    reached = -math.inf
+    try:
+        for t, frame in _frames_from(container, stream, max(0.0, end - END_SLACK_S)):
+            reached = _frame_end(t, frame, stream, fps)
+            if reached >= end - END_SLACK_S:
+                break
+    except av.error.FFmpegError:
+        pass  # a seek or decode past the damage: the frames do not reach
+    return reached
+
+
+def _check_first_frame(path: str, frame: av.VideoFrame, cfg: FrameConfig) -> Orientation:
+    orient = orientation_of(frame, path)
+    w, h = orient.display_size(frame.width, frame.height)
+    if min(w, h) < cfg.min_side:
+        raise ClipError(f"{path}: video is {w}x{h} px, below the minimum short side of {cfg.min_side} px "
+                        "(frames.min_side): too small to train on")
+    return orient
+
+
+def _jpeg(frame: av.VideoFrame, orient: Orientation, max_short_side: int, quality: int) -> bytes:
     w, h = scaled_size(frame.width, frame.height, max_short_side) if max_short_side > 0 else (frame.width, frame.height)
-    rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+    rgb = orient.apply(frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA"))
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -151,7 +293,8 @@ def _at_or_before(t: float, target: float) -> bool:
 
 
 def middle_frame(path: str, start: float | None = None, end: float | None = None) -> tuple[float, np.ndarray]:
-    """The frame on screen at the middle of the span, as (time, HxWx3 uint8). Seeks, then decodes forward."""
+    """The frame on screen at the middle of the span, as (time, HxWx3 uint8), as displayed (rotation
+    applied). Seeks, then decodes forward."""
     with open_container(path) as container:
         stream = _video_stream(container, path)
         stream.thread_count = 1
@@ -165,54 +308,75 @@ def middle_frame(path: str, start: float | None = None, end: float | None = None
             chosen = (t, frame)
     if chosen is None:
         raise ClipError(f"{path}: no frame decoded at {mid:.3f} s")
-    return chosen[0], chosen[1].to_ndarray(format="rgb24")
+    return chosen[0], orientation_of(chosen[1], path).apply(chosen[1].to_ndarray(format="rgb24"))
 
 
 def process_clip(path: str, start: float | None, end: float | None, cfg: FrameConfig) -> ClipOutput:
     """Decode the span once: pick the middle frame and, when configured, re-encode the span.
 
     Raises:
-        ClipError: (or a PyAV / OS error) for inputs that cannot be decoded as asked.
+        ClipError: (or a PyAV / OS error) for inputs that cannot be decoded as asked, including
+            files whose frames stop short of the span (truncated) and clips below ``cfg.min_side``.
     """
     with open_container(path) as container:
         stream = _video_stream(container, path)
         stream.thread_count = cfg.decode_threads
         src_fps = float(stream.average_rate or 0)
-        s, e = resolve_span(path, start, end, _duration(container, stream), src_fps)
+        duration = _duration(container, stream)
+        s, e = resolve_span(path, start, end, duration, src_fps)
         mid = (s + e) / 2
         out_fps = min(cfg.target_fps, src_fps) if src_fps > 0 else cfg.target_fps
         n_out = max(1, math.ceil((e - s) * out_fps - 1e-6)) if cfg.reencode else 0
         targets = [s + k / out_fps for k in range(n_out)]
+        last_needed = max(mid, targets[-1] if targets else mid)
         encoder = _Encoder(cfg, out_fps) if cfg.reencode else None
+        orient: Orientation | None = None
         middle: tuple[float, av.VideoFrame] | None = None
         prev: av.VideoFrame | None = None
+        first_t, reached = math.inf, -math.inf  # decoded frames cover [first_t, reached)
         k = 0
         # When only the middle frame is wanted, start decoding at the keyframe before it.
         for t, frame in _frames_from(container, stream, s if cfg.reencode else mid):
+            if orient is None:
+                orient = _check_first_frame(path, frame, cfg)
+            first_t = min(first_t, t)
             if _at_or_before(t, mid):
                 middle = (t, frame)
             # Each output time takes the frame on screen at that time (the latest one not after it).
             while k < n_out and not _at_or_before(t, targets[k]):
-                encoder.add(prev if prev is not None else frame)
+                encoder.add(prev if prev is not None else frame, orient)
                 k += 1
             prev = frame
-            if not _at_or_before(t, max(mid, targets[-1] if targets else mid)):
+            reached = max(reached, _frame_end(t, frame, stream, src_fps))
+            # Past the last frame any output needs; a re-encode also decodes the few frames left to
+            # the span's end, so a truncated tail is seen without another seek.
+            if not _at_or_before(t, last_needed) and (reached >= e - END_SLACK_S or not cfg.reencode):
                 break
-        while k < n_out and prev is not None:
-            encoder.add(prev)
-            k += 1
-        if middle is None or prev is None:
+        if prev is None or orient is None:
             raise ClipError(f"{path}: no frames decoded in span [{s:.3f}, {e:.3f}] s")
-        src_w, src_h = stream.codec_context.width, stream.codec_context.height
-    jpg = _jpeg(middle[1], cfg.image_max_short_side, cfg.jpeg_quality)
+        if reached < e - END_SLACK_S and not cfg.reencode:
+            reached = max(reached, _reach_towards(container, stream, e, src_fps))  # the loop stopped at mid
+        if reached < e - END_SLACK_S:
+            raise ClipError(f"{path}: decodable frames end at {reached:.3f} s but the span runs to {e:.3f} s "
+                            f"(the file claims {duration:.3f} s): truncated or damaged file")
+        if cfg.reencode and first_t > s + END_SLACK_S:
+            raise ClipError(f"{path}: decodable frames start at {first_t:.3f} s but the span starts at {s:.3f} s: "
+                            "damaged file")
+        if middle is None:
+            raise ClipError(f"{path}: no frame decoded at {mid:.3f} s")
+        while k < n_out:
+            encoder.add(prev, orient)
+            k += 1
+        src_w, src_h = orient.display_size(stream.codec_context.width, stream.codec_context.height)
+    jpg = _jpeg(middle[1], orient, cfg.image_max_short_side, cfg.jpeg_quality)
     mp4, (w, h) = encoder.finish() if encoder else (b"", (0, 0))
     return ClipOutput(jpg=jpg, mp4=mp4, middle_time=middle[0], start=s, end=e, src_fps=src_fps,
                       src_width=src_w, src_height=src_h, fps=out_fps if cfg.reencode else 0.0,
-                      width=w, height=h, n_frames=n_out)
+                      width=w, height=h, n_frames=n_out, rotation=orient.rotation, mirrored=orient.mirrored)
 
 
 class _Encoder:
-    """H.264 into an in-memory mp4, sized on the first frame."""
+    """H.264 into an in-memory mp4, sized on the first frame (as displayed)."""
 
     def __init__(self, cfg: FrameConfig, fps: float):
         self.cfg, self.fps = cfg, fps
@@ -221,8 +385,9 @@ class _Encoder:
         self.stream = None
         self.size = (0, 0)
 
-    def _open(self, frame: av.VideoFrame) -> None:
-        self.size = scaled_size(frame.width, frame.height, self.cfg.short_side)
+    def _open(self, frame: av.VideoFrame, orient: Orientation) -> None:
+        w, h = scaled_size(*orient.display_size(frame.width, frame.height), self.cfg.short_side)
+        self.size = (readable_width(w), h)
         self.container = av.open(self.buf, "w", format="mp4")
         rate = Fraction(self.fps).limit_denominator(1001)
         self.stream = self.container.add_stream("libx264", rate=rate)
@@ -235,11 +400,17 @@ class _Encoder:
                                "keyint_min": str(self.cfg.keyframe_interval)}
         self.n = 0
 
-    def add(self, frame: av.VideoFrame) -> None:
+    def add(self, frame: av.VideoFrame, orient: Orientation) -> None:
         if self.container is None:
-            self._open(frame)
+            self._open(frame, orient)
         w, h = self.size
-        out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+        if orient.ops:
+            # Scale in the stored orientation, turn the pixels, then convert for the encoder.
+            sw, sh = orient.display_size(w, h)
+            rgb = orient.apply(frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="AREA"))
+            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        else:
+            out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
         out.pts, out.time_base = self.n, self.time_base
         for packet in self.stream.encode(out):
             self.container.mux(packet)

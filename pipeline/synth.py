@@ -137,6 +137,17 @@ def render_frames(spec: ClipSpec) -> np.ndarray:
 
 def encode_h264(frames: np.ndarray, path: str | Path, fps: int, gop: int, crf: int = 23) -> None:
     """Write uint8 [N, H, W, 3] frames as an H.264 mp4 with PyAV (no ffmpeg binary needed)."""
+    encode_video(frames, path, fps, gop, crf=crf)
+
+
+def encode_video(frames: np.ndarray, path: str | Path, fps: int, gop: int, *, codec: str = "libx264",
+                 crf: int = 23, rotation: int = 0) -> None:
+    """Write uint8 [N, H, W, 3] frames with PyAV; the container follows the suffix (.mp4, .webm).
+
+    ``codec`` is ``libx264`` or ``libvpx-vp9`` (both in PyAV's bundled FFmpeg). A non-zero
+    ``rotation`` stores a display matrix asking players to turn the picture that many degrees
+    counter-clockwise, as a phone does for a clip shot upright.
+    """
     import av
     from fractions import Fraction
 
@@ -144,11 +155,16 @@ def encode_h264(frames: np.ndarray, path: str | Path, fps: int, gop: int, crf: i
     path.parent.mkdir(parents=True, exist_ok=True)
     n, h, w, _ = frames.shape
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream = container.add_stream(codec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.gop_size = gop
-        stream.options = {"preset": "veryfast", "crf": str(crf), "keyint_min": str(min(gop, 25)),
-                          "sc_threshold": "0"}
+        if codec == "libx264":
+            stream.options = {"preset": "veryfast", "crf": str(crf), "keyint_min": str(min(gop, 25)),
+                              "sc_threshold": "0"}
+        else:  # libvpx-vp9: constant quality, fastest settings
+            stream.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for arr in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
                 container.mux(packet)
@@ -263,6 +279,38 @@ def write_broken_files(out_dir: str | Path, good_clip: str | Path) -> dict[str, 
     files["not_video"].write_text("this is a subtitle file, not a video\n" * 20)
     rnd = np.random.default_rng(0)
     files["garbage"].write_bytes(data[:48] + rnd.integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+    return files
+
+
+def write_awkward_clips(out_dir: str | Path) -> dict[str, Path]:
+    """Valid-looking clips that decode, but wrongly unless handled: each must become a correct
+    output or a failed row, never a silently wrong one.
+
+    - ``webm``: an intact 4 s, 25 fps, 320x240 VP9 WebM (keyframe every 12 frames);
+      ``webm_cut30``/``webm_cut50``: its first 30% / 50% of bytes. The container header still
+      announces 4 s, the frames stop near 1 s / 2 s.
+    - ``rotated``: a portrait 240x320 clip stored as 320x240 frames turned clockwise, with a display
+      matrix asking for a 90-degree counter-clockwise turn (a phone clip shot upright). Its upright
+      frames are ``rotated_upright.npy``.
+    - ``tiny``: a 2x2 H.264 clip.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = ClipSpec(key="awkward", color="red", shape="circle", direction="right", width=320, height=240,
+                    fps=25, seconds=4.0, gop=12, seed=7)
+    files = {"webm": out_dir / "full.webm", "webm_cut30": out_dir / "cut30.webm",
+             "webm_cut50": out_dir / "cut50.webm", "rotated": out_dir / "rotated.mp4", "tiny": out_dir / "tiny.mp4"}
+    encode_video(render_frames(spec), files["webm"], spec.fps, spec.gop, codec="libvpx-vp9", crf=32)
+    data = files["webm"].read_bytes()
+    files["webm_cut30"].write_bytes(data[: int(len(data) * 0.3)])
+    files["webm_cut50"].write_bytes(data[: int(len(data) * 0.5)])
+    upright = render_frames(dataclasses.replace(spec, width=240, height=320, fps=10, seconds=2.0, gop=5,
+                                                direction="down"))
+    np.save(out_dir / "rotated_upright.npy", upright)
+    stored = np.ascontiguousarray(np.rot90(upright, -1, axes=(1, 2)))  # each frame turned clockwise
+    encode_video(stored, files["rotated"], 10, 5, rotation=90)
+    encode_video(np.random.default_rng(0).integers(0, 256, size=(12, 2, 2, 3), dtype=np.uint8),
+                 files["tiny"], 6, 3)
     return files
 
 

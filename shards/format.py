@@ -178,18 +178,20 @@ class ShardReadError(OSError):
     """A tar that cannot be opened or ends early; ``url`` names it."""
 
     def __init__(self, url: str, cause: BaseException) -> None:
-        super().__init__(f"shard {url}: {type(cause).__name__}: {cause}")
+        reason = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
+        super().__init__(f"{url}: {reason}")
         self.url, self.cause = url, cause
 
 
-def iter_tar_samples(url: str, *, wanted: Callable[[str], bool] | None = None,
-                     stream: IO[bytes] | None = None) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(url: str, *, wanted: Callable[[str], bool] | None = None, stream: IO[bytes] | None = None,
+                     on_error: Callable[[ShardReadError], None] | None = None) -> Iterator[dict[str, Any]]:
     """Samples of one tar, in order: ``{"__key__", "__url__", ext: bytes, ...}``.
 
     Members of a sample are adjacent (as WebDataset writes them). ``wanted(ext)`` False skips a
     member's bytes without reading them (the NMI reader needs only text); skipped members appear
-    as None. A tar that cannot be opened or ends early raises ``ShardReadError`` after the samples
-    read so far, the last one possibly without its missing members.
+    as None. A tar that cannot be opened or ends early is a ``ShardReadError``: given to
+    ``on_error`` (then the last, incomplete sample still comes through without its missing
+    members, for the consumer to reject), or raised after that sample when there is no callback.
     """
     current: dict[str, Any] | None = None
     try:
@@ -211,9 +213,14 @@ def iter_tar_samples(url: str, *, wanted: Callable[[str], bool] | None = None,
                 take = wanted is None or wanted(ext)
                 current[ext] = tar.extractfile(info).read() if take else None
     except (OSError, EOFError, tarfile.TarError, ValueError) as exn:
+        error = ShardReadError(url, exn)
+        if on_error is not None:
+            on_error(error)
         if current is not None:
             yield current
-        raise ShardReadError(url, exn) from exn
+        if on_error is None:
+            raise error from exn
+        return
     if current is not None:
         yield current
 
@@ -222,10 +229,7 @@ def raw_samples(urls: Iterable[str], on_shard_error: Callable[[ShardReadError], 
                 wanted: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
     """Samples of the tars at ``urls`` in order; a bad tar is reported once and the next one read."""
     for url in urls:
-        try:
-            yield from iter_tar_samples(url, wanted=wanted)
-        except ShardReadError as exn:
-            on_shard_error(exn)
+        yield from iter_tar_samples(url, wanted=wanted, on_error=on_shard_error)
 
 
 def read_sizes(urls: list[str]) -> dict[str, int]:

@@ -12,6 +12,11 @@ What is kept exactly, because captions change when any of it changes:
   ``cumulative / (step + 1) ** length_penalty``; the first ``beam`` non-EOS candidates continue;
 - a sentence is done once ``beam`` hypotheses are finalised; results are sorted by score.
 
+A sentence can end without any hypothesis only when every candidate, EOS at the last step included,
+scored -inf: a model emitting NaN (turned into -inf above) or -inf log-probabilities. fairseq then
+returns an empty list and OFA's caption code fails on it with a bare ``IndexError``; here
+``beam_search`` raises ``BeamSearchError`` naming the sentences and whether NaN was seen.
+
 Unlike fairseq, finished sentences are masked rather than removed from the batch: fixed shapes and
 fewer copies on GPU, identical results (a finished sentence never influences another).
 
@@ -28,6 +33,10 @@ import torch
 # step_fn(tokens (N, step+1), step, reorder (N,) or None) -> float32 log-probs (N, V). ``reorder``
 # says which previous hypothesis each row continues, so the caller can permute its caches.
 StepFn = Callable[[torch.Tensor, int, "torch.Tensor | None"], torch.Tensor]
+
+
+class BeamSearchError(RuntimeError):
+    """A sentence ended with no hypothesis: the model's scores were NaN or -inf throughout."""
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -91,12 +100,15 @@ def beam_search(step_fn: StepFn, batch_size: int, vocab_size: int, cfg: BeamConf
     rows_b = torch.arange(b, device=device)[:, None].expand(b, k)
     done = _AllDone(torch.device(device))
     reorder: torch.Tensor | None = None
+    saw_nan = torch.zeros(b, dtype=torch.bool, device=device)  # per sentence; read only on failure
 
     for step in range(max_len + 1):
         lprobs = step_fn(tokens[:, : step + 1], step, reorder).float()
         if step < cfg.min_len:
             lprobs[:, cfg.eos] = neg_inf
-        lprobs.masked_fill_(lprobs.isnan(), neg_inf)
+        nan = lprobs.isnan()
+        saw_nan |= nan.view(b, -1).any(1)
+        lprobs.masked_fill_(nan, neg_inf)
         lprobs[:, cfg.pad] = neg_inf
         lprobs[:, cfg.unk] -= cfg.unk_penalty
         if step >= max_len:
@@ -140,7 +152,16 @@ def beam_search(step_fn: StepFn, batch_size: int, vocab_size: int, cfg: BeamConf
             scores[:, :step] = scores[reorder, :step]
         scores.view(b, k, -1)[:, :, step] = cand_scores.gather(1, active)
 
-    return _collect(fin_tokens[:, :k].cpu(), fin_scores[:, :k].cpu(), fin_len[:, :k].cpu(), fin_count.cpu())
+    out = _collect(fin_tokens[:, :k].cpu(), fin_scores[:, :k].cpu(), fin_len[:, :k].cpu(), fin_count.cpu())
+    empty = [i for i, hyps in enumerate(out) if not hyps]
+    if empty:
+        nan_seen = saw_nan.cpu().tolist()
+        nan_in = [i for i in empty if nan_seen[i]]
+        why = (f"the model's log-probabilities were NaN for sentence(s) {nan_in[:10]} (NaN logits: broken weights "
+               "or a float16 overflow; try fp32)" if nan_in else "every continuation, EOS included, scored -inf")
+        raise BeamSearchError(f"beam search ended with no hypothesis for sentence(s) {empty[:10]} of "
+                              f"{b}: {why}")
+    return out
 
 
 class _AllDone:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from caption.ofa.beam import BeamConfig
+from caption.ofa.beam import BeamConfig, BeamSearchError
 from caption.ofa.checkpoint import WEIGHTS_FILE, build_model, load_converted, read_fairseq_checkpoint, sha256_file
 from caption.ofa.generate import OFAGenerator
 from caption.ofa.preprocess import normalize, resize_batch
-from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, strip_punctuation
+from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, embedding_mismatch, strip_punctuation
 from caption.protocol import DecodeSettings, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,9 @@ class OFACaptioner:
         else:
             raise FileNotFoundError(f"OFA model {target!r} is neither a converted directory nor a checkpoint file")
         self.tokenizer = OFATokenizer(bpe, num_codes=int(meta.get("num_codes", 8192)), num_bins=int(meta.get("num_bins", 1000)))
-        if len(self.tokenizer) != cfg.vocab_size:
-            raise ValueError(
-                f"tokenizer in {bpe} has {len(self.tokenizer)} symbols but the model embeds {cfg.vocab_size}; "
-                "use the dict.txt that came with the checkpoint (OFA's utils/BPE)"
-            )
+        mismatch = embedding_mismatch(self.tokenizer, cfg.vocab_size)
+        if mismatch:
+            raise ValueError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
         self.device = torch.device(resolve_device(device))
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
@@ -138,7 +136,12 @@ class OFACaptioner:
             pixels = ahead.result() if ahead is not None else resize(chunk)
             ahead = self._prefetch.submit(resize, chunks[i + 1]) if self._prefetch and i + 1 < len(chunks) else None
             batch = normalize(pixels, self.device, dtype)
-            out += [hyps[0].tokens for hyps in self.generator.generate(batch)]
+            try:
+                out += [hyps[0].tokens for hyps in self.generator.generate(batch)]
+            except BeamSearchError as exc:
+                first = i * self.batch_size
+                raise BeamSearchError(f"OFA ({self.precision}) on images {first}..{first + len(chunk) - 1} of this "
+                                      f"call: {exc}") from None
         return out
 
     def generate(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:

@@ -1,10 +1,10 @@
 """Official OFA ``.pt`` files without fairseq, and the converted safetensors + JSON form.
 
 fairseq checkpoints are pickles holding the state dict plus an ``argparse.Namespace`` of arguments
-(``args``) or a ``cfg`` dict whose ``model`` entry is such a Namespace. ``restricted_load`` reads them
-with an unpickler that can only build tensors, storages, plain containers, Namespaces and numpy data
-(fairseq stores numpy scalars in its bookkeeping); any other global, such as ``os.system``, is refused
-before it is ever called.
+(``args``) or a ``cfg`` dict whose ``model`` entry is such a Namespace. ``restricted_load`` (shared
+with the CLIP-ViP loader in ``model/convert.py``) reads them with an unpickler that can only build
+tensors, storages, plain containers, Namespaces and numpy data (fairseq stores numpy scalars in its
+bookkeeping); any other global, such as ``os.system``, is refused before it is ever called.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import pickle
-import types
 from pathlib import Path
 from typing import Any
 
@@ -22,71 +20,10 @@ import torch
 from caption.ofa.config import OFAConfig, config_from_fairseq_args
 from caption.ofa.keymap import official_to_port
 from caption.ofa.model import OFAModel
+from model.convert import UnsafeCheckpointError, restricted_load  # noqa: F401 - one allow-list for every .pt read
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("builtins", "bytearray"),
-    ("builtins", "object"),
-    ("copyreg", "_reconstructor"),
-    ("_codecs", "encode"),  # how protocol-2 pickles spell bytes (numpy scalars use it)
-    ("argparse", "Namespace"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor_v3"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-}
-
-
-class UnsafeCheckpointError(ValueError):
-    """The checkpoint's pickle refers to something other than plain data."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)) or (
-            module.startswith("numpy.dtypes") and name.endswith("DType")
-        ):
-            return super().find_class(module, name)
-        raise UnsafeCheckpointError(
-            f"refusing to unpickle global {module}.{name}: an OFA checkpoint holds only tensors, containers and "
-            "argparse.Namespace; this file carries code or objects from another program"
-        )
-
-
-_PICKLE_MODULE = types.ModuleType("clipvip_restricted_pickle")
-_PICKLE_MODULE.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
-_PICKLE_MODULE.load = lambda f, **kw: _RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-
-
-def restricted_load(path: str | Path) -> Any:
-    """Unpickle a ``torch.save`` file (zip or legacy format) allowing only plain data."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        # weights_only=False only because torch's own allow-list does not know argparse.Namespace;
-        # safety comes from _RestrictedUnpickler, which torch uses for every global lookup.
-        return torch.load(path, map_location="cpu", pickle_module=_PICKLE_MODULE, weights_only=False)
-    except UnsafeCheckpointError as exc:
-        raise UnsafeCheckpointError(f"{path}: {exc}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
-
 
 def _as_dict(obj: Any) -> dict[str, Any]:
     if isinstance(obj, argparse.Namespace):
@@ -187,10 +124,15 @@ def convert_fairseq_checkpoint(ckpt: str | Path, out_dir: str | Path, bpe_dir: s
     """
     import shutil
 
-    from caption.ofa.tokenizer import find_bpe_files
+    from caption.ofa.tokenizer import OFATokenizer, embedding_mismatch, find_bpe_files
 
     cfg, state, meta = read_fairseq_checkpoint(ckpt)
     files = find_bpe_files(bpe_dir) if bpe_dir is not None else {}
+    if files:
+        tokenizer = OFATokenizer(bpe_dir, num_codes=meta["num_codes"], num_bins=meta["num_bins"])
+        mismatch = embedding_mismatch(tokenizer, cfg.vocab_size)
+        if mismatch:
+            raise ValueError(f"{ckpt} with the tokenizer in {bpe_dir}: {mismatch}")
     meta = {**meta, "source": str(Path(ckpt).resolve()), "source_sha256": sha256_file(ckpt)}
     out = save_converted(out_dir, cfg, state, meta)
     for name, path in files.items():

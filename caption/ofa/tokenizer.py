@@ -194,8 +194,11 @@ def write_bart_layout(bpe_dir: str | Path, out_dir: str | Path, num_codes: int =
     """Rewrite OFA's fairseq-layout files (``encoder.json``, ``vocab.bpe``, ``dict.txt``) as the BART
     layout (``vocab.json``, ``merges.txt``, ``added_tokens.json``) giving the same ids; returns ``out_dir``.
 
-    GPT-2 tokens that ``dict.txt`` lacks are left out of ``vocab.json``, so both layouts map them to
-    ``<unk>``.
+    ``vocab.json`` holds the whole text dictionary, ids 0 to ``<mask>`` without gaps, as BART's does:
+    the specials, every ``dict.txt`` entry (GPT-2 ids as their byte-level token, other symbols such
+    as the ``madeupword0000..0002`` padding lines of OFA's real ``dict.txt`` as themselves) and
+    ``<mask>``. ``added_tokens.json`` holds the code and bin symbols after it. GPT-2 tokens that
+    ``dict.txt`` lacks are left out of ``vocab.json``, so both layouts map them to ``<unk>``.
     """
     files = find_bpe_files(bpe_dir)
     if "dict.txt" not in files:
@@ -204,15 +207,42 @@ def write_bart_layout(bpe_dir: str | Path, out_dir: str | Path, num_codes: int =
     out.mkdir(parents=True, exist_ok=True)
     token_of = {i: s for s, i in json.loads(files["encoder.json"].read_text(encoding="utf-8")).items()}
     d = FairseqDictionary(files["dict.txt"], num_codes, num_bins)
+    n_text = d.index["<mask>"] + 1  # codes and bins follow <mask>
     vocab, added = {}, {}
     for i, sym in enumerate(d.symbols):
-        if sym.isdigit():
-            vocab[token_of[int(sym)]] = i
-        elif sym in SPECIALS or sym == "<mask>":
-            vocab[sym] = i
-        else:
+        if i >= n_text:
             added[sym] = i
+        elif sym.isdigit():
+            if int(sym) not in token_of:
+                raise ValueError(f"{files['dict.txt']}: GPT-2 id {sym} is not in {files['encoder.json']}")
+            vocab[token_of[int(sym)]] = i
+        else:
+            vocab[sym] = i
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text(files["vocab.bpe"].read_text(encoding="utf-8"), encoding="utf-8")
     (out / ADDED_TOKENS).write_text(json.dumps(added), encoding="utf-8")
     return out
+
+
+def embedding_mismatch(tokenizer: OFATokenizer, rows: int) -> str | None:
+    """Why a model embedding ``rows`` symbols cannot be used with ``tokenizer``; None when they fit.
+
+    Official OFA does not refuse: when its dictionary is longer than the checkpoint's embedding it
+    appends rows drawn at random (``models/ofa/ofa.py``, ``upgrade_state_dict_named``), and it drops
+    the last row only when its dictionary lacks ``<mask>`` (never the case for OFA's). Random rows
+    make the symbols they stand for decode from noise that changes from run to run, so the port
+    refuses either way and says which case it is.
+    """
+    n = len(tokenizer)
+    if rows == n:
+        return None
+    fix = ("use the tokenizer files that came with the checkpoint (OFA's utils/BPE dict.txt) and the "
+           "num_codes/num_bins it was trained with")
+    if rows < n:
+        first, last = tokenizer.dictionary.symbols[rows], tokenizer.dictionary.symbols[-1]
+        return (f"the tokenizer has {n} symbols but the model embeds only {rows}: ids {rows}..{n - 1} "
+                f"({first} .. {last}) have no trained embedding. Official OFA would append {n - rows} randomly "
+                f"initialised rows for them, so they would decode from noise; refused: {fix}")
+    return (f"the model embeds {rows} symbols but the tokenizer has only {n}: {rows - n} trained rows would "
+            f"have no symbol. Official OFA cannot load this pair either (it only drops a <mask> row its "
+            f"dictionary lacks, and OFA's has one); refused: {fix}")

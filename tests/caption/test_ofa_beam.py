@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from caption.ofa.beam import BeamConfig, beam_search, block_repeated_ngrams
+from caption.ofa.beam import BeamConfig, BeamSearchError, beam_search, block_repeated_ngrams
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 
@@ -135,3 +135,34 @@ def test_bad_beam_config_is_rejected():
         BeamConfig(min_len=5, max_len=2)
     with pytest.raises(ValueError, match="vocabulary"):
         beam_search(toy_step_fn(4, 0), 1, 4, BeamConfig(beam=5))
+
+
+def test_nan_scores_end_in_a_named_error():
+    """NaN log-probabilities become -inf (as in fairseq); a sentence left with no finite candidate,
+    not even EOS at the last step, is reported by number, the others' results are not returned
+    half-made."""
+    good = toy_step_fn(12, seed=3)
+
+    def step_fn(tokens, step, reorder):
+        out = good(tokens, step, reorder)
+        out[3:6] = float("nan")  # sentence 1 of 3 (beams 3..5) scores NaN throughout
+        return out
+
+    cfg = BeamConfig(beam=3, max_len=4, no_repeat_ngram_size=0)
+    with pytest.raises(BeamSearchError, match=r"no hypothesis for sentence\(s\) \[1\] of 3: the model's "
+                                              r"log-probabilities were NaN for sentence\(s\) \[1\]"):
+        beam_search(step_fn, 3, 12, cfg)
+
+    def all_banned(tokens, step, reorder):
+        return torch.full((tokens.shape[0], 12), -math.inf)
+
+    with pytest.raises(BeamSearchError, match=r"every continuation, EOS included, scored -inf"):
+        beam_search(all_banned, 1, 12, cfg)
+    # A NaN at one step for one beam does not sink the sentence: the other beams carry on.
+    def one_nan(tokens, step, reorder):
+        out = good(tokens, step, reorder)
+        if step == 1:
+            out[0] = float("nan")
+        return out
+
+    assert all(hyps for hyps in beam_search(one_nan, 2, 12, cfg))

@@ -170,3 +170,33 @@ def test_captioner_reads_the_bart_layout(tmp_path):
     a, b = OFACaptioner(str(fairseq_dir), device="cpu"), OFACaptioner(str(bart_dir), device="cpu")
     assert b.tokenizer.layout == "bart"
     assert a.generate(images) == b.generate(images) and a.generate_tokens(images) == b.generate_tokens(images)
+
+
+def test_bart_layout_of_a_dictionary_with_madeupwords_loads(bpe_dir, tok, tmp_path):
+    """OFA's real dict.txt ends with three ``madeupwordNNNN 0`` lines (fairseq pads the dictionary to a
+    multiple of 8); BART's vocab.json keeps them at their ids, and so must the written layout, or the
+    tokenizer rejects its own output for the gap they leave."""
+    import shutil
+
+    src = tmp_path / "fairseq"
+    shutil.copytree(bpe_dir, src)
+    with open(src / "dict.txt", "a") as f:
+        f.write("".join(f"madeupword{i:04d} 0\n" for i in range(3)))
+    fairseq = OFATokenizer(src, num_codes=NUM_CODES, num_bins=NUM_BINS)
+    assert len(fairseq) == len(tok) + 3
+    out = write_bart_files(src, tmp_path / "bart")
+    vocab = json.loads((out / "vocab.json").read_text())
+    mask = fairseq.dictionary.index["<mask>"]
+    assert sorted(vocab.values()) == list(range(mask + 1))
+    assert [vocab[f"madeupword{i:04d}"] for i in range(3)] == [mask - 3, mask - 2, mask - 1]
+    added = json.loads((out / "added_tokens.json").read_text())
+    assert min(added.values()) == mask + 1 and set(added) == {*(f"<code_{i}>" for i in range(NUM_CODES)),
+                                                            *(f"<bin_{i}>" for i in range(NUM_BINS))}
+    bart = OFATokenizer(out, num_codes=NUM_CODES, num_bins=NUM_BINS)
+    named = [sym for sym in fairseq.dictionary.symbols if not sym.isdigit()]  # specials, madeupwords, codes, bins
+    assert len(bart) == len(fairseq) and [bart.dictionary.index[s] for s in named] == [fairseq.dictionary.index[s] for s in named]
+    for text in [*CORPUS, " what does the image describe?", "caf\u00e9 madeupword0000 QQQ"]:
+        assert bart.encode(text) == fairseq.encode(text)
+        assert bart.decode(bart.encode_prompt(text)) == fairseq.decode(fairseq.encode_prompt(text)) == text
+    made_up = fairseq.dictionary.index["madeupword0001"]
+    assert bart.decode([made_up]) == fairseq.decode([made_up]) == "madeupword0001"

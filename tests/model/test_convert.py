@@ -6,6 +6,8 @@ Run: .venv/bin/python -m pytest tests/model/test_convert.py -q
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,3 +143,87 @@ def test_safetensors_round_trip(tmp_path):
         assert torch.equal(loaded.encode_text(ids), model.encode_text(ids))
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_head_count_is_read_or_refused_never_guessed(tmp_path):
+    """Head count changes no shape: a 64-wide tower with 2 heads (head size 32) loads without one
+    missing key under a width/64 or any other guess, with wrong features. It must come from the
+    caller or the CLIP config, or the load must stop."""
+    from transformers import CLIPConfig
+
+    torch.manual_seed(3)
+    cfg = get_config("debug", vocab_size=300, eot_token_id=299, vision_heads=2, text_heads=2)
+    source = CLIPViP(cfg).eval()
+    _official_file(source, tmp_path / "heads2.pt")
+    with pytest.raises(ValueError, match=r"cannot tell the attention heads .* Pass vision_heads=<n> and text_heads=<n>, "
+                                         r"or clip_config="):
+        load_official_clipvip(tmp_path / "heads2.pt")
+    video, ids = torch.randn(2, 12, 3, 32, 32), torch.randint(0, 299, (3, 9))
+    with torch.no_grad():
+        want_v, want_t = source.encode_video(video), source.encode_text(ids)
+        # The caller's count, or the transformers CLIP config the model was built from.
+        hf = CLIPConfig(text_config=dict(hidden_size=64, num_attention_heads=2),
+                        vision_config=dict(hidden_size=64, num_attention_heads=2))
+        hf.save_pretrained(tmp_path / "clip")
+        for model, report in (load_official_clipvip(tmp_path / "heads2.pt", vision_heads=2, text_heads=2),
+                              load_official_clipvip(tmp_path / "heads2.pt", clip_config=tmp_path / "clip"),
+                              load_official_clipvip(tmp_path / "heads2.pt", clip_config=tmp_path / "clip" / "config.json")):
+            assert report.missing == [] and report.unexpected == []
+            assert (model.config.vision_heads, model.config.text_heads) == (2, 2)
+            assert _relative_error(model.encode_video(video), want_v) < 5e-3
+            assert _relative_error(model.encode_text(ids), want_t) < 5e-3
+        # Why guessing is refused: the wrong count loads cleanly and every feature moves.
+        wrong, report = load_official_clipvip(tmp_path / "heads2.pt", vision_heads=1, text_heads=1)
+        assert report.missing == [] and report.unexpected == []
+        assert _relative_error(wrong.encode_video(video), want_v) > 0.01
+        assert _relative_error(wrong.encode_text(ids), want_t) > 0.01
+    (tmp_path / "not_clip.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a transformers CLIP config.json"):
+        load_official_clipvip(tmp_path / "heads2.pt", clip_config=tmp_path / "not_clip.json")
+
+
+@pytest.mark.parametrize("flavour, heads", [("B/32", (12, 8)), ("B/16", (12, 8)), ("L/14", (16, 12))])
+def test_released_architectures_take_their_known_head_counts(flavour, heads):
+    from model.convert import config_from_state
+
+    with torch.device("meta"):
+        state = CLIPViP(get_config(flavour)).state_dict()
+    cfg = config_from_state(state)
+    assert (cfg.vision_heads, cfg.text_heads) == heads == (get_config(flavour).vision_heads, get_config(flavour).text_heads)
+
+
+class _Exploit:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_official_checkpoint_carrying_code_is_refused_in_our_words(tmp_path):
+    from model.convert import UnsafeCheckpointError
+
+    marker = tmp_path / "pwned"
+    source = CLIPViP(get_config("debug", vocab_size=300, eot_token_id=299))
+    state = {f"clipmodel.{k}": v for k, v in source.state_dict().items()}
+    state["clipmodel.extra"] = _Exploit(marker)
+    torch.save(state, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_official_clipvip(tmp_path / "evil.pt", vision_heads=4, text_heads=4)
+    message = str(info.value)
+    assert "\n" not in message and "weights_only" not in message
+    assert re.fullmatch(re.escape(f"{tmp_path / 'evil.pt'}: refusing to unpickle global ") + r"(posix|nt|os)\.system: "
+                        r"a checkpoint holds only tensors and plain data; this file carries code or objects from "
+                        r"another program", message)
+    assert not marker.exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt is not a readable PyTorch checkpoint"):
+        load_official_clipvip(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="checkpoint .*missing.pt does not exist"):
+        load_official_clipvip(tmp_path / "missing.pt")

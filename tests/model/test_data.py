@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.data import (LoaderState, ShardDataConfig, ShardLoader, ShardStream, expand_urls, read_sizes,
+from shards.format import expand_pattern
+from model.data import (LoaderState, ShardDataConfig, ShardLoader, ShardStream, read_sizes,
                         shards_for_worker)
 
 
@@ -39,7 +40,7 @@ def test_batches_hold_video_frame_and_tokenised_texts(synth_shards, synth_tokeni
 
 
 def test_rank_and_worker_split_is_disjoint_and_epoch_order_is_seeded(synth_shards):
-    urls = expand_urls(synth_shards)
+    urls = expand_pattern(synth_shards)
     assert len(urls) == 6 and read_sizes(synth_shards)[Path(urls[0]).name] == 4
     parts = [shards_for_worker(urls, seed=1, epoch=0, worker=g, num_workers=3) for g in range(3)]
     assert sorted(itertools.chain(*parts)) == sorted(urls)
@@ -80,7 +81,7 @@ def test_resume_mid_epoch_gives_the_same_batches(synth_shards, synth_tokenizer, 
 def _corrupt_copy(src_pattern: str, dst: Path) -> str:
     """Copy the shards; garble one sample's mp4 in shard 0 and truncate shard 1 mid-way."""
     dst.mkdir()
-    urls = expand_urls(src_pattern)
+    urls = expand_pattern(src_pattern)
     for u in urls:
         shutil.copy(u, dst / Path(u).name)
     s0 = dst / Path(urls[0]).name
@@ -102,7 +103,7 @@ def _corrupt_copy(src_pattern: str, dst: Path) -> str:
 
 def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(synth_shards, synth_tokenizer, tmp_path):
     pattern = _corrupt_copy(synth_shards, tmp_path / "bad")
-    urls = expand_urls(synth_shards)
+    urls = expand_pattern(synth_shards)
     with tarfile.open(urls[0]) as tf:
         garbled = tf.getnames()[3].split(".")[0]  # members sort as caption, jpg, json, mp4, subtitle
     intact = set()

@@ -12,7 +12,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from model.data import ShardDataConfig, ShardLoader, expand_urls, raw_samples
+from model.data import ShardDataConfig, ShardLoader
+from shards.format import expand_pattern, raw_samples
 
 
 def _cut_tar(path: Path) -> Path:
@@ -38,7 +39,7 @@ def test_shard_errors_name_the_url(tmp_path):
 
 
 def test_the_trainer_loader_warning_names_the_cut_shard(synth_shards, synth_tokenizer, tmp_path, caplog):
-    urls = expand_urls(synth_shards)
+    urls = expand_pattern(synth_shards)
     for u in urls[:2]:
         shutil.copy(u, tmp_path / Path(u).name)
     cut = tmp_path / Path(urls[1]).name

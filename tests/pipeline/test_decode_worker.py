@@ -90,3 +90,25 @@ def test_unexpected_exception_in_child_raises(rows, monkeypatch):
 def test_describe_error_is_one_line():
     assert decode_worker.describe_error(ValueError("bad\nthing")) == "ValueError: bad"
     assert decode_worker.describe_error(KeyError()) == "KeyError"
+
+
+def test_awkward_clips_through_the_child(tmp_path):
+    """Clips that used to curate 'ok' with wrong content: through the decode child, a cut WebM and a
+    2x2 clip fail with their reason, and a rotated clip comes back upright with its rotation recorded."""
+    from pipeline.synth import write_awkward_clips
+
+    clips = write_awkward_clips(tmp_path)
+    dec = DecoderProcess(FrameConfig())
+    try:
+        for key in ("webm_cut30", "webm_cut50"):
+            out, reason = dec.decode(str(clips[key]), None, None)
+            assert out is None and reason.startswith("ClipError: ") and "truncated or damaged file" in reason, reason
+        out, reason = dec.decode(str(clips["tiny"]), None, None)
+        assert out is None and "2x2 px, below the minimum short side of 32 px" in reason
+        out, reason = dec.decode(str(clips["rotated"]), None, None)
+        assert reason == "" and out.meta()["rotation"] == 90 and (out.width, out.height) == (240, 320)
+        out, reason = dec.decode(str(clips["webm"]), None, None)
+        assert reason == "" and out.meta()["end"] == 4.0 and out.meta()["rotation"] == 0
+        assert dec.restarts == 0
+    finally:
+        dec.close()
