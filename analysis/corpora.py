@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import json
 import logging
 import tarfile
@@ -67,7 +66,7 @@ class CorpusSpec:
         path, field = rest, None
         if ":" in rest:
             head, tail = rest.rsplit(":", 1)
-            if tail and "/" not in tail and "\\" not in tail and len(head) > 1:
+            if tail and "/" not in tail and "\\" not in tail and len(head) > 1 and not head.endswith(":"):
                 path, field = head, tail
         return cls(name=name, path=path, field=field)
 
@@ -125,21 +124,14 @@ def detect_format(path: str) -> tuple[str, str | None]:
 
 
 def expand_paths(pattern: str) -> list[str]:
-    """Brace and glob expansion (``shards/{000..009}.tar``, ``shards/*.tar``), sorted; remote URLs via fsspec."""
-    import braceexpand
+    """The files a corpus path names, in the shard-pattern syntax every clipvip command shares:
+    brace ranges, globs (sorted) and ``::`` lists, local or at any fsspec URL; [] when none match."""
+    from shards.format import PatternError, expand_pattern
 
-    out: list[str] = []
-    for part in braceexpand.braceexpand(pattern):
-        if "://" in part:
-            import fsspec
-
-            fs, _, paths = fsspec.get_fs_token_paths(part)
-            out += [fs.unstrip_protocol(p) for p in paths] if glob.has_magic(part) else [part]
-        elif glob.has_magic(part):
-            out += sorted(glob.glob(part))
-        else:
-            out.append(part)
-    return out
+    try:
+        return expand_pattern(pattern)
+    except PatternError:
+        return []
 
 
 def _open(path: str, mode: str, compression: str | None):
@@ -158,43 +150,90 @@ def _as_text(value: object, where: str) -> str:
     raise CorpusError(f"{where}: the field holds a {type(value).__name__}, not a string")
 
 
+# Magic numbers of binary formats people pass by mistake, for a hint in the "not text" error.
+_MAGIC = ((b"\x1f\x8b", "gzip data: add .gz to the name"), (b"BZh", "bzip2 data: add .bz2 to the name"),
+          (b"\xfd7zXZ", "xz data: add .xz to the name"), (b"\x28\xb5\x2f\xfd", "zstd data: add .zst to the name"),
+          (b"PAR1", "a parquet file: name it .parquet"), (b"PK\x03\x04", "a zip archive: unpack it first"),
+          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"%PDF", "a PDF document"),
+          (b"\x7fELF", "an executable"))
+
+
+def _not_text(path: str, name: str, lineno: int, raw: bytes, err: UnicodeDecodeError, first: bytes) -> CorpusError:
+    hint = next((what for magic, what in _MAGIC if first.startswith(magic)), None)
+    if hint is None and first[257:262] == b"ustar":
+        hint = "a tar archive: name it .tar"
+    bad = raw[err.start:err.start + 1].hex()
+    what = f"; it looks like {hint}" if hint else "; is it a binary file? Corpora are UTF-8 text"
+    return CorpusError(f"corpus {name!r}: {path} is not UTF-8 text: line {lineno} has byte 0x{bad} at "
+                       f"column {err.start + 1}{what}")
+
+
+def _byte_lines(f, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary stream, ``\\n`` kept. Reads by chunks, since not every decompressing reader
+    (zstandard's, for one) supports iterating by line."""
+    pending: list[bytes] = []
+    while block := f.read(chunk):
+        start = 0
+        while (end := block.find(b"\n", start)) != -1:
+            yield b"".join(pending) + block[start:end + 1]
+            pending, start = [], end + 1
+        if start < len(block):
+            pending.append(block[start:])
+    if pending:
+        yield b"".join(pending)
+
+
+def _text_lines(path: str, compression: str | None, name: str) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 file, line endings kept; a byte that is not UTF-8 is a
+    :class:`CorpusError` naming the line (decoding line by line keeps the number exact, where a
+    text stream fails a whole buffer ahead). A UTF-8 byte-order mark is dropped."""
+    with _open(path, "rb", compression) as f:
+        for lineno, raw in enumerate(_byte_lines(f), 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                with _open(path, "rb", compression) as g:
+                    head = g.read(512)
+                raise _not_text(path, name, lineno, raw, e, head) from None
+
+
 def _read_txt(path: str, compression: str | None, field: str | None, name: str) -> Iterator[str]:
     if field:
         raise CorpusError(f"corpus {name!r}: {path} is plain text (a text per line); drop ':{field}' from its spec")
-    with _open(path, "rt", compression) as f:
-        for line in f:
-            yield line.rstrip("\r\n")
+    for _, line in _text_lines(path, compression, name):
+        yield line.rstrip("\r\n")
 
 
 def _read_jsonl(path: str, compression: str | None, field: str, name: str) -> Iterator[str]:
-    with _open(path, "rt", compression) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                yield ""
-                continue
-            where = f"corpus {name!r}, {path} line {i}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: not valid JSON ({e.msg})") from e
-            if not isinstance(record, dict) or field not in record:
-                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                raise CorpusError(
-                    f"{where}: no field {field!r} (the record has {keys}); name one with {name}=PATH:FIELD")
-            yield _as_text(record[field], where)
+    for i, line in _text_lines(path, compression, name):
+        if not line.strip():
+            yield ""
+            continue
+        where = f"corpus {name!r}, {path} line {i}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{where}: not valid JSON ({e.msg})") from e
+        if not isinstance(record, dict) or field not in record:
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise CorpusError(
+                f"{where}: no field {field!r} (the record has {keys}); name one with {name}=PATH:FIELD")
+        yield _as_text(record[field], where)
 
 
 def _read_csv(path: str, compression: str | None, field: str, name: str, delimiter: str) -> Iterator[str]:
     csv.field_size_limit(1 << 30)
-    with _open(path, "rt", compression) as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None or field not in reader.fieldnames:
-            raise CorpusError(
-                f"corpus {name!r}: {path} has no column {field!r} (columns: {reader.fieldnames}); "
-                f"name one with {name}=PATH:COLUMN"
-            )
-        for row in reader:
-            yield _as_text(row[field], f"corpus {name!r}, {path} line {reader.line_num}")
+    # csv reads any iterable of lines; lines keep their endings, so quoted fields spanning lines still parse.
+    reader = csv.DictReader((line for _, line in _text_lines(path, compression, name)), delimiter=delimiter)
+    if reader.fieldnames is None or field not in reader.fieldnames:
+        raise CorpusError(
+            f"corpus {name!r}: {path} has no column {field!r} (columns: {reader.fieldnames}); "
+            f"name one with {name}=PATH:COLUMN"
+        )
+    for row in reader:
+        yield _as_text(row[field], f"corpus {name!r}, {path} line {reader.line_num}")
 
 
 def _read_parquet(path: str, compression: str | None, field: str, name: str) -> Iterator[str]:
@@ -214,27 +253,14 @@ def _read_parquet(path: str, compression: str | None, field: str, name: str) -> 
 
 
 def _wds_samples(path: str, compression: str | None, wanted: set[str]) -> Iterator[tuple[str, dict[str, bytes | None]]]:
-    """``(key, {extension: bytes})`` per sample; members of one sample are adjacent, as WebDataset writes them.
+    """``(key, {extension: bytes})`` per sample, read by the shard format's reader.
 
     Only ``wanted`` extensions are read (shards also carry mp4 and jpg bytes); the rest appear as None.
     """
-    key, members = None, {}
-    with _open(path, "rb", compression) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)[-1]
-            stem, dot, ext = base.partition(".")
-            if not dot:
-                continue
-            prefix = info.name[: len(info.name) - len(base)] + stem
-            if prefix != key:
-                if key is not None:
-                    yield key, members
-                key, members = prefix, {}
-            members[ext] = tar.extractfile(info).read() if ext in wanted else None
-    if key is not None:
-        yield key, members
+    from shards.format import iter_tar_samples
+
+    for sample in iter_tar_samples(path, wanted=wanted.__contains__, stream=_open(path, "rb", compression).open()):
+        yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
 
 
 def _read_wds(path: str, compression: str | None, field: str, name: str) -> Iterator[str]:

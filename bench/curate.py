@@ -5,7 +5,7 @@ with captions on, a tiny random BLIP captions each middle frame). The bare loop 
 ``multiprocessing`` pool of one process per core with no Ray, no crash isolation and no shard
 writing; the pipeline is ``pipeline.run.run`` on a local Ray with the same number of CPUs,
 writing real shards. Ray start-up and a short warm-up run are excluded (a cluster is up before a job starts);
-Ray Data's planning for the measured run is included.
+The pipeline's planning (manifest scan tasks, key check) for the measured run is included.
 
 Run: ``.venv/bin/python -m bench.curate [--clips-dir runs/bench_clips] [-n 200] [--cpus 2]``
 """
@@ -60,12 +60,10 @@ def bare_loop(rows: list[dict], cpus: int, model: str, batch: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, actors: int = 1) -> float:
-    """Whole-run clips/s of the pipeline (the captioner actors start inside the run).
-
-    ``actors`` > 1: that many captioner actors of one CPU each, with decode at one CPU too, so Ray Data
-    fuses decode into each actor and every core runs decode + caption (the CPU-only layout).
-    """
+def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, placement: str = "inline",
+                 per_shard: int = 50) -> float:
+    """Whole-run clips/s of the pipeline: one Ray task per shard of ``per_shard`` clips writes its
+    own shard; captions run inside each shard task (``inline``) or in one actor (``actors``)."""
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
     from pipeline.stages import CaptionConfig
@@ -73,23 +71,24 @@ def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, actors: int 
 
     out = Path(tempfile.mkdtemp(prefix="bench_curate_"))
     try:
+        actor_cpus = 0.5 if placement == "actors" else 1.0
         cfg = CurateConfig(manifest=ManifestConfig(path=str(manifest)),
-                           # With one actor holding half a CPU, decode tasks take the rest of the cores.
-                           # (The actor pool starts inside the measured run: Ray Data builds it per
-                           # execution, so import + model load count against the pipeline here.)
-                           frames=FrameConfig(batch_size=batch,
-                                              num_cpus=1.0 - (0.5 / cpus if model and actors == 1 else 0.0)),
-                           caption=CaptionConfig(model=model, device="cpu", batch_size=batch,
-                                                 num_cpus=0.5 if actors == 1 else 1.0, concurrency=actors,
-                                                 decode=SETTINGS),
-                           writer=ShardWriterConfig(output_dir=str(out / "shards"), samples_per_shard=50),
+                           frames=FrameConfig(batch_size=batch),
+                           caption=CaptionConfig(model=model, device="cpu", batch_size=batch, num_cpus=actor_cpus,
+                                                 placement=placement, decode=SETTINGS),
+                           # With one actor holding half a CPU, shard tasks take the rest of the cores.
+                           writer=ShardWriterConfig(output_dir=str(out / "shards"), samples_per_shard=per_shard,
+                                                    num_cpus=1.0 - (0.5 / cpus if model and placement == "actors"
+                                                                    else 0.0)),
                            ray=RayConfig(num_cpus=cpus), progress_every_s=1e9)
-        # Warm-up on a few clips: Ray workers import and start their decode children, the actor
-        # loads its model (the bare loop gets the same warm-up).
+        # Warm-up on a few clips: Ray workers import and start their decode children, inline
+        # captioners load in the workers (the bare loop gets the same warm-up). Actors are started
+        # per run, so their start-up counts against the measured run.
         warm = out / "warm.jsonl"
         warm.write_text("".join(manifest.read_text().splitlines(keepends=True)[: 2 * cpus * batch]))
         run(dataclasses.replace(cfg, manifest=ManifestConfig(path=str(warm)),
-                                writer=dataclasses.replace(cfg.writer, output_dir=str(out / "warm"))))
+                                writer=dataclasses.replace(cfg.writer, output_dir=str(out / "warm"),
+                                                           samples_per_shard=batch)))
         t0 = time.perf_counter()
         summary = run(cfg)
         rate = summary["rows"] / (time.perf_counter() - t0)
@@ -102,12 +101,16 @@ def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, actors: int 
 def main(argv: list[str] | None = None) -> int:
     import ray
 
+    from jobs.common import offline_defaults
+
+    offline_defaults()  # Ray on loopback, no hub downloads
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips-dir", default="runs/bench_clips")
     p.add_argument("-n", type=int, default=200)
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--only-caption", action="store_true", help="skip the caption-off comparison")
+    p.add_argument("--per-shard", type=int, default=50, help="writer.samples_per_shard of the pipeline run")
     args = p.parse_args(argv)
     manifest = bench_clips(args.clips_dir, args.n)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
@@ -115,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     from caption.hf import write_debug_model
 
     model = f"hf:{write_debug_model(model_dir)}"
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     print(f"{len(rows)} clips, {args.cpus} CPUs; clips/s (higher is better)")
-    variants = (("caption off", "", 1), ("caption on, 1 actor", model, 1),
-                (f"caption on, {args.cpus} actors", model, args.cpus))
-    for label, spec, actors in variants:
+    variants = (("caption off", "", "inline"), ("caption on, inline", model, "inline"),
+                ("caption on, 1 actor", model, "actors"))
+    for label, spec, placement in variants:
         if args.only_caption and not spec:
             continue
         bare = bare_loop(rows, args.cpus, spec, args.batch)
-        piped = ray_pipeline(manifest, args.cpus, spec, args.batch, actors)
+        piped = ray_pipeline(manifest, args.cpus, spec, args.batch, placement, args.per_shard)
         print(f"{label:<22} bare loop {bare:7.1f}   Ray pipeline {piped:7.1f}   pipeline/bare {piped / bare:5.2f}",
               flush=True)
     ray.shutdown()

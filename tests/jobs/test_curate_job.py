@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +25,15 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from jobs.curate import RUNTIME_ENV_EXCLUDES, REPO_ROOT, main, summary_table
+from jobs.curate import REPO_ROOT, main, summary_table
 
 # Loopback only, no usage stats, no token auth (a throwaway head that only this test talks to).
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 RAY = str(Path(sys.executable).with_name("ray"))
+# As the README says: Ray started from the project's environment (its bin first on the PATH), so a
+# job's `python` is the venv's. The crash hook makes one test clip kill its decoder.
+HEAD_ENV = {**ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "CLIPVIP_DECODE_CRASH_ON": "crashme"}
 
 
 def _free_port() -> int:
@@ -37,16 +42,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kill_cluster(temp_dir: str) -> None:
+    """SIGKILL every process of the cluster rooted at ``temp_dir`` (and no other Ray on the machine,
+    which ``ray stop`` would take down too)."""
+    for _ in range(50):
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if temp_dir.encode() in f.read():
+                        pids.append(int(pid))
+            except OSError:
+                continue
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
 @pytest.fixture()
-def ray_head(tmp_path):
+def ray_head():
+    import uuid
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
     port = _free_port()
+    temp_dir = f"/tmp/rh{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must stay under 108 bytes
     subprocess.run([RAY, "start", "--head", "--num-cpus", "2", "--disable-usage-stats", "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(port), "--port", str(_free_port())],
-                   check=True, env=ENV, capture_output=True, timeout=120)
+                    "127.0.0.1", "--dashboard-port", str(port), "--port", str(_free_port()), "--temp-dir", temp_dir,
+                    # Every port free-chosen, so a second Ray on this machine cannot take the job agent's.
+                    "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+                    "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+                    "--ray-client-server-port", str(_free_port())],
+                   check=True, env=HEAD_ENV, capture_output=True, timeout=120)
+    address = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        # The head answers before its job agent does ("No available agent to submit job"): wait for one.
+        client, deadline = JobSubmissionClient(address), time.time() + 60
+        while True:
+            try:
+                job = client.submit_job(entrypoint="true")
+                break
+            except RuntimeError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED) and time.time() < deadline:
+            time.sleep(0.2)
+        yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        _kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _write_config(path: Path, manifest: Path, out: Path, samples_per_shard: int) -> Path:
@@ -72,27 +122,33 @@ def _check_shards(out: Path, keys: list[str], failed: set[str]) -> None:
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
 
 
-def test_job_submission_on_real_head(ray_head, curate_manifest, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
+def test_the_readme_job_recipe_on_a_fresh_head(ray_head, curate_manifest, tmp_path):
+    """The README's commands as written: a head started from the venv, then ``ray job submit`` with
+    the repository's runtime env and example config, only addresses and paths changed."""
     out = tmp_path / "shards"
-    config = _write_config(tmp_path / "curate.toml", curate_manifest, out, samples_per_shard=8)
-    client = JobSubmissionClient(ray_head)
-    job = client.submit_job(
-        entrypoint=f"{sys.executable} -m jobs.curate --config {config}",
-        runtime_env={"working_dir": str(REPO_ROOT), "excludes": RUNTIME_ENV_EXCLUDES,
-                     "env_vars": {"CLIPVIP_DECODE_CRASH_ON": "crashme"}})
-    deadline = time.time() + 240
-    while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head, "--runtime-env", "jobs/configs/runtime_env.yaml", "--",
+         "python", "-m", "jobs.curate", "--config", "jobs/configs/curate_example.toml",
+         "--set", f"manifest.path={curate_manifest}", "--set", f"writer.output_dir={out}",
+         "--set", "writer.prefix=c", "--set", "writer.samples_per_shard=8"],
+        cwd=REPO_ROOT, env=HEAD_ENV, capture_output=True, text=True, timeout=300)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-3000:]
     assert "samples written" in logs and "clips/s" in logs
     rows = [json.loads(line) for line in curate_manifest.read_text().splitlines()]
     failed = {r["key"] for r in rows if r["key"].startswith(("broken_", "crash_"))}
     _check_shards(out, [r["key"] for r in rows], failed)
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["counts"] == {"ok": len(rows) - len(failed), "failed": len(failed)}
+    writers = {json.loads(p.read_text())["written_by"]["pid"] for p in out.glob("c-*_stats.json")}
+    assert writers and all(pid != os.getpid() for pid in writers)
+
+    # The example config's relative paths are refused in a job, in one line, with nothing written.
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_head, "--runtime-env", "jobs/configs/runtime_env.yaml", "--",
+         "python", "-m", "jobs.curate", "--config", "jobs/configs/curate_example.toml"],
+        cwd=REPO_ROOT, env=HEAD_ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "is relative; inside a Ray job" in proc.stdout + proc.stderr
 
 
 def test_sigkill_driver_then_resume(synth_clips, tmp_path):
