@@ -1,4 +1,9 @@
-"""One full CLIP-ViP training step (forward, loss, backward, AdamW): clips/s and achieved TFLOP/s.
+"""One full CLIP-ViP training step (forward, loss, backward, clip, AdamW): clips/s and achieved TFLOP/s.
+
+The step timed is the trainer's own ``model.train.train_step`` with its device-side finiteness
+guard, its fused AdamW (``model.optim.build_optimizer``, the official parameter groups) and, for
+"compiled", ``torch.compile`` of the model as ``model.compile=true`` does in training: the numbers
+are the product's, not a copy's. Only the first step's loss is read on the host.
 
 Random weights and inputs at real size: a T=12 video at 224px and a 70-token subtitle per clip
 (``--ocl`` adds the middle frame and its caption and uses the default L(V<->S,C)+L(F<->C) loss).
@@ -27,7 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.clip_vip import CLIPViP, get_config, video_flops_per_clip  # noqa: E402
-from model.loss import OCLLoss, clamp_logit_scale_  # noqa: E402
+from model.loss import OCLLoss  # noqa: E402
+from model.optim import OptimConfig, build_optimizer  # noqa: E402
+from model.train import FiniteGuard, Runtime, train_step  # noqa: E402
 
 TEXT_LEN, FRAMES = 70, 12
 
@@ -67,27 +74,21 @@ def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, f
     device = args.device
     cfg = get_config(flavour, attention=args.attention)
     torch.manual_seed(0)
-    model = CLIPViP(cfg).to(device).train()
-    model.gradient_checkpointing = args.checkpointing
+    raw = CLIPViP(cfg).to(device).train()
+    raw.gradient_checkpointing = args.checkpointing
+    model = torch.compile(raw) if compiled else raw
     loss_fn = OCLLoss(("vsc", "fc") if args.ocl else ("vs",))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.05,
-                            fused=device == "cuda")
+    opt = build_optimizer(raw, OptimConfig(lr=1e-6))
     data = make_batch(cfg, batch, device, args.ocl)
-
-    def forward_loss(data):
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            feats = model(**data)
-            return loss_fn(feats, feats["logit_scale"])["loss"]
-    fwd = torch.compile(forward_loss) if compiled else forward_loss
+    rt = Runtime(0, 1, torch.device(device), "bf16" if device == "cuda" else "fp32", cfg.image_size)
+    guard = FiniteGuard(rt.device)
+    counter = {"step": 0}
 
     def step():
-        clamp_logit_scale_(model.logit_scale)
+        counter["step"] += 1
         with sdpa_priority(args.sdpa):  # the chosen kernel is baked into the compiled graph
-            loss = fwd(data)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+            return train_step(model, raw, loss_fn, data, opt, step=counter["step"], grad_clip=5.0, rt=rt,
+                              guard=guard)["loss"]
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     start = time.perf_counter()
@@ -103,6 +104,7 @@ def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, f
         loss = step()
     sync()
     elapsed = time.perf_counter() - start
+    guard.check()  # raises if any timed step was not finite
     assert torch.isfinite(loss), f"non-finite loss {loss.item()}"
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -121,7 +123,7 @@ def run(flavour: str, batch: int, compiled: bool, args) -> tuple[float, float, f
     print(f"  {flavour:5s} batch {batch:3d} {'compiled' if compiled else 'eager':8s} {clips:8.1f} clips/s "
           f"{clips * flops / 1e12:7.2f} TFLOP/s  {elapsed / args.steps * 1e3:7.1f} ms/step  peak {mem:5.1f} GiB  "
           f"(warm-up {warm_s:.0f} s, first loss {first:.5f})", flush=True)
-    del model, opt, data
+    del model, raw, opt, data
     if device == "cuda":
         torch.cuda.empty_cache()
     return clips, clips * flops / 1e12, mem

@@ -29,7 +29,7 @@ import torch
 from model.clip_vip import CLIPViP, get_config
 from model.loss import OCLLoss
 from model.optim import OptimConfig, build_optimizer
-from model.train import Runtime, train_step
+from model.train import FiniteGuard, Runtime, train_step
 
 
 def host_batches(n_distinct: int, batch: int, frames: int, text_len: int, vocab: int, pin: bool):
@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = OCLLoss(("vsc", "fc"))
     rt = Runtime(0, 1, device, "bf16" if device.type == "cuda" else "fp32", size)
     counter = {"step": 0}
+    guard = FiniteGuard(device)  # as in training: finiteness is checked on the device, read at the end
 
     def step(batch):
         counter["step"] += 1
-        train_step(model, raw, loss_fn, batch, opt, step=counter["step"], grad_clip=5.0, rt=rt)
+        train_step(model, raw, loss_fn, batch, opt, step=counter["step"], grad_clip=5.0, rt=rt, guard=guard)
 
     res = {}
     res["device-resident"] = timed(step, device_batches(args.batch, args.frames, size, text_len, vocab, device),
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         src = host_batches(4, args.batch, args.frames, text_len, vocab, pin=device.type == "cuda")
         name = "host uint8 clips + device squash"
     res[name] = timed(step, src, args.steps, args.warmup, device)
+    guard.check()
     dev = res["device-resident"]
     print(f"{args.flavour} batch {args.batch}, {args.frames} frames, compile={args.compile}, {device} "
           f"({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}):")

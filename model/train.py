@@ -108,9 +108,52 @@ def setup_distributed(device: str) -> Runtime:
     return Runtime(rank, world, dev, "fp32", 224)
 
 
+class FiniteGuard:
+    """Finiteness of every step, kept on the device and read only when the loop asks.
+
+    A non-finite loss or gradient norm must never reach the weights, but checking it on the host
+    every step would stall the accelerator queue (a device-to-host copy per step). With the fused
+    AdamW that ``build_optimizer`` returns, ``train_step`` instead hands the optimizer a device
+    flag (``found_inf``, the mechanism mixed-precision scaling uses) and the fused kernel skips
+    the update on the device. This guard counts skipped steps and remembers the first; ``check``
+    (called on logging, evaluation and checkpoint steps) raises ``NonFiniteError`` if any.
+    """
+
+    LOSS, GRAD = 1, 2
+
+    def __init__(self, device: torch.device) -> None:
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+        self.first_step = torch.zeros((), dtype=torch.long, device=device)
+        self.first_kind = torch.zeros((), dtype=torch.long, device=device)
+
+    def record(self, step: int, loss_ok: torch.Tensor, grad_ok: torch.Tensor) -> None:
+        bad = ~(loss_ok & grad_ok)
+        first = bad & (self.skipped == 0)
+        self.first_step = torch.where(first, step, self.first_step)
+        self.first_kind = torch.where(first, torch.where(loss_ok, self.GRAD, self.LOSS), self.first_kind)
+        self.skipped += bad.long()
+
+    def check(self) -> None:
+        skipped, step, kind = (int(v) for v in torch.stack([self.skipped, self.first_step, self.first_kind]).tolist())
+        if skipped:
+            what = "loss" if kind == self.LOSS else "gradient norm"
+            raise NonFiniteError(f"step {step}: non-finite {what}; {skipped} optimizer step(s) skipped, so the weights "
+                                 "hold no non-finite update. Resume from the last checkpoint with a lower lr.")
+
+
+def _fused(optimizer) -> bool:
+    return bool(getattr(optimizer, "defaults", {}).get("fused"))
+
+
 def train_step(model, raw_model, loss_fn, batch: dict[str, Any], optimizer, *, step: int, grad_clip: float,
-               rt: Runtime) -> dict[str, float]:
-    """Forward, backward, clip, finiteness check, optimizer step. Returns the logged scalars."""
+               rt: Runtime, guard: FiniteGuard | None = None) -> dict[str, torch.Tensor]:
+    """Forward, backward, clip, optimizer step; returns the step's scalars as device tensors.
+
+    With a fused optimizer and a ``guard`` nothing here waits for the device: a non-finite step
+    is skipped on the device and reported by ``guard.check()``. Without a guard (or with an
+    optimizer that cannot skip on the device) finiteness is checked on the host before the
+    update, and a non-finite step raises ``NonFiniteError`` at once.
+    """
     from model.loss import clamp_logit_scale_
 
     clamp_logit_scale_(raw_model.logit_scale)  # [0, ln 200] before the forward, as the official pretraining
@@ -118,21 +161,24 @@ def train_step(model, raw_model, loss_fn, batch: dict[str, Any], optimizer, *, s
     with autocast_for(rt.device, rt.precision):
         out = model(**inputs)
     losses = loss_fn(out, out["logit_scale"])
-    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-    if bad:
-        raise NonFiniteError(f"step {step}: non-finite {bad} ({ {k: float(losses[k]) for k in bad} }); "
-                             f"optimizer step skipped. Resume from the last checkpoint with a lower lr.")
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     params = [p for p in raw_model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    if not torch.isfinite(grad_norm):
-        names = [n for n, p in raw_model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        raise NonFiniteError(f"step {step}: non-finite gradient norm in {len(names)} parameter(s), e.g. {names[:5]}; "
-                             f"optimizer step skipped")
+    loss_ok = torch.stack([torch.isfinite(v.detach()).all() for v in losses.values()]).all()
+    grad_ok = torch.isfinite(grad_norm)
+    on_device = guard is not None and _fused(optimizer)
+    if on_device:
+        guard.record(step, loss_ok, grad_ok)
+        optimizer.found_inf = (~(loss_ok & grad_ok)).float()  # the fused kernel skips the update when 1
+        optimizer.grad_scale = None
+    else:
+        now = FiniteGuard(grad_norm.device)
+        now.record(step, loss_ok, grad_ok)
+        now.check()
     optimizer.step()
-    scalars = {k: float(v.detach()) for k, v in losses.items()}
-    scalars.update(grad_norm=float(grad_norm), logit_scale=float(raw_model.logit_scale.detach()))
+    scalars = {k: v.detach() for k, v in losses.items()}
+    scalars.update(grad_norm=grad_norm.detach(), logit_scale=raw_model.logit_scale.detach().clone())
     return scalars
 
 
@@ -167,19 +213,22 @@ def train_loop(*, cfg: TrainConfig, rt: Runtime, model, raw_model, loss_fn, opti
     should_log, should_eval, should_save = Every(cfg.log_every), Every(cfg.eval.every), Every(cfg.checkpoint_every)
     per_rank = cfg.data.batch_size if cfg.task == "pretrain" else cfg.finetune.batch_size
     losses, window_start, window_steps, wait = [], time.perf_counter(), 0, 0.0
+    guard = FiniteGuard(rt.device)
     model.train()
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
         batch = next(batches)
         wait += time.perf_counter() - t0
         scalars = train_step(model, raw_model, loss_fn, batch, optimizer, step=step, grad_clip=cfg.optim.grad_clip,
-                             rt=rt)
+                             rt=rt, guard=guard)
         scheduler.step()
-        losses.append(scalars["loss"])
+        losses.append(scalars["loss"])  # a device tensor: read once, at the end
         window_steps += 1
-        if should_log(step) or step == total_steps:
-            if rt.device.type == "cuda":
-                torch.cuda.synchronize()
+        logging, evaluating, saving = should_log(step) or step == total_steps, should_eval(step), should_save(step)
+        if logging or evaluating or saving:
+            guard.check()  # the only host reads of the step: nothing non-finite is logged, evaluated or saved
+        if logging:
+            scalars = {k: float(v) for k, v in scalars.items()}
             elapsed = time.perf_counter() - window_start
             scalars.update(lr=scheduler.get_last_lr()[0], clips_per_s_per_gpu=per_rank * window_steps / elapsed,
                            data_wait_frac=wait / elapsed)
@@ -188,11 +237,11 @@ def train_loop(*, cfg: TrainConfig, rt: Runtime, model, raw_model, loss_fn, opti
                 logger.info("step %d/%d loss %.4f grad %.3f %.1f clips/s/gpu", step, total_steps, scalars["loss"],
                             scalars["grad_norm"], scalars["clips_per_s_per_gpu"])
             window_start, window_steps, wait = time.perf_counter(), 0, 0.0
-        if should_eval(step) and step != total_steps:
+        if evaluating and step != total_steps:
             evaluate(step)
-        if should_save(step) and step != total_steps:
+        if saving and step != total_steps:
             save(step)
-    return losses
+    return [float(v) for v in torch.stack(losses).tolist()] if losses else []
 
 
 def gather_objects(obj: Any, rt: Runtime) -> list[Any]:

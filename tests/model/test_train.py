@@ -18,7 +18,8 @@ from model.clip_vip import CLIPViP, get_config
 from model.data import ShardDataConfig, ShardLoader
 from model.loss import OCLLoss
 from model.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
-from model.train import EvalSection, ModelSection, NonFiniteError, Runtime, TrainConfig, run, train_step
+from model.train import (EvalSection, FiniteGuard, ModelSection, NonFiniteError, Runtime, TrainConfig, run,
+                         train_step)
 
 
 def tiny_model(tok) -> CLIPViP:
@@ -118,7 +119,7 @@ def test_two_gloo_processes_equal_one_process_on_the_combined_batch(synth_shards
     opt = build_optimizer(single, OptimConfig(lr=1e-3))
     one = train_step(single, single, OCLLoss(), batch, opt, step=1, grad_clip=0.0,
                      rt=Runtime(0, 1, torch.device("cpu"), "fp32", 32))
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5)
     # Equal up to float summation order, measured against the largest gradient: some gradients are
     # zero in exact arithmetic (attention key biases) and hold only rounding noise.
     scale = max(float(p.grad.abs().max()) for p in single.parameters())
@@ -129,18 +130,71 @@ def test_two_gloo_processes_equal_one_process_on_the_combined_batch(synth_shards
         torch.testing.assert_close(two["params"][name][real], p.detach()[real], rtol=1e-4, atol=1e-5)
 
 
-def test_non_finite_gradient_stops_before_the_optimizer_step(synth_shards, synth_tokenizer):
+def _inf_gradient(model) -> None:
+    """Finite weights and loss, a non-finite gradient: the backward of one projection yields inf."""
+    model.text_projection.weight.register_hook(lambda g: torch.full_like(g, math.inf))
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_non_finite_step_never_reaches_the_weights(synth_shards, synth_tokenizer, where, guarded):
     model = tiny_model(synth_tokenizer)
     batch = _fixed_batch(synth_shards, synth_tokenizer)
-    with torch.no_grad():
-        model.text_projection.weight[0, 0] = math.inf
+    if where == "loss":
+        with torch.no_grad():
+            model.text_projection.weight[0, 0] = math.inf
+    else:
+        _inf_gradient(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = build_optimizer(model, OptimConfig())
-    with pytest.raises(NonFiniteError, match="step 7"):
-        train_step(model, model, OCLLoss(), batch, opt, step=7, grad_clip=1.0,
-                   rt=Runtime(0, 1, torch.device("cpu"), "fp32", 32))
+    rt = Runtime(0, 1, torch.device("cpu"), "fp32", 32)
+    expected = "non-finite loss" if where == "loss" else "non-finite gradient norm"
+    if guarded:  # the loop's path: the fused optimizer skips on the device, the guard reports later
+        guard = FiniteGuard(rt.device)
+        scalars = train_step(model, model, OCLLoss(), batch, opt, step=7, grad_clip=1.0, rt=rt, guard=guard)
+        assert bool(torch.isfinite(scalars["loss"])) == (where == "gradient")  # the branch under test
+        scalars = train_step(model, model, OCLLoss(), batch, opt, step=8, grad_clip=1.0, rt=rt, guard=guard)
+        with pytest.raises(NonFiniteError, match=rf"step 7: {expected}; 2 optimizer step\(s\) skipped"):
+            guard.check()
+    else:
+        with pytest.raises(NonFiniteError, match=rf"step 7: {expected}"):
+            train_step(model, model, OCLLoss(), batch, opt, step=7, grad_clip=1.0, rt=rt)
     for n, p in model.named_parameters():
-        assert torch.equal(before[n], p.detach()) or not torch.isfinite(before[n]).all(), n
+        assert torch.equal(before[n], p.detach()), n  # inf stays inf, everything else untouched
+    assert all(int(st["step"]) == 0 for st in opt.state.values())  # no step was counted either
+
+
+def test_the_guard_is_silent_on_finite_steps_and_updates_happen(synth_shards, synth_tokenizer):
+    model = tiny_model(synth_tokenizer)
+    batch = _fixed_batch(synth_shards, synth_tokenizer)
+    before = model.text_projection.weight.detach().clone()
+    opt = build_optimizer(model, OptimConfig(lr=1e-3))
+    guard = FiniteGuard(torch.device("cpu"))
+    train_step(model, model, OCLLoss(), batch, opt, step=1, grad_clip=1.0,
+               rt=Runtime(0, 1, torch.device("cpu"), "fp32", 32), guard=guard)
+    guard.check()
+    assert not torch.equal(before, model.text_projection.weight.detach())
+
+
+@pytest.mark.gpu
+def test_no_host_sync_on_a_guarded_cuda_step(synth_shards, synth_tokenizer):
+    """Under CUDA's sync debug mode "error", any device-to-host wait in a non-logging step raises."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = torch.device("cuda")
+    model = tiny_model(synth_tokenizer).to(dev)
+    batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in _fixed_batch(synth_shards, synth_tokenizer).items()}
+    opt = build_optimizer(model, OptimConfig())
+    rt, guard = Runtime(0, 1, dev, "bf16", 32), FiniteGuard(dev)
+    train_step(model, model, OCLLoss(), batch, opt, step=1, grad_clip=1.0, rt=rt, guard=guard)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in (2, 3):
+            train_step(model, model, OCLLoss(), batch, opt, step=step, grad_clip=1.0, rt=rt, guard=guard)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    guard.check()
 
 
 def _rows(run_dir) -> list[dict]:
