@@ -478,6 +478,9 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
         logger.info("%d rows at %.1f clips/s, %d failed, %d shards written", progress.rows, progress.rate,
                     progress.failed, progress.shards)
     wall = time.monotonic() - t0
+    # A task lost with its node can leave a temporary file behind even when Ray's retry finished
+    # the shard: nothing final refers to it, so it goes now rather than at the next run.
+    writer_mod.remove_stale_temp_files(cfg.writer)
     rows = sum(progress.status.values()) if progress else 0
     return writer_mod.write_summary(cfg.writer, plan.n_shards, extra={
         "this_run": {"rows": rows, "shards": len(todo) - len(failed_shards), "skipped_shards": len(kept),

@@ -90,6 +90,69 @@ def asr_subtitle(color: str, shape: str, direction: str, rng: random.Random) -> 
     return " ".join(text.split())
 
 
+# Speech-to-text slips on the words that carry the content (what a recogniser hears for them).
+_MISHEARD = {
+    "red": ("read", "bread", "rad"), "green": ("grain", "greene", "clean"), "blue": ("blew", "glue", "blu"),
+    "yellow": ("hello", "mellow", "yell oh"), "purple": ("purple", "people"), "cyan": ("sign", "sigh and"),
+    "white": ("why", "wide"), "orange": ("orange", "oranges"),
+    "circle": ("surfer", "circuit", "sir call", "circles"), "square": ("where", "scare", "squire"),
+    "triangle": ("try angle", "triangles", "tangle"),
+    "left": ("lift", "laughed", "loft"), "right": ("write", "rite", "bright"), "up": ("app", "op", "pup"),
+    "down": ("town", "dawn", "done"),
+}
+# What a person talks about over a screen recording: mostly the channel, the making-of and asides.
+_CHATTER = (
+    "hey everybody welcome back to the channel", "alright guys so today is going to be a quick one",
+    "before we start make sure you hit subscribe", "i got this idea from my brother last weekend",
+    "the lighting in here is kind of weird today sorry about that", "we will come back to that in a second",
+    "i recorded this part twice because the first take was bad", "my coffee is getting cold already",
+    "let me know down in the comments what you think", "this is part three of the series",
+    "i am using the same settings as last time", "the software crashed on me twice this morning",
+    "you might hear my neighbours doing construction", "it took forever to render on my old laptop",
+    "i will put a link in the description", "the music is from a free library by the way",
+    "honestly i did not expect this to work", "a lot of you asked about this in the last video",
+    "thanks to everyone who sent in their projects", "i keep forgetting to turn the fan off",
+    "we are almost at ten thousand subscribers which is crazy", "so that is pretty much the setup",
+    "give me a second i need to find the file", "i tried a bunch of other ways and they were worse",
+    "if you are new here we make small animation tests", "that is all the time we have today",
+    "i am going to speed this bit up", "the export took about twenty minutes",
+)
+_OPENERS = ("", "um", "uh", "so", "okay so", "alright", "yeah so", "and then", "right", "you know")
+_CONTENT = {
+    "color": ("this one is {w}", "i made it {w} this time", "the {w} one", "going with {w} again"),
+    "shape": ("it is a {w}", "just a simple {w}", "the {w} shape", "a little {w}"),
+    "direction": ("and it goes {w}", "sliding over to the {w}", "it moves {w} across", "heading {w} the whole time"),
+}
+
+
+def spoken_subtitle(color: str, shape: str, direction: str, rng: random.Random) -> str:
+    """A subtitle as automatic speech recognition writes one for a talking-over-the-screen video.
+
+    Mostly off-topic speech (the channel, the making-of, asides), lower case without punctuation,
+    5 to 60 words. The clip's colour, shape and direction are each said only about half the time, a
+    third of those misheard by the recogniser, and now and then the speaker names a colour or shape
+    that is not on screen. So, as with real ASR, the text is far from a caption in style and only
+    weakly tells what the clip shows.
+    """
+    parts = [rng.choice(_CHATTER) for _ in range(rng.choice((1, 1, 2, 3, 4, 5, 6)))]
+    facts = {"color": color, "shape": shape, "direction": direction}
+    for kind, word in facts.items():
+        if rng.random() < 0.5:
+            heard = rng.choice(_MISHEARD[word]) if word in _MISHEARD and rng.random() < 0.33 else word
+            parts.insert(rng.randrange(len(parts) + 1), rng.choice(_CONTENT[kind]).format(w=heard))
+    if rng.random() < 0.25:
+        other = rng.choice([c for c in COLORS if c != color] + [s for s in SHAPES if s != shape])
+        parts.insert(rng.randrange(len(parts) + 1), f"last time we did a {other} one")
+    words = " ".join(f"{rng.choice(_OPENERS)} {p}" for p in parts).split()
+    if len(words) > 5 and rng.random() < 0.2:  # a segment cut mid-speech, as ASR segments often are
+        cut = rng.randrange(3, len(words))
+        words = words[:cut] if rng.random() < 0.5 else words[cut - 3:]
+    return " ".join(words)
+
+
+SUBTITLE_STYLES = {"narrated": asr_subtitle, "asr": spoken_subtitle}
+
+
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     base = rng.integers(20, 90, size=3)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -198,37 +261,56 @@ def sample_specs(n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bo
                        height=height, fps=fps, seconds=seconds, gop=gop, seed=seed * 1_000_003 + i)
 
 
-def write_clip(spec: ClipSpec, out_dir: Path, rng: random.Random) -> dict:
+def write_clip(spec: ClipSpec, out_dir: Path, rng: random.Random, subtitles: str = "narrated") -> dict:
     """Encode one clip and return its manifest row."""
-    path = out_dir / f"{spec.key}.mp4"
-    encode_h264(render_frames(spec), path, spec.fps, spec.gop)
-    return write_row_common(spec, path, rng)
+    path = _encode_clip(spec, out_dir)
+    return write_row_common(spec, path, rng, subtitles)
 
 
 def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, prefix: str = "clip", vary_format: bool = True,
                span_fraction: float = 0.0, manifest_name: str = "manifest.jsonl", progress: bool = False,
-               colors: tuple[str, ...] | None = None, shapes: tuple[str, ...] | None = None) -> Path:
+               colors: tuple[str, ...] | None = None, shapes: tuple[str, ...] | None = None,
+               subtitles: str = "narrated", workers: int = 1) -> Path:
     """Write ``n`` clips and ``manifest.jsonl`` into ``out_dir``; return the manifest path.
 
     ``span_fraction`` of the rows instead point at a span (``start``/``end`` seconds) of a longer
     video made of three clips back to back, exercising span handling in the pipeline.
+    ``subtitles`` picks the ``text`` column: ``narrated`` (a speaker describing the clip, lightly
+    garbled) or ``asr`` (mostly off-topic speech as real ASR subtitles are, see ``spoken_subtitle``).
+    ``workers`` > 1 encodes clips in that many processes; the files and manifest are the same.
     """
+    if subtitles not in SUBTITLE_STYLES:
+        raise ValueError(f"unknown subtitle style {subtitles!r}; choose from {sorted(SUBTITLE_STYLES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed + 17)
-    rows = []
     specs = list(sample_specs(n, seed, prefix=prefix, vary_format=vary_format, colors=colors, shapes=shapes))
-    iterator = specs
+    n_spans = int(round(span_fraction * n))
+    spans = [i < n_spans for i in range(n)]
+    dirs = [out_dir] * n
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may hold threads (torch, Ray) that a forked child must not inherit
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        paths = pool.map(_encode, specs, dirs, spans, chunksize=8)
+    else:
+        pool, paths = None, map(_encode, specs, dirs, spans)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(specs, desc="synth", unit="clip")
-    n_spans = int(round(span_fraction * n))
-    for i, spec in enumerate(iterator):
-        if i < n_spans:
-            rows.append(_write_span_row(spec, out_dir, rng))
-        else:
-            rows.append(write_clip(spec, out_dir, rng))
+        paths = tqdm(paths, total=n, desc="synth", unit="clip")
+    rng = random.Random(seed + 17)  # subtitles are drawn here, in clip order, whatever the workers
+    rows = []
+    try:
+        for spec, span, path in zip(specs, spans, paths):
+            row = write_row_common(spec, path, rng, subtitles)
+            if span:
+                row.update(start=spec.n_frames / spec.fps, end=2 * spec.n_frames / spec.fps)
+            rows.append(row)
+    finally:
+        if pool is not None:
+            pool.shutdown()
     manifest = out_dir / manifest_name
     with open(manifest, "w") as f:
         for row in rows:
@@ -236,23 +318,30 @@ def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, prefix: str = "cli
     return manifest
 
 
-def _write_span_row(spec: ClipSpec, out_dir: Path, rng: random.Random) -> dict:
+def _encode(spec: ClipSpec, out_dir: Path, span: bool) -> Path:
+    return _encode_span(spec, out_dir) if span else _encode_clip(spec, out_dir)
+
+
+def _encode_clip(spec: ClipSpec, out_dir: Path) -> Path:
+    path = out_dir / f"{spec.key}.mp4"
+    encode_h264(render_frames(spec), path, spec.fps, spec.gop)
+    return path
+
+
+def _encode_span(spec: ClipSpec, out_dir: Path) -> Path:
     """The clip is the middle third of a longer video: other content before and after it."""
     before = dataclasses.replace(spec, key=spec.key + "_pre", direction=OPPOSITE[spec.direction], seed=spec.seed + 1)
     after = dataclasses.replace(spec, key=spec.key + "_post", color=_other_color(spec.color), seed=spec.seed + 2)
     frames = np.concatenate([render_frames(before), render_frames(spec), render_frames(after)])
     path = out_dir / f"{spec.key}_long.mp4"
     encode_h264(frames, path, spec.fps, spec.gop)
-    n = spec.n_frames
-    row = write_row_common(spec, path, rng)
-    row.update(start=n / spec.fps, end=2 * n / spec.fps)
-    return row
+    return path
 
 
-def write_row_common(spec: ClipSpec, path: Path, rng: random.Random) -> dict:
+def write_row_common(spec: ClipSpec, path: Path, rng: random.Random, subtitles: str = "narrated") -> dict:
     return {
         "key": spec.key, "path": str(path),
-        "text": asr_subtitle(spec.color, spec.shape, spec.direction, rng),
+        "text": SUBTITLE_STYLES[subtitles](spec.color, spec.shape, spec.direction, rng),
         "caption_gt": spec.caption, "color": spec.color, "shape": spec.shape, "direction": spec.direction,
         "fps": spec.fps, "width": spec.width, "height": spec.height, "n_frames": spec.n_frames, "gop": spec.gop,
     }

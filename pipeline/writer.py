@@ -74,7 +74,9 @@ def shard_paths(cfg: ShardWriterConfig, shard: int) -> dict[str, str]:
 
 
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(path)
+    # No listings cache: shard tasks in other processes write this folder while the driver lists
+    # it, and a cached listing (s3fs, gcsfs) would hide their files for the life of the process.
+    return fsspec.core.url_to_fs(path, use_listings_cache=False)
 
 
 def is_local(path: str) -> bool:
@@ -223,19 +225,29 @@ class ShardWriter:
 
 
 def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """Stats of the shards that are complete (their ``_stats.json`` exists)."""
+    """Counts of the shards that are complete (their ``_stats.json`` exists).
+
+    One listing finds the markers; they are read concurrently (on an object store each is a
+    request) and only the fields the run's summary needs are kept, a few dozen bytes per shard.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     fs, root = _fs(cfg.output_dir)
     if not fs.exists(root):
         return {}
     wanted = set(shards)
-    out = {}
+    done = []
     for p in fs.ls(root, detail=False):
         parsed = fmt.parse_shard_file(p.rsplit("/", 1)[-1])
         if parsed and parsed[0] == cfg.prefix and parsed[2] == "_stats.json" and parsed[1] in wanted:
-            stats = read_json(shard_paths(cfg, parsed[1])["stats"])
-            if stats is not None:
-                out[parsed[1]] = stats
-    return out
+            done.append(parsed[1])
+
+    def read(shard: int) -> tuple[int, dict[str, Any] | None]:
+        stats = read_json(shard_paths(cfg, shard)["stats"])
+        return shard, None if stats is None else {"counts": stats["counts"], "samples": stats["samples"]}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {s: st for s, st in pool.map(read, sorted(done)) if st is not None}
 
 
 def reopen_shard(cfg: ShardWriterConfig, shard: int) -> None:

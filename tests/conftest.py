@@ -43,38 +43,33 @@ def shared_corpora() -> Path:
 
 
 def write_test_shards(manifest: Path, out_dir: Path, per_shard: int = 4, prefix: str = "train") -> str:
-    """WebDataset shards with the pipeline's sample keys, straight from a synth manifest.
+    """Shards written by the pipeline's own writer from a synth manifest, without Ray.
 
-    Stand-in for the curation pipeline in trainer tests: the clip bytes go in unchanged, the middle
-    frame is decoded with decord and stored as JPEG, the subtitle is the manifest's noisy ``text``
-    and the caption its clean ``caption_gt``. Returns the brace pattern of the shards.
+    Each clip goes through the curation's frame extraction (``process_clip``: middle frame and the
+    3 fps training copy) and ``ShardWriter`` (the real tar, status parquet and marker); the
+    subtitle is the manifest's noisy ``text`` and, standing in for a captioner, the caption is its
+    clean ``caption_gt``. Returns the brace pattern of the shards.
     """
-    import io
     import json
 
-    import decord
-    import webdataset as wds
-    from PIL import Image
+    from pipeline.frames import FrameConfig, process_clip
+    from pipeline.writer import ShardWriter, ShardWriterConfig, write_summary
 
     rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = ShardWriterConfig(output_dir=str(out_dir), prefix=prefix, samples_per_shard=per_shard)
     n_shards = (len(rows) + per_shard - 1) // per_shard
-    sizes = {}
     for s in range(n_shards):
-        name = f"{prefix}-{s:06d}.tar"
         chunk = rows[s * per_shard:(s + 1) * per_shard]
-        with wds.TarWriter(str(out_dir / name)) as sink:
-            for row in chunk:
-                data = Path(row["path"]).read_bytes()
-                vr = decord.VideoReader(row["path"], num_threads=1)
-                middle = vr[len(vr) // 2].asnumpy()
-                buf = io.BytesIO()
-                Image.fromarray(middle).save(buf, format="JPEG", quality=90)
-                meta = {k: row[k] for k in ("caption_gt", "color", "shape", "direction")}
-                sink.write({"__key__": row["key"], "mp4": data, "jpg": buf.getvalue(),
-                            "subtitle.txt": row["text"], "caption.txt": row["caption_gt"], "json": meta})
-        sizes[name] = len(chunk)
-    (out_dir / "sizes.json").write_text(json.dumps(sizes))
+        writer = ShardWriter(cfg, s, len(chunk))
+        for i, row in enumerate(chunk):
+            out = process_clip(row["path"], row.get("start"), row.get("end"), FrameConfig())
+            extra = {k: v for k, v in row.items() if k not in ("key", "path", "text", "start", "end")}
+            writer.write({"key": row["key"], "path": row["path"], "text": row["text"], "extra": extra,
+                          "shard": s, "row": s * per_shard + i, "status": "ok", "error": "", "jpg": out.jpg,
+                          "mp4": out.mp4, "clip": json.dumps(out.meta()), "caption": row["caption_gt"],
+                          "caption_info": json.dumps({"model": "", "note": "caption_gt of the synthetic clip"})})
+        writer.close()
+    write_summary(cfg, n_shards)
     return str(out_dir / f"{prefix}-{{000000..{n_shards - 1:06d}}}.tar")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shards.format import expand_pattern
+from shards.format import MEMBERS, expand_pattern
 from model.data import (LoaderState, ShardDataConfig, ShardLoader, ShardStream, read_sizes,
                         shards_for_worker)
 
@@ -91,7 +91,7 @@ def _corrupt_copy(src_pattern: str, dst: Path) -> str:
             members.append((m, tf.extractfile(m).read()))
     with tarfile.open(s0, "w") as tf:
         for i, (m, data) in enumerate(members):
-            if m.name.endswith(".mp4") and i < 6:
+            if m.name.endswith(".mp4") and i < len(MEMBERS):  # the first sample's clip only
                 data = b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 4000
                 m.size = len(data)
             tf.addfile(m, io.BytesIO(data))
@@ -105,7 +105,7 @@ def test_corrupt_sample_and_truncated_shard_are_skipped_and_counted(synth_shards
     pattern = _corrupt_copy(synth_shards, tmp_path / "bad")
     urls = expand_pattern(synth_shards)
     with tarfile.open(urls[0]) as tf:
-        garbled = tf.getnames()[3].split(".")[0]  # members sort as caption, jpg, json, mp4, subtitle
+        garbled = tf.getnames()[0].split(".")[0]  # each sample's members start with its mp4 (MEMBERS)
     intact = set()
     for u in urls[2:]:
         with tarfile.open(u) as tf:

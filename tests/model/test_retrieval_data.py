@@ -97,11 +97,16 @@ def test_encode_once_metrics_match_brute_force(synth_clips, synth_tokenizer, tmp
                                                        tokenize(synth_tokenizer, [s], 16).values())})[0]
              for s, _ in texts]
     sim = np.array([[float(a @ b) for b in v] for a in t])
-    t2v = [sum(sim[q, j] > sim[q, vid] for j in range(7)) for q, (_, vid) in enumerate(texts)]
-    v2t = []
+    # The official tie rule: a ground truth tied with m others contributes ranks r, r+1, ..., r+m
+    # (the three captions of a video include repeats, so exact ties occur here).
+    t2v, v2t = [], []
+    for q, (_, vid) in enumerate(texts):
+        r, tied = sum(sim[q, j] > sim[q, vid] for j in range(7)), sum(sim[q, j] == sim[q, vid] for j in range(7))
+        t2v += range(r, r + tied)
     for vid in range(7):
         best = max(sim[q, vid] for q, (_, owner) in enumerate(texts) if owner == vid)
-        v2t.append(sum(sim[q, vid] > best for q in range(len(texts))))
+        r = sum(sim[q, vid] > best for q in range(len(texts)))
+        v2t += range(r, r + sum(sim[q, vid] == best for q in range(len(texts))))
     for name, ranks in (("t2v", t2v), ("v2t", v2t)):
         ranks = np.array(ranks)
         assert m[f"{name}_r1"] == pytest.approx(100 * np.mean(ranks < 1), abs=1e-6)
