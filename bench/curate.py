@@ -35,7 +35,7 @@ def _init(model: str) -> None:
 
     torch.set_num_threads(1)
     if model:
-        from caption.protocol import load_captioner
+        from caption.registry import load_captioner
 
         _CAPTIONER = load_captioner(model, device="cpu", settings=SETTINGS)
 

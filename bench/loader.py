@@ -8,7 +8,8 @@ in ONE process with one thread (= one loader worker on one core) measures clips/
   shards, device resize   the same, shipping uint8 frames (the squash runs on the GPU, same numbers)
   loose mp4 files         decode the same clips from files + the same preprocessing (no text)
 
-and prints how many cores one GPU needs at the measured step rates in ../shared/notes/platform.md.
+and prints how many cores one GPU needs at the training step rates measured on one H100
+(below, in GPU_RATES).
 
     .venv/bin/python -m bench.loader --clips 64
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Measured H100 training rates (platform.md): clips/s one GPU consumes.
+# Training rates measured on one H100 80GB (torch 2.11, bf16): clips/s one GPU consumes.
 GPU_RATES = {"B/32 bs64 compiled": 723, "B/16 bs32 compiled": 244, "B/16 bs16 eager (official-like)": 82}
 
 
@@ -56,7 +57,7 @@ def make_shards(n: int, out: Path, per_shard: int) -> tuple[str, list[Path]]:
 
 
 def time_shards(pattern: str, tok, n: int, device_resize: bool, batch: int = 16) -> float:
-    from model.data import ShardDataConfig, ShardStream
+    from train.data import ShardDataConfig, ShardStream
 
     cfg = ShardDataConfig(shards=pattern, batch_size=batch, num_workers=0, num_frames=12, image_size=224,
                           max_text_len=70, shuffle_buffer=64, resize_on_device=device_resize)
@@ -69,7 +70,7 @@ def time_shards(pattern: str, tok, n: int, device_resize: bool, batch: int = 16)
 
 
 def time_files(paths: list[Path], n: int) -> float:
-    from model.video import decode_video_file, preprocess
+    from train.video import decode_video_file, preprocess
 
     t0, done = time.perf_counter(), 0
     while done < n:

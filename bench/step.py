@@ -1,7 +1,7 @@
 """One full CLIP-ViP training step (forward, loss, backward, clip, AdamW): clips/s and achieved TFLOP/s.
 
-The step timed is the trainer's own ``model.train.train_step`` with its device-side finiteness
-guard, its fused AdamW (``model.optim.build_optimizer``, the official parameter groups) and, for
+The step timed is the trainer's own ``train.loop.train_step`` with its device-side finiteness
+guard, its fused AdamW (``train.optim.build_optimizer``, the official parameter groups) and, for
 "compiled", ``torch.compile`` of the model as ``model.compile=true`` does in training: the numbers
 are the product's, not a copy's. Only the first step's loss is read on the host.
 
@@ -9,7 +9,7 @@ Random weights and inputs at real size: a T=12 video at 224px and a 70-token sub
 (``--ocl`` adds the middle frame and its caption and uses the default L(V<->S,C)+L(F<->C) loss).
 Eager and ``torch.compile``d steps run in one process and print a ratio. FLOPs per clip are
 counted by ``model.clip_vip.video_flops_per_clip`` (B/16: ~1.28 TFLOP, B/32: ~0.33 TFLOP fwd+bwd,
-as in shared/notes/platform.md). The platform anchor for the official code on one H100 (bf16,
+matmuls and attention counted analytically). The anchor for the official code on one H100 (bf16,
 B/16, batch 32) is 97 clips/s.
 
     python bench/step.py --device cuda --flavours B/16,B/32 --batch 32           # GPU, bf16 autocast
@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.clip_vip import CLIPViP, get_config, video_flops_per_clip  # noqa: E402
 from model.loss import OCLLoss  # noqa: E402
-from model.optim import OptimConfig, build_optimizer  # noqa: E402
-from model.train import FiniteGuard, Runtime, train_step  # noqa: E402
+from train.optim import OptimConfig, build_optimizer  # noqa: E402
+from train.loop import FiniteGuard, Runtime, train_step  # noqa: E402
 
 TEXT_LEN, FRAMES = 70, 12
 

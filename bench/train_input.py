@@ -1,13 +1,13 @@
 """The full pretraining step fed by the input path vs fed from device-resident tensors (GPU).
 
-Both variants run the same compiled bf16 train step (model.train.train_step: forward of video, frame,
+Both variants run the same compiled bf16 train step (train.loop.train_step: forward of video, frame,
 subtitle and caption; OCL loss vsc+fc; backward; clip; AdamW). They differ only in the input:
 
   device-resident   random normalised pixels and token ids created once on the GPU
   input path        per step a fresh batch from host memory: either uint8 [T,240,W,3] clips from
                     pinned memory (default; needs only torch), copied, squashed bicubic to 224 and
                     normalised on the GPU (``resize_on_device``), or with ``--shards`` real shards
-                    through model.data.ShardLoader (needs webdataset, decord2, transformers and a
+                    through train.data.ShardLoader (needs webdataset, decord2, transformers and a
                     tokenizer; ``--workers`` processes decode, as in training)
 
 The gap (1 - input/device) is what the input pipeline costs the GPU. Decode cost on the CPU side is
@@ -28,8 +28,8 @@ import torch
 
 from model.clip_vip import CLIPViP, get_config
 from model.loss import OCLLoss
-from model.optim import OptimConfig, build_optimizer
-from model.train import FiniteGuard, Runtime, train_step
+from train.optim import OptimConfig, build_optimizer
+from train.loop import FiniteGuard, Runtime, train_step
 
 
 def host_batches(n_distinct: int, batch: int, frames: int, text_len: int, vocab: int, pin: bool):
@@ -65,7 +65,7 @@ def device_batches(batch: int, frames: int, size: int, text_len: int, vocab: int
 
 
 def shard_batches(pattern: str, tokenizer: str, batch: int, workers: int, size: int):
-    from model.data import ShardDataConfig, ShardLoader
+    from train.data import ShardDataConfig, ShardLoader
     from model.tokenizer import load_tokenizer
 
     cfg = ShardDataConfig(shards=pattern, batch_size=batch, num_workers=workers, image_size=size, max_text_len=70,

@@ -18,7 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from caption.protocol import DecodeSettings, as_pil, resolve_device
+from caption.protocol import DecodeSettings, as_pil
+from common.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _write_vit_gpt2(out: Path, image_size: int) -> Path:
     from transformers import (GPT2Config, GPT2TokenizerFast, ViTConfig, ViTImageProcessor, VisionEncoderDecoderConfig,
                               VisionEncoderDecoderModel)
 
-    from model.tokenizer import bytes_to_unicode
+    from common.bpe import bytes_to_unicode
 
     # A byte-level BPE whose merges spell exactly the debug words (with GPT-2's leading-space marker).
     byte_chars = [bytes_to_unicode()[b] for b in range(256)]

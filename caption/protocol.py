@@ -1,4 +1,5 @@
-"""The ``Captioner`` protocol and the registry that builds one from a spec string.
+"""The ``Captioner`` protocol, its decode settings and image input (the registry that builds a
+captioner from a spec string is ``caption/registry.py``).
 
 A captioner loads its model once and turns a batch of RGB images into one caption each. It knows
 nothing about Ray, videos or shards: the pipeline's caption stage adapts columns to it and back.
@@ -51,31 +52,3 @@ def as_pil(image: Image.Image | np.ndarray) -> Image.Image:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 image, got shape {arr.shape} dtype {arr.dtype}")
     return Image.fromarray(arr, "RGB")
-
-
-def load_captioner(spec: str, *, device: str = "auto", settings: DecodeSettings | None = None, **kwargs: Any) -> Captioner:
-    """Build a captioner from ``hf:<model>`` or ``ofa:<checkpoint>``."""
-    if ":" not in spec:
-        raise ValueError(
-            f"caption model {spec!r} needs a backend prefix: 'hf:<path or hub id>' or 'ofa:<checkpoint path>'"
-        )
-    backend, target = spec.split(":", 1)
-    settings = settings or DecodeSettings()
-    if backend == "hf":
-        from caption.hf import HFCaptioner
-
-        return HFCaptioner(target, device=device, settings=settings, **kwargs)
-    if backend == "ofa":
-        from caption.ofa.captioner import OFACaptioner
-
-        return OFACaptioner(target, device=device, settings=settings, **kwargs)
-    raise ValueError(f"unknown caption backend {backend!r} in {spec!r}; use 'hf' or 'ofa'")
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` means CUDA when present, else CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

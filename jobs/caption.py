@@ -1,8 +1,16 @@
-"""``clipvip caption``: caption image files, convert official OFA checkpoints, write the tiny test OFA.
+"""``clipvip caption``: caption image files, fine-tune and convert OFA, write the tiny test OFA.
 
     clipvip caption convert-ofa caption_large_best_clean.pt models/ofa-large --bpe-dir OFA/utils/BPE
     clipvip caption images --model ofa:models/ofa-large frame1.jpg frame2.jpg [--out captions.jsonl]
+    clipvip caption finetune --model ofa:models/ofa-large --manifest pairs.jsonl --out models/ofa-large-mine
+    clipvip caption finetune --model ofa:models/ofa-large --shards 'shards/train-*.tar' --text-field json.label \
+        --out models/ofa-large-mine
     clipvip caption tiny-ofa models/ofa-tiny-random
+
+``finetune`` runs OFA's caption stage 1 (cross-entropy with label smoothing 0.1, the caption prompt)
+on (image, caption) pairs: a JSON-lines manifest of {"image" or "video": path, "caption": text}
+rows, or clipvip shards (jpg + a text field). The result loads as ofa:<out>. Every field of
+caption.ofa.finetune.CaptionFinetuneConfig can be set with --set (e.g. --set warmup_ratio=0.1).
 """
 
 from __future__ import annotations
@@ -37,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
     img.add_argument("--out", type=Path, default=None, help="also write JSON lines here")
 
+    ft = sub.add_parser("finetune", help="fine-tune an OFA captioner on (image, caption) pairs (OFA caption stage 1)")
+    ft.add_argument("--model", required=True, help="ofa:<converted dir> or ofa:<official .pt>")
+    ft.add_argument("--out", required=True, type=Path, dest="out_dir", help="folder for the fine-tuned model")
+    ft.add_argument("--manifest", default="", help='JSON lines: {"image" or "video": path, "caption": text}')
+    ft.add_argument("--shards", default="", help="clipvip shard pattern(s): each sample's jpg and --text-field")
+    ft.add_argument("--text-field", default="caption",
+                    help="manifest column; for shards caption, subtitle or json.<key> (default caption)")
+    ft.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
+    ft.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
+    ft.add_argument("--epochs", type=float, default=None)
+    ft.add_argument("--batch-size", type=int, default=None)
+    ft.add_argument("--lr", type=float, default=None)
+    ft.add_argument("--label-smoothing", type=float, default=None)
+    ft.add_argument("--device", default=None)
+    ft.add_argument("--seed", type=int, default=None)
+    ft.add_argument("--config", default=None, help="TOML/YAML/JSON file of CaptionFinetuneConfig fields")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
+
     tiny = sub.add_parser("tiny-ofa", help="write a tiny random OFA (for offline demos and tests)")
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
@@ -45,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _caption_images(args: argparse.Namespace) -> int:
     from caption.ofa.preprocess import load_image
-    from caption.protocol import DecodeSettings, load_captioner
+    from caption.protocol import DecodeSettings
+    from caption.registry import load_captioner
 
     images = [load_image(p) for p in args.images]
     kwargs = {}
@@ -65,6 +92,23 @@ def _caption_images(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(line + "\n" for line in lines))
         logger.info("wrote %d captions to %s", len(lines), args.out)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from caption.ofa.finetune import CaptionFinetuneConfig, run
+    from jobs import config as config_io
+
+    named = {"model": args.model, "out_dir": str(args.out_dir), "data.manifest": args.manifest,
+             "data.shards": args.shards, "data.text_field": args.text_field,
+             "bpe_dir": str(args.bpe_dir) if args.bpe_dir else None, "steps": args.steps, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "label_smoothing": args.label_smoothing,
+             "device": args.device, "seed": args.seed}
+    overrides = [f"{k}={v}" for k, v in named.items() if v is not None] + list(args.set)
+    cfg = config_io.load(CaptionFinetuneConfig, args.config, overrides)
+    summary = run(cfg)
+    print(f"fine-tuned {summary['steps']} steps on {summary['pairs']} pairs: loss {summary['losses'][0]:.3f} -> "
+          f"{summary['losses'][-1]:.3f}; caption with --model ofa:{summary['out_dir']}")
     return 0
 
 
@@ -108,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.action == "images":
             return _caption_images(args)
+        if args.action == "finetune":
+            return _finetune(args)
         from caption.ofa.tiny import write_tiny_ofa
 
         logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
         return 0
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         # The captioner and checkpoint loaders name the file and the problem in these (a corrupt
         # image, a refused or foreign checkpoint, a model spec without a backend).
         raise UserError(f"{args.action}: {exc}") from exc

@@ -35,7 +35,7 @@ def _rows(manifest: Path) -> list[dict]:
 
 
 def _retrieval_manifest(rows: list[dict], path: Path) -> Path:
-    """The official one-row-per-video layout that ``model.retrieval_data`` reads."""
+    """The official one-row-per-video layout that ``train.retrieval_data`` reads."""
     with open(path, "w") as f:
         for r in rows:
             f.write(json.dumps({"video": r["path"], "text": r["caption_gt"], "key": r["key"]}) + "\n")
@@ -127,7 +127,7 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
     if cfg.clip_model:
         return cfg.clip_model
     from model.tokenizer import train_clip_bpe
-    from model.train_setup import shard_texts
+    from train.setup import shard_texts
 
     texts = shard_texts(shards)  # subtitles and captions
     for name in ("finetune", "val"):
@@ -137,7 +137,7 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
 
 def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms):
     from jobs.train_configs import debug
-    from model.train import EvalSection
+    from train.loop import EvalSection
 
     base = debug()
     init = f"hf:{cfg.clip_model}" if cfg.clip_model else ""
@@ -176,7 +176,7 @@ def train_command(job: str, run_cfg) -> str:
 def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
     """One post-pretraining run per variant; returns variant -> exported model folder."""
     from jobs.demo import VARIANTS
-    from model.train import run as train
+    from train.setup import run as train
 
     runs, losses = {}, {}
     for i, name in enumerate(cfg.variants, 1):
@@ -193,7 +193,7 @@ def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dic
 
 
 def _final_model_dir(run_dir: str) -> Path:
-    from model import checkpoint as ckpt
+    from train import checkpoint as ckpt
 
     last = ckpt.latest(Path(run_dir) / "checkpoints")
     if last is None:
@@ -215,7 +215,7 @@ def _encode(model, tok, videos: torch.Tensor, texts: list[str], max_len: int, ba
 
 def _test_videos(cfg, data: dict) -> tuple[torch.Tensor, list[str]]:
     """Decode the held-out clips once (deterministic uniform frames) for every model."""
-    from model.video import decode_video_file, preprocess
+    from train.video import decode_video_file, preprocess
 
     rows = data["test_rows"]
     videos = torch.stack([preprocess(decode_video_file(r["path"], cfg.num_frames, train=False), cfg.image_size)
@@ -255,9 +255,9 @@ def finetune(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dic
     """Fine-tune each of ``cfg.finetune_variants`` on the downstream-style clips (clean descriptions,
     L(V-S)); each checkpoint is picked on the validation split, never on test, then scored on test."""
     from jobs.train_configs import debug
-    from model.retrieval_data import RetrievalDataConfig
-    from model.train import EvalSection
-    from model.train import run as train
+    from train.retrieval_data import RetrievalDataConfig
+    from train.loop import EvalSection
+    from train.setup import run as train
 
     base = debug()
     split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
                    "clipvip:<official .pt>")
     p.add_argument("--tokenizer", required=True, help="CLIP tokenizer dir or hub id")
     p.add_argument("--dataset", required=True, choices=("msrvtt", "didemo", "activitynet", "lsmdc"))
-    p.add_argument("--manifest", required=True, help="JSONL: clip_name/video + text (module model.retrieval_data)")
+    p.add_argument("--manifest", required=True, help="JSONL: clip_name/video + text (module train.retrieval_data)")
     p.add_argument("--video-root", default="")
     p.add_argument("--frames", type=int, default=None, help="default 32 for activitynet, else 12")
     p.add_argument("--max-text-len", type=int, default=None, help="default 70 for activitynet, else 50")
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
     from model.convert import load_checkpoint, load_official_clipvip
-    from model.evaluate import evaluate_retrieval, format_metrics
-    from model.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
+    from train.evaluate import evaluate_retrieval, format_metrics
+    from train.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
     from model.tokenizer import load_tokenizer
 
     anet = args.dataset == "activitynet"
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                  device=device, precision=args.precision)
     print(format_metrics(metrics))
     if args.out:
-        from model.train_log import strict_dumps
+        from train.log import strict_dumps
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(strict_dumps(metrics, indent=2) + "\n")

@@ -21,7 +21,7 @@ from typing import Any
 from jobs import train_configs
 from jobs.common import UserError, offline_defaults, setup_logging
 from jobs.config import load
-from model.train import TrainConfig
+from train.loop import TrainConfig
 
 
 def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> TrainConfig:
@@ -52,9 +52,9 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """:func:`model.train.run`, with a checkpoint that cannot be resumed reported as the user's to fix."""
-    from model.checkpoint import CheckpointError
-    from model.train import run as train
+    """:func:`train.setup.run`, with a checkpoint that cannot be resumed reported as the user's to fix."""
+    from train.checkpoint import CheckpointError
+    from train.setup import run as train
 
     try:
         return train(cfg)
@@ -191,7 +191,7 @@ def checkpoint_dir_problems(key: str, path: str) -> list[str]:
 
 def manifest_problems(key: str, path: str, dataset: str, video_root: str) -> list[str]:
     """A retrieval manifest that is missing or unreadable, named with the reason."""
-    from model.retrieval_data import load_manifest
+    from train.retrieval_data import load_manifest
 
     if _is_local(path) and not _local(path).is_file():
         return [f"{key}: manifest {path} does not exist; give a JSONL file with a video (or clip_name) and text "

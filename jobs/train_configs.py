@@ -1,6 +1,6 @@
-"""Named training runs: each function returns a whole :class:`model.train.TrainConfig` tree.
+"""Named training runs: each function returns a whole :class:`train.loop.TrainConfig` tree.
 
-The numbers are the official ones (spec section 8): AdamW (0.9, 0.98), eps 1e-6, 1% warmup then
+The numbers are the official CLIP-ViP ones: AdamW (0.9, 0.98), eps 1e-6, 1% warmup then
 cosine. Pretraining lr 5e-6, wd 0.05, clip 5.0, 12 frames, 70 tokens, loss L(V<->S,C)+L(F<->C);
 fine-tuning lr 1e-6, wd 0.2, clip 1.0, 16 clips per GPU (global 128 on 8 GPUs). Data paths are
 placeholders to override (``data.shards=...``, ``finetune.manifest=...``).
@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from model.data import ShardDataConfig
-from model.optim import OptimConfig
-from model.retrieval_data import RetrievalDataConfig
-from model.train import EvalSection, ModelSection, TrainConfig
+from train.data import ShardDataConfig
+from train.optim import OptimConfig
+from train.retrieval_data import RetrievalDataConfig
+from train.loop import EvalSection, ModelSection, TrainConfig
 
 HF_CLIP = {"B/32": "openai/clip-vit-base-patch32", "B/16": "openai/clip-vit-base-patch16"}
 
@@ -72,7 +72,7 @@ def _finetune(dataset: str, backbone: str, *, epochs: float, frames: int = 12, t
         finetune=RetrievalDataConfig(manifest=f"{root}/train.jsonl", batch_size=batch, **split),
         optim=OptimConfig(lr=1e-6, weight_decay=0.2, warmup_ratio=0.01, grad_clip=1.0, lr_mul=lr_mul,
                           lr_mul_prefix="logit_scale" if lr_mul != 1.0 else ""),
-        # Selection on a VALIDATION split (the official code selected on test, spec section 10).
+        # Selection on a VALIDATION split (the official code selected checkpoints on the test split).
         eval=EvalSection(every=100, at_start=True, select_metric="t2v_r1",
                          manifest=RetrievalDataConfig(manifest=f"{root}/val.jsonl", batch_size=32, **split)),
         checkpoint_every=500)

@@ -3,7 +3,7 @@
 Shape legend: B batch (videos), T frames, M video proxies, L patches per frame, H heads, d head
 dim, D = H*d width.
 
-Proxy-guided attention (spec section 2): the M proxy queries attend to every token; a patch query
+Proxy-guided attention: the M proxy queries attend to every token; a patch query
 of frame t attends to the M proxies plus the L patches of frame t. Two token layouts:
 
 - flat ``[p_0..p_M-1, f0 patches, f1 patches, ...]``, N = M + T*L tokens: the official layout, used

@@ -5,7 +5,8 @@ frame, M video proxies, N tokens, D tower width, E joint embedding width, K text
 
 Module and parameter names follow HF ``transformers`` CLIP (``vision_model.pre_layrnorm`` included)
 so HF CLIP and official CLIP-ViP state dicts map 1:1; only ``vision_model.embeddings.added_cls``
-and ``vision_model.embeddings.temporal_embedding`` are new (spec sections 1 and 4).
+and ``vision_model.embeddings.temporal_embedding`` are new (the extra class token of the
+video proxies and the learned per-frame embedding CLIP-ViP adds).
 
 With proxy-guided attention the vision tower keeps its tokens in the "framed" layout of
 ``model.attention`` (the M proxies repeated before each frame's patches, copies kept equal), which
@@ -142,7 +143,7 @@ class Encoder(nn.Module):
 
 
 class VisionEmbeddings(nn.Module):
-    """Proxy tokens plus patch tokens with spatial and (interpolated) temporal embeddings (spec section 1)."""
+    """Proxy tokens plus patch tokens with spatial and (interpolated) temporal embeddings."""
 
     def __init__(self, cfg: CLIPViPConfig):
         super().__init__()

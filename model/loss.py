@@ -1,4 +1,4 @@
-"""Omnisource Cross-modal Learning (OCL) losses, spec section 5.2.
+"""Omnisource Cross-modal Learning (OCL) losses: contrastive terms between video, frame, subtitle and caption.
 
 Notation: s = exp(logit_scale); A_XY = s * X @ Y.T with rows indexed by X; CE(A) is the mean over
 rows of the cross-entropy with the diagonal as target. Every term SUMS its CE parts, exactly as the

@@ -160,7 +160,7 @@ class CaptionStage:
     """
 
     def __init__(self, cfg: CaptionConfig):
-        from caption.protocol import load_captioner
+        from caption.registry import load_captioner
 
         self.captioner = load_captioner(cfg.model, device=cfg.device, settings=cfg.decode)
         self.info = json.dumps({"model": cfg.model, **self.captioner.describe()}, sort_keys=True, default=str)

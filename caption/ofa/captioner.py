@@ -20,10 +20,12 @@ from PIL import Image
 
 from caption.ofa.beam import BeamConfig, BeamSearchError
 from caption.ofa.checkpoint import WEIGHTS_FILE, build_model, load_converted, read_fairseq_checkpoint, sha256_file
+from caption.ofa.config import OFAConfig
 from caption.ofa.generate import OFAGenerator
 from caption.ofa.preprocess import normalize, resize_batch
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, embedding_mismatch, strip_punctuation
-from caption.protocol import DecodeSettings, resolve_device
+from caption.protocol import DecodeSettings
+from common.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,40 @@ def _find_bpe_dir(ckpt: Path) -> Path:
         if (candidate / "dict.txt").is_file() or (candidate / "vocab.json").is_file():
             return candidate
     return ckpt.parent  # find_bpe_files then raises, naming the missing files
+
+
+@dataclasses.dataclass(frozen=True)
+class OFAFiles:
+    """An OFA model as read from disk, before a module is built: what the captioner and fine-tuning share."""
+
+    cfg: OFAConfig
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    tokenizer: OFATokenizer
+    weights: Path  # the file the weights came from (hashed into captions' metadata)
+    bpe_dir: Path
+
+
+def load_ofa(target: str | Path, bpe_dir: str | Path | None = None) -> OFAFiles:
+    """Read a converted directory or an official ``.pt`` with its tokenizer, and check that they fit.
+
+    For a ``.pt`` the BPE files come from ``bpe_dir`` or are looked for beside it; for a directory,
+    from ``bpe_dir`` or the directory itself.
+    """
+    path = Path(target)
+    if path.is_dir():
+        cfg, state, meta = load_converted(path)
+        weights, bpe = path / WEIGHTS_FILE, Path(bpe_dir) if bpe_dir else path
+    elif path.is_file():
+        cfg, state, meta = read_fairseq_checkpoint(path)
+        weights, bpe = path, Path(bpe_dir) if bpe_dir else _find_bpe_dir(path)
+    else:
+        raise FileNotFoundError(f"OFA model {str(target)!r} is neither a converted directory nor a checkpoint file")
+    tokenizer = OFATokenizer(bpe, num_codes=int(meta.get("num_codes", 8192)), num_bins=int(meta.get("num_bins", 1000)))
+    mismatch = embedding_mismatch(tokenizer, cfg.vocab_size)
+    if mismatch:
+        raise ValueError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
+    return OFAFiles(cfg, state, meta, tokenizer, weights, bpe)
 
 
 class OFACaptioner:
@@ -76,19 +112,9 @@ class OFACaptioner:
         prompt: str = CAPTION_PROMPT,
         preprocess_workers: int | None = None,
     ) -> None:
-        path = Path(target)
-        if path.is_dir():
-            cfg, state, meta = load_converted(path)
-            weights, bpe = path / WEIGHTS_FILE, Path(bpe_dir) if bpe_dir else path
-        elif path.is_file():
-            cfg, state, meta = read_fairseq_checkpoint(path)
-            weights, bpe = path, Path(bpe_dir) if bpe_dir else _find_bpe_dir(path)
-        else:
-            raise FileNotFoundError(f"OFA model {target!r} is neither a converted directory nor a checkpoint file")
-        self.tokenizer = OFATokenizer(bpe, num_codes=int(meta.get("num_codes", 8192)), num_bins=int(meta.get("num_bins", 1000)))
-        mismatch = embedding_mismatch(self.tokenizer, cfg.vocab_size)
-        if mismatch:
-            raise ValueError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
+        files = load_ofa(target, bpe_dir)
+        cfg, state, meta, weights = files.cfg, files.state, files.meta, files.weights
+        self.tokenizer = files.tokenizer
         self.device = torch.device(resolve_device(device))
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"

@@ -20,7 +20,7 @@ import torch
 from caption.ofa.config import OFAConfig, config_from_fairseq_args
 from caption.ofa.keymap import official_to_port
 from caption.ofa.model import OFAModel
-from model.convert import UnsafeCheckpointError, restricted_load  # noqa: F401 - one allow-list for every .pt read
+from common.safe_pickle import UnsafeCheckpointError, restricted_load  # noqa: F401 - one allow-list for every .pt read
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

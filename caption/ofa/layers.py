@@ -7,6 +7,11 @@ Per layer, in the official order (``unify_transformer_layer.py``):
 ``x + attn_ln(out_proj(head_scale * attention(ln(x))))`` then
 ``x * w_resid + fc2(ffn_layernorm(act(fc1(final_layer_norm(x)))))``.
 Queries are scaled by ``(D * attn_scale_factor) ** -0.5``, not ``D ** -0.5``.
+
+Dropout (``dropout`` attribute, 0 unless fine-tuning sets it) sits where the official layers put it:
+on each residual branch after attention (after ``attn_ln``) and after ``fc2``. It is a no-op in eval
+mode, so captioning never sees it. Drop-path, which the official caption fine-tuning also uses, is
+not implemented.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ def aligned_bias(bias: torch.Tensor) -> torch.Tensor:
 
 def _maybe_ln(enabled: bool, dim: int) -> nn.LayerNorm | None:
     return nn.LayerNorm(dim) if enabled else None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout`` that costs nothing when off (p = 0 or eval mode)."""
+    return F.dropout(x, p, training=True) if p > 0 and training else x
 
 
 class Attention(nn.Module):
@@ -86,6 +96,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.final_layer_norm = nn.LayerNorm(c)
         self.w_resid = nn.Parameter(torch.ones(c)) if cfg.scale_resids else None
+        self.dropout = 0.0
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``x`` (B, S, C), ``bias`` (1, H, S, S)."""
@@ -94,13 +105,15 @@ class EncoderLayer(nn.Module):
         h = self.self_attn.attend(h, k, v, bias)
         if self.attn_ln is not None:
             h = self.attn_ln(h)
-        x = x + h
-        h = self.ffn(self.final_layer_norm(x))
+        x = x + dropout(h, self.dropout, self.training)
+        h = dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)
         return (x if self.w_resid is None else x * self.w_resid) + h
 
 
 class DecoderLayer(nn.Module):
-    """One decoder layer run for a single new position, with a self-attention KV cache."""
+    """One decoder layer: ``forward`` advances beam hypotheses by one position with a self-attention
+    KV cache (captioning); ``forward_seq`` runs every position at once under a causal mask (teacher
+    forcing in fine-tuning). Both give the same outputs for the same tokens (tested)."""
 
     def __init__(self, cfg: OFAConfig) -> None:
         super().__init__()
@@ -116,6 +129,7 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(cfg)
         self.final_layer_norm = nn.LayerNorm(c)
         self.w_resid = nn.Parameter(torch.ones(c)) if cfg.scale_resids else None
+        self.dropout = 0.0
 
     def forward(
         self,
@@ -143,16 +157,43 @@ class DecoderLayer(nn.Module):
         k_cache[:, :, step : step + 1] = k_new
         v_cache[:, :, step : step + 1] = v_new
         h = self.self_attn.attend(h, k_cache[:, :, : step + 1], v_cache[:, :, : step + 1], self_bias)
+        groups = cross_kv[0].shape[0]
+        return self._rest(x, h, cross_kv, cross_bias, (groups, n // groups), (n, 1))
+
+    def forward_seq(
+        self,
+        x: torch.Tensor,
+        self_bias: torch.Tensor,
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        cross_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """All T positions of B sequences at once (teacher forcing).
+
+        Args:
+            x: (B, T, C) embeddings of the decoder inputs.
+            self_bias: (1, H, T, T) position bias with the causal mask (-inf above the diagonal) added.
+            cross_kv: encoder K and V (B, H, S, D), one group per sequence.
+            cross_bias: (1, H, T, S).
+        """
+        b, t, _ = x.shape
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.kv(h)
+        h = self.self_attn.attend(h, k, v, self_bias)
+        return self._rest(x, h, cross_kv, cross_bias, (b, t), (b, t))
+
+    def _rest(self, x: torch.Tensor, h: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
+              cross_bias: torch.Tensor, grouped: tuple[int, int], flat: tuple[int, int]) -> torch.Tensor:
+        """Everything after self-attention: its residual, cross-attention and the FFN. ``grouped`` is
+        the (G, Q) view cross-attention takes, ``flat`` the (N, T) layout of ``x``."""
         if self.self_attn_ln is not None:
             h = self.self_attn_ln(h)
-        x = x + h
+        x = x + dropout(h, self.dropout, self.training)
 
-        groups = cross_kv[0].shape[0]
-        h = self.cross_attn_layer_norm(x).reshape(groups, n // groups, -1)  # G, Q, C
-        h = self.cross_attn.attend(h, cross_kv[0], cross_kv[1], cross_bias).reshape(n, 1, -1)
+        h = self.cross_attn_layer_norm(x).reshape(*grouped, -1)  # G, Q, C
+        h = self.cross_attn.attend(h, cross_kv[0], cross_kv[1], cross_bias).reshape(*flat, -1)
         if self.cross_attn_ln is not None:
             h = self.cross_attn_ln(h)
-        x = x + h
+        x = x + dropout(h, self.dropout, self.training)
 
-        h = self.ffn(self.final_layer_norm(x))
+        h = dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)
         return (x if self.w_resid is None else x * self.w_resid) + h

@@ -7,6 +7,10 @@ Positions never enter the token stream (``disable_entangle``); they act only thr
 biases: an absolute bias from ``pos_q_linear``/``pos_k_linear`` on layer-normed position embeddings
 plus, per layer, a bucketed relative bias for text and another for image patches. None of these
 depend on pixel values, so they are computed once per shape and shared by every image and beam.
+
+Captioning runs ``encode`` once and then one decoder step at a time (``caption/ofa/generate.py``);
+fine-tuning runs ``forward``, which decodes every target position at once under a causal mask
+(teacher forcing) and gives the same logits as stepping (tested).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caption.ofa.config import OFAConfig
-from caption.ofa.layers import DecoderLayer, EncoderLayer, aligned_bias
+from caption.ofa.layers import DecoderLayer, EncoderLayer, aligned_bias, dropout
 from caption.ofa.positions import image_position_ids, image_rel_buckets, token_rel_buckets
 from caption.ofa.resnet import ResNetEmbed
 
@@ -60,6 +64,7 @@ class OFAEncoder(nn.Module):
         # Official OFA builds this table for 1024 positions whatever max_source_positions says.
         self.register_buffer("token_buckets", token_rel_buckets(cfg.token_bucket_size), persistent=False)
         self.register_buffer("image_buckets", image_rel_buckets(cfg.image_bucket_size), persistent=False)
+        self.dropout = 0.0  # on the embeddings, in training only (see OFAModel.set_dropout)
 
     def position_biases(self, grid: tuple[int, int], length: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Normed positions (S, C) and one (1, H, S, S) self-attention bias per layer."""
@@ -103,7 +108,7 @@ class OFAEncoder(nn.Module):
             img = self.patch_layernorm_embedding(img)
         if self.layernorm_embedding is not None:
             txt = self.layernorm_embedding(txt)
-        x = torch.cat([img, txt.to(img.dtype)], dim=1)  # B, S, C
+        x = dropout(torch.cat([img, txt.to(img.dtype)], dim=1), self.dropout, self.training)  # B, S, C
         for layer, bias in zip(self.layers, biases):
             x = layer(x, bias)
         return EncoderOut(states=self.layer_norm(x), positions=pos)
@@ -125,6 +130,7 @@ class OFADecoder(nn.Module):
         self.layer_norm = nn.LayerNorm(c)
         self.token_rel_pos = nn.ModuleList(nn.Embedding(2 * cfg.token_bucket_size - 1, cfg.heads) for _ in range(cfg.decoder_layers))
         self.register_buffer("token_buckets", token_rel_buckets(cfg.token_bucket_size), persistent=False)  # 1024, as above
+        self.dropout = 0.0  # on the embeddings, in training only (see OFAModel.set_dropout)
 
     embed_tokens: nn.Embedding  # set by OFAModel
 
@@ -141,14 +147,32 @@ class OFADecoder(nn.Module):
 
     def embed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """(N,) newest tokens at position ``step`` -> (N, 1, C)."""
+        return self.embed_seq(tokens[:, None], step)
+
+    def embed_seq(self, tokens: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """(N, T) tokens at positions ``first .. first+T-1`` -> (N, T, C)."""
         cfg = self.cfg
-        x = self.embed_tokens(tokens)[:, None]
+        x = self.embed_tokens(tokens)
         if not cfg.no_scale_embedding:
             x = x * cfg.embed_dim**0.5
         if not cfg.disable_entangle:
-            x = x + self.embed_positions.weight[step]
+            x = x + self.embed_positions.weight[first : first + tokens.shape[1]]
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
+        return dropout(x, self.dropout, self.training)
+
+    def forward(self, tokens: torch.Tensor, enc: EncoderOut) -> torch.Tensor:
+        """Teacher forcing: (B, T) decoder inputs (``bos`` + target, right-padded) -> (B, T, C) final
+        states before the output layer norm. Position t sees inputs 0..t only, so right padding never
+        reaches a real position and needs no mask."""
+        t = tokens.shape[1]
+        self_bias, cross_bias = self.position_biases(t, enc.positions)
+        causal = torch.full((t, t), float("-inf"), device=tokens.device, dtype=self_bias.dtype).triu(1)
+        self_bias = self_bias + causal
+        cross_kv = [layer.cross_attn.kv(enc.states) for layer in self.layers]
+        x = self.embed_seq(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_seq(x, aligned_bias(self_bias[i])[None], cross_kv[i], aligned_bias(cross_bias)[None])
         return x
 
 
@@ -177,6 +201,19 @@ class OFAModel(nn.Module):
                 nn.init.normal_(module.weight, std=c**-0.5 if module.weight.shape[1] == c else 0.02)
         with torch.no_grad():
             self.embed_tokens.weight[self.cfg.pad].zero_()
+
+    def set_dropout(self, p: float) -> "OFAModel":
+        """Dropout probability on the embeddings and every residual branch, as the official
+        ``--dropout``; it acts in training mode only. Models load with 0."""
+        for module in (self.encoder, self.decoder, *self.encoder.layers, *self.decoder.layers):
+            module.dropout = float(p)
+        return self
+
+    def forward(self, images: torch.Tensor, prompt: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits: ``images`` (B, 3, R, R), ``prompt`` (L,), ``prev_tokens`` (B, T) ->
+        (B, T, V); row t predicts target token t (the token after ``prev_tokens[:, t]``)."""
+        x = self.decoder(prev_tokens, self.encode(images, prompt))
+        return F.linear(self.decoder.layer_norm(x), self.embed_tokens.weight)
 
     def prepare_for_inference(self, device: str | torch.device, dtype: torch.dtype = torch.float32) -> "OFAModel":
         """Fold the ResNet batch norms (in the current precision), move and cast, and on GPU switch the

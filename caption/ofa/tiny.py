@@ -10,6 +10,7 @@ need from a captioner.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -20,7 +21,7 @@ import torch
 from caption.ofa.checkpoint import build_model, save_converted
 from caption.ofa.config import debug_config
 from caption.ofa.tokenizer import OFATokenizer, bytes_to_unicode
-from model.tokenizer import learn_bpe_merges
+from common.bpe import learn_bpe_merges
 
 CORPUS = [
     "a red circle moving to the left on a black background",
@@ -50,11 +51,12 @@ def train_bpe(corpus: list[str], num_merges: int) -> tuple[dict[str, int], list[
     return vocab, merges
 
 
-def write_bpe_files(out_dir: str | Path, seed: int = 0, num_merges: int = 200) -> Path:
-    """``encoder.json``, ``vocab.bpe`` and a shuffled ``dict.txt`` in ``out_dir``."""
+def write_bpe_files(out_dir: str | Path, seed: int = 0, num_merges: int = 200, corpus: list[str] | None = None) -> Path:
+    """``encoder.json``, ``vocab.bpe`` and a shuffled ``dict.txt`` in ``out_dir``, learnt from ``corpus``
+    (default ``CORPUS``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab, merges = train_bpe(CORPUS, num_merges)
+    vocab, merges = train_bpe(corpus or CORPUS, num_merges)
     (out / "encoder.json").write_text(json.dumps(vocab, ensure_ascii=True))
     (out / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     ids = list(vocab.values())
@@ -63,11 +65,17 @@ def write_bpe_files(out_dir: str | Path, seed: int = 0, num_merges: int = 200) -
     return out
 
 
-def write_tiny_ofa(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a loadable tiny OFA model directory (a few MB) and return its path."""
-    out = write_bpe_files(out_dir, seed)
+def write_tiny_ofa(out_dir: str | Path, seed: int = 0, *, corpus: list[str] | None = None,
+                   patch_image_size: int = 64) -> Path:
+    """Write a loadable tiny OFA model directory (a few MB) and return its path.
+
+    ``corpus`` is the text its BPE is learnt from (default ``CORPUS``); a model that is going to be
+    fine-tuned wants the words of its captions among the merges, as a real OFA's vocabulary has them.
+    ``patch_image_size`` is the input resolution (a multiple of 16).
+    """
+    out = write_bpe_files(out_dir, seed, corpus=corpus)
     tok = OFATokenizer(out, num_codes=NUM_CODES, num_bins=NUM_BINS)
-    cfg = debug_config(len(tok))
+    cfg = dataclasses.replace(debug_config(len(tok)), patch_image_size=patch_image_size)
     torch.manual_seed(seed)
     model = build_model(cfg)
     with torch.no_grad():

@@ -18,7 +18,7 @@ import json
 import string
 from pathlib import Path
 
-from model.tokenizer import bytes_to_unicode  # one table for CLIP and OFA (GPT-2's)
+from common.bpe import bytes_to_unicode  # one table for CLIP and OFA (GPT-2's)
 
 BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")

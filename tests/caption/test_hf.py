@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from caption.hf import HFCaptioner, write_debug_model
-from caption.protocol import Captioner, DecodeSettings, load_captioner
+from caption.protocol import Captioner, DecodeSettings
+from caption.registry import load_captioner
 
 
 ARCHS = ("blip", "git", "vision-encoder-decoder")

@@ -19,7 +19,8 @@ from caption.ofa.captioner import OFACaptioner
 from caption.ofa.config import FLAVOURS, flavour
 from caption.ofa.model import OFAModel
 from caption.ofa.tiny import write_tiny_ofa
-from caption.protocol import Captioner, DecodeSettings, load_captioner
+from caption.protocol import Captioner, DecodeSettings
+from caption.registry import load_captioner
 
 
 @pytest.fixture(scope="module")

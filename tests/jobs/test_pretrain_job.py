@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs import pretrain, train_configs
-from model.train_log import read_metrics
+from train.log import read_metrics
 
 
 def _run_debug(shards: str, heldout: str, run_dir: Path, steps: int = 12) -> list[dict]:

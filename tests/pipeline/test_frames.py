@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.video import DecodeError, decode_frames
+from train.video import DecodeError, decode_frames
 from pipeline.frames import ClipError, FrameConfig, middle_frame, process_clip, readable_width, scaled_size
 from pipeline.synth import write_awkward_clips
 

@@ -1,6 +1,6 @@
-"""model/video.py: frame-index sampling against the spec's formulas, decord decode, the pixel pipeline.
+"""train/video.py: frame-index sampling against the spec's formulas, decord decode, the pixel pipeline.
 
-Run: .venv/bin/python -m pytest tests/model/test_video.py -q
+Run: .venv/bin/python -m pytest tests/train/test_video.py -q
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.video import (CLIP_MEAN, CLIP_STD, DecodeError, decode_frames, decode_image, preprocess,
+from train.video import (CLIP_MEAN, CLIP_STD, DecodeError, decode_frames, decode_image, preprocess,
                          preprocess_on_device, sample_frame_indices)
 
 

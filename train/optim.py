@@ -1,4 +1,5 @@
-"""AdamW with the official CLIP-ViP parameter groups, and the warmup + cosine schedule (spec 8).
+"""AdamW with the official CLIP-ViP parameter groups, and the warmup + cosine schedule the official
+code uses (1% linear warmup, then cosine down to a floor of 1e-8 of the base lr).
 
 Weight decay is skipped for parameters whose name contains any of ``NO_DECAY`` - the official list,
 written for BERT-style ``LayerNorm`` names. HF CLIP (and so this model) names its norms

@@ -1,7 +1,7 @@
-"""model/data.py: a cut-off or missing shard is reported by its URL, not by the stream object
+"""train/data.py: a cut-off or missing shard is reported by its URL, not by the stream object
 webdataset read it through (``<fsspec...LocalFileOpener object at 0x...>``).
 
-Run: .venv/bin/python -m pytest tests/model/test_shard_warning.py -q
+Run: .venv/bin/python -m pytest tests/train/test_shard_warning.py -q
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from model.data import ShardDataConfig, ShardLoader
+from train.data import ShardDataConfig, ShardLoader
 from shards.format import expand_pattern, raw_samples
 
 
@@ -48,7 +48,7 @@ def test_the_trainer_loader_warning_names_the_cut_shard(synth_shards, synth_toke
     cfg = ShardDataConfig(shards=pattern, batch_size=1, num_workers=0, num_frames=4, image_size=32, max_text_len=16,
                           shuffle_buffer=0)
     loader = ShardLoader(cfg, synth_tokenizer)
-    with caplog.at_level(logging.WARNING, logger="model.data"):
+    with caplog.at_level(logging.WARNING, logger="train.data"):
         while loader.state.bad_shards == 0:
             next(loader)
     warnings = [r.getMessage() for r in caplog.records if "unreadable shard" in r.getMessage()]

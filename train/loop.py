@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from model.data import ShardDataConfig
-from model.evaluate import autocast_for, format_metrics
-from model.optim import OptimConfig
-from model.retrieval_data import RetrievalDataConfig
-from model.video import preprocess_on_device
+from train.data import ShardDataConfig
+from train.evaluate import autocast_for, format_metrics
+from train.optim import OptimConfig
+from train.retrieval_data import RetrievalDataConfig
+from train.video import preprocess_on_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class EvalSection:
     every: int = 1000  # steps; 0 disables (the end of training always evaluates when a set is given)
     at_start: bool = True
     shards: str = ""  # held-out shards
-    text_field: str = "caption.txt"  # see model.data.HeldOutShards
+    text_field: str = "caption.txt"  # see train.data.HeldOutShards
     manifest: RetrievalDataConfig = dataclasses.field(default_factory=lambda: RetrievalDataConfig(num_workers=0))
     select_metric: str = "t2v_r1"  # the validation metric that picks the best checkpoint (fine-tuning)
 
@@ -267,11 +267,3 @@ def log_metrics(run_log, step: int, metrics: dict[str, float], split: str, rank:
     run_log.log(step, metrics, kind=split)
     if rank == 0:
         logger.info("eval %s at step %d:\n%s", split, step, format_metrics(metrics))
-
-
-def run(cfg: TrainConfig) -> dict[str, Any]:
-    """The whole run (set-up and wrap-up live in :mod:`model.train_setup`). Returns final metrics and paths."""
-    from model.train_setup import run_training
-
-    return run_training(cfg)
-

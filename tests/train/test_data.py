@@ -1,8 +1,8 @@
-"""model/data.py: the resumable WebDataset stream over pretraining shards.
+"""train/data.py: the resumable WebDataset stream over pretraining shards.
 
 Covers batch contents, the rank/worker split and per-epoch seeded shard order, the shards >=
 readers check, mid-epoch resume (identical batches) and skipping of corrupt samples and truncated
-shards. Run: .venv/bin/python -m pytest tests/model/test_data.py -q
+shards. Run: .venv/bin/python -m pytest tests/train/test_data.py -q
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from shards.format import MEMBERS, expand_pattern
-from model.data import (LoaderState, ShardDataConfig, ShardLoader, ShardStream, read_sizes,
+from train.data import (LoaderState, ShardDataConfig, ShardLoader, ShardStream, read_sizes,
                         shards_for_worker)
 
 
@@ -129,6 +129,6 @@ def test_resize_on_device_ships_uint8_clips(synth_shards, synth_tokenizer):
     assert isinstance(batch["video"], list) and batch["video"][0].dtype == torch.uint8
     assert batch["video"][0].shape[0] == 4 and batch["video"][0].shape[-1] == 3
     ref = next(iter(ShardLoader(dataclasses.replace(cfg, resize_on_device=False), synth_tokenizer)))
-    from model.video import preprocess_on_device
+    from train.video import preprocess_on_device
 
     torch.testing.assert_close(preprocess_on_device(batch["video"], 32, "cpu"), ref["video"])

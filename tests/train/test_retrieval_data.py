@@ -1,7 +1,7 @@
-"""model/retrieval_data.py and model/evaluate.py: downstream manifests, the fine-tune loader, and
+"""train/retrieval_data.py and train/evaluate.py: downstream manifests, the fine-tune loader, and
 encode-once evaluation against a brute-force computation; a short fine-tune run end to end.
 
-Run: .venv/bin/python -m pytest tests/model/test_retrieval_data.py -q
+Run: .venv/bin/python -m pytest tests/train/test_retrieval_data.py -q
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.clip_vip import CLIPViP, get_config
-from model.evaluate import evaluate_retrieval
-from model.retrieval_data import (FinetuneLoader, RetrievalDataConfig, RetrievalEvalDataset, RetrievalTrainDataset,
+from train.evaluate import evaluate_retrieval
+from train.retrieval_data import (FinetuneLoader, RetrievalDataConfig, RetrievalEvalDataset, RetrievalTrainDataset,
                                   collate_eval, load_manifest)
 from model.tokenizer import tokenize
-from model.video import decode_video_file, preprocess
+from train.video import decode_video_file, preprocess
 
 
 def _rows(manifest: Path) -> list[dict]:
@@ -117,9 +117,10 @@ def test_encode_once_metrics_match_brute_force(synth_clips, synth_tokenizer, tmp
 
 
 def test_short_finetune_selects_on_validation(synth_clips, tmp_path):
-    from model.data import ShardDataConfig
-    from model.optim import OptimConfig
-    from model.train import EvalSection, ModelSection, TrainConfig, run
+    from train.data import ShardDataConfig
+    from train.optim import OptimConfig
+    from train.loop import EvalSection, ModelSection, TrainConfig
+    from train.setup import run
 
     root = str(Path(synth_clips).parent)
     train = write_official_manifest(synth_clips, tmp_path / "train.jsonl", 8, True)

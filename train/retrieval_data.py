@@ -8,7 +8,7 @@ Manifests are JSON Lines in the official HD-VILA layout, one row per video::
 ``video`` (a path or URL) may replace ``clip_name``; otherwise the file is ``<video_root>/<clip_name>``
 plus the first of ``extensions`` that exists (DiDeMo ids already carry their extension).
 
-Per dataset (spec sections 3, 7, 8):
+Per dataset, as the official data loaders do:
 - ``msrvtt``: training draws ONE caption of the video per step (20 captions, ~5 caption-epochs over
   "100" video-epochs); the 1k-A test has one caption per video.
 - ``didemo`` and ``activitynet``: paragraph retrieval, all sentences of a video joined with spaces,
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.video import DecodeError, decode_video_file, preprocess
+from train.video import DecodeError, decode_video_file, preprocess
 
 logger = logging.getLogger(__name__)
 

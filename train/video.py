@@ -1,6 +1,6 @@
 """From clip bytes to model-ready pixels: frame-index sampling, decord decode, bicubic squash, CLIP norm.
 
-Follows the official CLIP-ViP preprocessing (spec section 7) exactly:
+Follows the official CLIP-ViP preprocessing exactly:
 
 - frame indices: uniform; at train time with the official jitter, at test time ``linspace(0, n-1, T)``;
 - decode with decord from the clip bytes (no temporary file);

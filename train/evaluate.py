@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model.metrics import evaluate_all
-from model.video import preprocess_on_device
+from train.video import preprocess_on_device
 
 logger = logging.getLogger(__name__)
 

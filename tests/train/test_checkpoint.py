@@ -1,9 +1,9 @@
-"""model/checkpoint.py and the resume path of model/train_setup.py: the training state is JSON plus
+"""train/checkpoint.py and the resume path of train/setup.py: the training state is JSON plus
 safetensors (never a pickle, so a crafted checkpoint cannot run code), a resume whose settings
 would change the numbers is refused unless meant, replayed metrics rows are dropped and the JSON
 the run writes is strict.
 
-Run: .venv/bin/python -m pytest tests/model/test_checkpoint.py -q
+Run: .venv/bin/python -m pytest tests/train/test_checkpoint.py -q
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import checkpoint as ckpt
-from model.data import ShardDataConfig
-from model.optim import OptimConfig, warmup_cosine
-from model.train import EvalSection, ModelSection, TrainConfig, run
+from train import checkpoint as ckpt
+from train.data import ShardDataConfig
+from train.optim import OptimConfig, warmup_cosine
+from train.loop import EvalSection, ModelSection, TrainConfig
+from train.setup import run
 
 
 def _strict_json(path: Path):
@@ -112,7 +113,7 @@ def test_changed_settings_names_each_difference_and_ignores_reporting_ones():
 
 
 def test_resuming_drops_the_metrics_rows_of_replayed_steps(tmp_path):
-    from model.train_log import RunLogger
+    from train.log import RunLogger
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "kind": k, "loss": 1.0}) + "\n"
                                                     for s in range(0, 6) for k in ("train", "val")))
@@ -124,7 +125,7 @@ def test_resuming_drops_the_metrics_rows_of_replayed_steps(tmp_path):
 
 
 def test_strict_json_writes_null_for_non_finite_numbers():
-    from model.train_log import strict_dumps
+    from train.log import strict_dumps
 
     text = strict_dumps({"best": {"value": float("-inf")}, "r": [float("nan"), np.float32(0.5), torch.tensor(2.0)],
                          "t": (1, math.inf)})
@@ -151,7 +152,7 @@ def _train_steps(run_dir: Path) -> list[int]:
 
 
 def test_resume_refuses_changed_settings_then_replays_without_duplicate_rows(synth_shards, tmp_path, monkeypatch):
-    import model.train as train_mod
+    import train.loop as train_mod
 
     real_step = train_mod.train_step
 

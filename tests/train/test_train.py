@@ -1,7 +1,7 @@
-"""model/train.py, optim.py, checkpoint.py: optimizer groups and schedule, kill-and-resume gives the
+"""train/loop.py, optim.py, checkpoint.py: optimizer groups and schedule, kill-and-resume gives the
 same losses, 2-process gloo DDP equals one process on the combined batch, non-finite steps stop.
 
-Run: .venv/bin/python -m pytest tests/model/test_train.py -q
+Run: .venv/bin/python -m pytest tests/train/test_train.py -q
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from model.clip_vip import CLIPViP, get_config
-from model.data import ShardDataConfig, ShardLoader
+from train.data import ShardDataConfig, ShardLoader
 from model.loss import OCLLoss
-from model.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
-from model.train import (EvalSection, FiniteGuard, ModelSection, NonFiniteError, Runtime, TrainConfig, run,
-                         train_step)
+from train.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
+from train.loop import EvalSection, FiniteGuard, ModelSection, NonFiniteError, Runtime, TrainConfig, train_step
+from train.setup import run
 
 
 def tiny_model(tok) -> CLIPViP:
@@ -63,7 +63,7 @@ def test_kill_after_step_k_and_resume_gives_the_same_losses(synth_shards, tmp_pa
     full = run(debug_cfg(synth_shards, tmp_path / "full"))["losses"]
     assert len(full) == 6
 
-    import model.train as train_mod
+    import train.loop as train_mod
 
     real_step = train_mod.train_step
 
@@ -262,7 +262,7 @@ def test_sigkill_of_the_training_process_then_resume_gives_the_same_losses(synth
 def test_a_half_written_metrics_row_is_cut_before_appending(tmp_path):
     import json
 
-    from model.train_log import RunLogger, read_metrics
+    from train.log import RunLogger, read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "kind": "train", "loss": 2.0}\n{"step": 2, "kind": "tr')
     log = RunLogger(tmp_path, tensorboard=False)

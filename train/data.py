@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from model.video import DecodeError, decode_frames, decode_image, preprocess
+from train.video import DecodeError, decode_frames, decode_image, preprocess
 from shards import format as shard_format
 from shards.format import expand_pattern, raw_samples
 

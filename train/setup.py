@@ -1,6 +1,6 @@
 """Everything around the train loop: tokenizer, model, data, optimizer, resume, evaluation, saving.
 
-Kept apart from :mod:`model.train` so the loop itself reads top to bottom in one screen.
+Kept apart from :mod:`train.loop` so the loop itself reads top to bottom in one screen.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from model import checkpoint as ckpt
-from model.train import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
+from train import checkpoint as ckpt
+from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
                          steps_for, train_loop)
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
         if cfg.task == "pretrain":
             texts = shard_texts(cfg.data.shards)
         else:
-            from model.retrieval_data import load_manifest
+            from train.retrieval_data import load_manifest
 
             texts = [t for e in load_manifest(cfg.finetune.manifest, cfg.finetune.dataset, cfg.finetune.video_root)
                      for t in e.texts]
@@ -92,12 +92,12 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
     from torch.utils.data import DataLoader
 
     if cfg.eval.shards:
-        from model.data import HeldOutShards
+        from train.data import HeldOutShards
 
         ds = HeldOutShards(cfg.eval.shards, text_field=cfg.eval.text_field, num_frames=cfg.data.num_frames,
                            image_size=cfg.data.image_size, batch_size=split_cfg.batch_size)
         return DataLoader(ds, batch_size=None, num_workers=0)
-    from model.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
+    from train.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
 
     entries = load_manifest(split_cfg.manifest, split_cfg.dataset, split_cfg.video_root)
     ds = RetrievalEvalDataset(entries, split_cfg.num_frames, split_cfg.image_size)
@@ -107,7 +107,7 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
 def resume_state(cfg: TrainConfig, rt: Runtime) -> dict[str, Any] | None:
     """The latest checkpoint's state when resuming, once it is known to fit this run; else None.
 
-    Refused (:class:`model.checkpoint.CheckpointError`): a checkpoint of another world size, or of
+    Refused (:class:`train.checkpoint.CheckpointError`): a checkpoint of another world size, or of
     a run whose settings differ in anything that changes the numbers (batch size, lr, steps, ...)
     unless ``cfg.resume_changed`` says the change is meant.
     """
@@ -158,10 +158,10 @@ def restore(state: dict[str, Any], raw_model, optimizer, scheduler, *, new_hyper
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    from model.evaluate import evaluate_retrieval
+    from train.evaluate import evaluate_retrieval
     from model.loss import OCLLoss
-    from model.optim import build_optimizer, build_scheduler
-    from model.train_log import NullLogger, RunLogger, plot_losses, strict_dumps
+    from train.optim import build_optimizer, build_scheduler
+    from train.log import NullLogger, RunLogger, plot_losses, strict_dumps
 
     if cfg.task not in ("pretrain", "finetune"):
         raise ValueError(f"task={cfg.task!r}: choose 'pretrain' or 'finetune'")
@@ -180,11 +180,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     loss_fn = OCLLoss(cfg.loss_terms if cfg.task == "pretrain" else ("vs",))
 
     if cfg.task == "pretrain":
-        from model.data import read_sizes
+        from train.data import read_sizes
 
         n_items = sum(read_sizes(cfg.data.shards).values())
     else:
-        from model.retrieval_data import RetrievalTrainDataset, load_manifest
+        from train.retrieval_data import RetrievalTrainDataset, load_manifest
 
         train_set = RetrievalTrainDataset(load_manifest(cfg.finetune.manifest, cfg.finetune.dataset,
                                                         cfg.finetune.video_root), cfg.finetune)
@@ -205,13 +205,13 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         logger.info("resumed from step %d of %s", start_step, run_dir / "checkpoints")
 
     if cfg.task == "pretrain":
-        from model.data import LoaderState, ShardLoader
+        from train.data import LoaderState, ShardLoader
 
         batches = ShardLoader(cfg.data, tokenizer, rank=rt.rank, world_size=rt.world_size,
                               state=LoaderState.from_dict(loader_state) if loader_state else None,
                               pin_memory=rt.device.type == "cuda")
     else:
-        from model.retrieval_data import FinetuneLoader
+        from train.retrieval_data import FinetuneLoader
 
         batches = FinetuneLoader(train_set, tokenizer, cfg.finetune, rank=rt.rank, world_size=rt.world_size,
                                  state=loader_state)
@@ -280,3 +280,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         (run_dir / "final_metrics.json").write_text(strict_dumps({"metrics": last_metrics, "best": best}, indent=2)
                                                     + "\n")
     return result
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """The whole run: set-up, the loop (:mod:`train.loop`) and wrap-up. Returns final metrics and paths."""
+    return run_training(cfg)

@@ -11,30 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from common.jsonio import strict_dumps, strict_json  # noqa: F401 - the run's JSON files use them
+
 logger = logging.getLogger(__name__)
-
-
-def strict_json(obj: Any) -> Any:
-    """``obj`` with every non-finite float (nan, inf, -inf) as None, so it is strict JSON.
-
-    Python's ``json`` writes ``NaN`` and ``-Infinity``, which strict readers (JavaScript, jq, most
-    languages' parsers) reject; a missing number is written as ``null`` instead. NumPy scalars and
-    tuples become plain numbers and lists.
-    """
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "shape", None) == ():
-        return strict_json(obj.item())  # numpy / torch scalars
-    return obj
-
-
-def strict_dumps(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of :func:`strict_json` (non-finite numbers as null); refuses anything else non-standard."""
-    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
 
 
 class NullLogger:
