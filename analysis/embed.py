@@ -1,10 +1,10 @@
 """Batched, cached text embedding: the slow step of the analysis, done once per (encoder, text).
 
 The cache is a folder per encoder (named by a hash of its ``cache_id``) holding append-only
-``part-*.npz`` files of ``(sha1(text), vector)`` rows. A run writes one new part for the texts it had
-to encode; a part appears by atomic rename, so an interrupted or concurrent run never leaves a
-half-written file behind. Re-running the report with other seeds, corpora or clustering settings
-encodes only texts it has never seen.
+``part-*.npz`` files of ``(sha1(text), vector)`` rows, the digests stored as (N, 20) uint8 arrays.
+A run writes one new part for the texts it had to encode; a part appears by atomic rename, so an
+interrupted or concurrent run never leaves a half-written file behind. Re-running the report with
+other seeds, corpora or clustering settings encodes only texts it has never seen.
 """
 
 from __future__ import annotations
@@ -24,9 +24,32 @@ from analysis.encoders import TextEncoder
 logger = logging.getLogger(__name__)
 
 
+KEY_BYTES = 20
+
+
 def text_key(text: str) -> bytes:
     """The cache key of one text: its SHA-1 digest (20 bytes)."""
     return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+def _keys_from_array(keys: np.ndarray) -> list[bytes]:
+    """Stored keys -> 20-byte digests.
+
+    Parts written before the uint8 layout hold numpy ``S20`` strings, which drop trailing NUL bytes
+    when read back: about one digest in 256 ends in 0x00 and came back a byte short, so its text
+    never matched and was encoded again on every run. Padding with NULs restores those digests
+    exactly (only NULs were ever dropped), so old caches keep working.
+    """
+    if keys.dtype.kind == "S":
+        return [bytes(k).ljust(KEY_BYTES, b"\0") for k in keys]
+    if keys.dtype == np.uint8 and keys.ndim == 2 and keys.shape[1] == KEY_BYTES:
+        return [k.tobytes() for k in keys]
+    raise ValueError(f"keys of dtype {keys.dtype} and shape {keys.shape}")
+
+
+def _keys_to_array(keys: list[bytes]) -> np.ndarray:
+    """20-byte digests -> (N, 20) uint8: raw bytes that round-trip exactly, NULs included."""
+    return np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), KEY_BYTES)
 
 
 class EmbeddingCache:
@@ -43,10 +66,11 @@ class EmbeddingCache:
             try:
                 with np.load(part) as z:
                     keys, vecs = z["keys"], z["vecs"]
+                rows = _keys_from_array(keys)
             except (OSError, ValueError, KeyError) as e:
                 logger.warning("embedding cache: ignoring unreadable %s (%s)", part, e)
                 continue
-            self._rows.update(zip((bytes(k) for k in keys), vecs))
+            self._rows.update(zip(rows, vecs))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -58,8 +82,10 @@ class EmbeddingCache:
         """Store new rows (one part file) and keep them in memory."""
         if not keys:
             return
+        if any(len(k) != KEY_BYTES for k in keys):
+            raise ValueError(f"cache keys must be {KEY_BYTES}-byte digests (text_key)")
         tmp = self.dir / f".tmp-{uuid.uuid4().hex}.npz"
-        np.savez(tmp, keys=np.array(keys, dtype="S20"), vecs=vecs.astype(np.float32))
+        np.savez(tmp, keys=_keys_to_array(keys), vecs=vecs.astype(np.float32))
         os.replace(tmp, self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.npz")
         self._rows.update(zip(keys, vecs))
 

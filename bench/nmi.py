@@ -1,113 +1,199 @@
-"""Benchmark the NMI domain-gap report: 8 real corpora x N sentences, time split and faiss vs scikit-learn.
+"""Benchmark the NMI domain-gap report: 9 real corpora x 1000 sentences x 3 seeds, before and after, in one run.
 
-1. The default report, cold embedding cache: time split into read, encoder load, encode, cluster,
-   score, render.
-2. The same report on the same (now cached) embeddings with scikit-learn K-means, and with a single
-   faiss start: K-means time ratio and agreement of every NMI value with the default (faiss, 10
-   restarts).
+"Before" is the ``analysis/`` package at a baseline commit (default: the last one before the
+K-means, encoder-loading and cache rework), unpacked from git into a temporary folder; "after" is
+this checkout. Each report runs in its own Python process, as ``clipvip nmi`` would, so imports
+and encoder loading count:
 
-Usage (2-core CPU box): ``.venv/bin/python bench/nmi.py [--corpora ../shared/corpora] [--n 1000] [--seeds 0 1 2]``.
+1. cold: an empty embedding cache (every sentence is encoded);
+2. warm: the same report again on that cache (``--warm-runs`` times, median kept; before and after
+   interleaved so a change in the machine's load hits both alike).
+
+Printed: the time split (read, load encoder, encode, cluster, ...) side by side with the
+before/after ratio, process CPU time, and how far the NMI values of the two moved (the K-means
+backend changed, so single values may move within K-means' own run-to-run noise). With
+``--backends`` the after-tree warm report also runs with faiss (the old default) and
+scikit-learn K-means, to isolate the clustering; with ``--compare-float32`` the after tree also
+encodes cold in float32, against the default precision (bfloat16 where the CPU has it).
+
+Usage (2-core CPU box): ``.venv/bin/python bench/nmi.py [--corpora ../shared/corpora] [--n 1000]
+[--seeds 0 1 2] [--baseline 141aed4] [--warm-runs 3] [--backends] [--compare-float32]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from analysis.render import write_report  # noqa: E402
-from analysis.report import NMIConfig, NMIReport, run  # noqa: E402
+# analysis/ before the rework this script measures: faiss K-means, the encoder always loaded, S20 cache keys.
+BASELINE = "141aed4"
 
 PRETRAIN = {"asr": "youtube_asr_anet.jsonl", "how2": "how2_transcripts.jsonl", "cc3m": "cc3m.jsonl",
-            "coco": "coco.jsonl"}
-DOWNSTREAM = {"msrvtt_test": "msrvtt_test1ka.jsonl", "msrvtt_train": "msrvtt_train.jsonl",
-              "didemo": "didemo.jsonl", "anet": "activitynet.jsonl"}
+            "coco": "coco.jsonl", "msrvtt_train": "msrvtt_train.jsonl"}
+DOWNSTREAM = {"msrvtt_test": "msrvtt_test1ka.jsonl", "didemo": "didemo.jsonl", "anet": "activitynet.jsonl",
+              "youcook2": "youcook2_val.jsonl"}
+STEPS = ("read", "load_encoder", "encode", "cluster", "score", "bootstrap", "project")
+
+# Runs in a fresh interpreter with the tree to measure first on sys.path; prints one JSON line.
+DRIVER = r"""
+import json, sys, time
+t0, c0 = time.perf_counter(), time.process_time()
+tree, spec = sys.argv[1], json.loads(sys.argv[2])
+sys.path.insert(0, tree)
+from analysis.report import NMIConfig, run
+from analysis.render import write_report
+import dataclasses
+overrides = {key: spec.pop(key) for key in ("cluster", "encoder") if key in spec}
+cfg = NMIConfig(**spec)
+for key, values in overrides.items():
+    cfg = dataclasses.replace(cfg, **{key: dataclasses.replace(getattr(cfg, key), **values)})
+t_import = time.perf_counter() - t0
+report = run(cfg)
+t = time.perf_counter()
+write_report(report, cfg.out_dir)
+render = time.perf_counter() - t
+values = {f"{p.a}|{p.b}": list(p.nmi.values) for p in report.pairs}
+values["all"] = list(report.joint.nmi.values)
+print("BENCH " + json.dumps({"timings": report.timings, "render": render, "import": t_import,
+                             "cpu": time.process_time() - c0, "values": values,
+                             "backend": report.settings.get("kmeans_backend")}))
+"""
 
 
-def _values(r: NMIReport) -> np.ndarray:
-    """Every per-seed NMI value of the report: all pairs, then the joint view."""
-    return np.array([v for p in r.pairs for v in p.nmi.values] + list(r.joint.nmi.values))
+def unpack_baseline(rev: str, dest: Path) -> Path | None:
+    """``analysis/`` at ``rev`` (read from git, nothing in the checkout changes) -> ``dest``."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "analysis"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"baseline {rev} unavailable ({e}); measuring this checkout only")
+        return None
+    return dest
+
+
+def run_report(tree: Path, spec: dict) -> dict:
+    """One report in a fresh process; the wall time is the whole process, start-up and imports included."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(tree))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(tree), json.dumps(spec)], capture_output=True,
+                          text=True, env=env, cwd=str(tree))
+    wall = time.perf_counter() - t
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"report in {tree} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(line[len("BENCH "):])
+    out["wall"] = wall
+    return out
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median process wall time (its split stays self-consistent)."""
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+
+
+def _row(label: str, before: float | None, after: float) -> str:
+    if before is None:
+        return f"| {label} | - | {after:.2f} | - |"
+    ratio = f"{before / after:.1f}x" if after > 0.005 else "-"
+    return f"| {label} | {before:.2f} | {after:.2f} | {ratio} |"
+
+
+def print_split(title: str, before: dict | None, after: dict) -> None:
+    print(f"\n### {title}\n\n| step (s) | before | after | before / after |\n|---|---|---|---|")
+    for k in STEPS:
+        if before and k in before["timings"]:
+            print(_row(k, before["timings"][k], after["timings"].get(k, 0.0)))
+        elif k in after["timings"]:  # a step the baseline did not have (or did not time apart)
+            print(f"| {k} | - | {after['timings'][k]:.2f} | {'new' if before else '-'} |")
+    print(_row("render (JSON, Markdown, 2 PNGs)", before["render"] if before else None, after["render"]))
+    print(_row("imports before the report starts", before["import"] if before else None, after["import"]))
+    print(_row("**process wall**", before["wall"] if before else None, after["wall"]))
+    print(_row("process CPU", before["cpu"] if before else None, after["cpu"]))
+
+
+def agreement(a: dict, b: dict) -> tuple[float, float, int]:
+    """Max and mean absolute difference of every per-seed NMI value, and how many values there are."""
+    diffs = [abs(x - y) for key in a["values"] for x, y in zip(a["values"][key], b["values"][key])]
+    return max(diffs), sum(diffs) / len(diffs), len(diffs)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
-    p.add_argument("--n", type=int, default=NMIConfig().n)
-    p.add_argument("--seeds", type=int, nargs="+", default=list(NMIConfig().seeds))
-    p.add_argument("--threads", type=int, default=2, help="torch / BLAS threads (the build box has 2 cores)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--baseline", default=BASELINE, help="git revision whose analysis/ is 'before'")
+    p.add_argument("--warm-runs", type=int, default=3, help="warm reports per tree (median kept)")
+    p.add_argument("--backends", action="store_true",
+                   help="also time the after-tree warm report with faiss and scikit-learn K-means")
     p.add_argument("--compare-float32", action="store_true",
-                   help="also encode in float32 (cold) and compare encode time and NMI values with the default dtype")
+                   help="also encode cold in float32 and compare encode time and NMI with the default precision")
     args = p.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    c = Path(args.corpora)
+    c = Path(args.corpora).resolve()
     if not c.is_dir():
         print(f"{c} is absent; pass --corpora")
         return 1
+
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = NMIConfig(pretrain=tuple(f"{k}={c / v}" for k, v in PRETRAIN.items()),
-                        downstream=tuple(f"{k}={c / v}" for k, v in DOWNSTREAM.items()),
-                        n=args.n, seeds=tuple(args.seeds), cache_dir=f"{tmp}/cache", out_dir=f"{tmp}/out",
-                        progress=False)
-        t, cpu = time.perf_counter(), time.process_time()
-        cold = run(cfg)
-        t_render = time.perf_counter()
-        write_report(cold, cfg.out_dir)
-        render = time.perf_counter() - t_render
-        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-        warm = run(cfg)
-        sk = run(dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, backend="sklearn")))
-        one = run(dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, restarts=1)))
-        fp32 = None
-        if args.compare_float32:
-            fp32 = run(dataclasses.replace(cfg, cache_dir=f"{tmp}/cache32",
-                                           encoder=dataclasses.replace(cfg.encoder, dtype="float32")))
+        tmp = Path(tmp)
+        (tmp / "before").mkdir()
+        trees = {"after": ROOT}
+        base = unpack_baseline(args.baseline, tmp / "before")
+        if base is not None:
+            trees = {"before": base, "after": ROOT}
 
-    tm = cold.timings
-    print(f"# NMI report: {len(cold.names)} corpora x {args.n} texts, seeds {args.seeds}, "
-          f"{torch.get_num_threads()} threads, encoder {cold.settings['encoder']}\n")
-    print("| step | seconds |\n|---|---|")
-    for k in ("read", "load_encoder", "encode", "cluster", "score"):
-        print(f"| {k} | {tm[k]:.2f} |")
-    print(f"| render (JSON, Markdown, 2 PNGs) | {render:.2f} |")
-    print(f"| **whole report, cold cache** | **{wall:.2f}** (process CPU {cpu:.1f} s; load avg "
-          f"{os.getloadavg()[0]:.1f} at the end) |")
-    print(f"| whole report, warm cache (compute only) | {warm.timings['total']:.2f} |\n")
+        def spec(name: str, **extra) -> dict:
+            return {"pretrain": [f"{k}={c / v}" for k, v in PRETRAIN.items()],
+                    "downstream": [f"{k}={c / v}" for k, v in DOWNSTREAM.items()],
+                    "n": args.n, "seeds": args.seeds, "cache_dir": str(tmp / f"cache-{name}"),
+                    "out_dir": str(tmp / f"out-{name}"), "progress": False, **extra}
 
-    base = _values(cold)
-    print("| K-means on the same embeddings | cluster s | vs faiss x10 | max abs NMI diff | mean abs diff |")
-    print("|---|---|---|---|---|")
-    for label, r in (("faiss, 10 restarts (default)", warm), ("scikit-learn, n_init=10", sk),
-                     ("faiss, 1 start", one)):
-        d = np.abs(_values(r) - base)
-        print(f"| {label} ({r.settings['kmeans_backend']}) | {r.timings['cluster']:.2f} | "
-              f"{r.timings['cluster'] / warm.timings['cluster']:.1f}x | {d.max():.3f} | {d.mean():.4f} |")
-    print(f"\nfits per report: {len(base)} (pairs x seeds + joint x seeds)\n")
-    print("| pair (k=2) | NMI faiss x10 | NMI sklearn | NMI faiss x1 |\n|---|---|---|---|")
-    for a, b in cold.focus:
-        f, s, o = (r.pair(a, b).nmi for r in (cold, sk, one))
-        cells = " | ".join(f"{v.mean:.3f} +- {v.std:.3f}" for v in (f, s, o))
-        print(f"| {a} / {b} | {cells} |")
-    j = cold.joint.nmi
-    print(f"| all {cold.joint.k} (k={cold.joint.k}) | {j.mean:.3f} +- {j.std:.3f} | {sk.joint.nmi.mean:.3f} | "
-          f"{one.joint.nmi.mean:.3f} |")
+        cold = {name: run_report(tree, spec(name)) for name, tree in trees.items()}
+        warm_runs: dict[str, list[dict]] = {name: [] for name in trees}
+        for _ in range(args.warm_runs):
+            for name, tree in trees.items():
+                warm_runs[name].append(run_report(tree, spec(name)))
+        warm = {name: median_run(runs) for name, runs in warm_runs.items()}
+        extra = {}
+        if args.backends:
+            for backend in ("faiss", "sklearn"):
+                extra[backend] = run_report(ROOT, spec("after", cluster={"backend": backend}))
+        fp32 = run_report(ROOT, spec("fp32", encoder={"dtype": "float32"})) if args.compare_float32 else None
+
+    load = os.getloadavg()
+    print(f"## NMI report: {len(PRETRAIN) + len(DOWNSTREAM)} corpora x {args.n} texts x seeds {args.seeds}\n")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"before = analysis/ at {args.baseline if 'before' in trees else '(unavailable)'}, after = this checkout; "
+          f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
+    print_split("Cold cache (every sentence encoded)", cold.get("before"), cold["after"])
+    print_split(f"Warm cache (median of {args.warm_runs})", warm.get("before"), warm["after"])
+    print("\nwarm process wall, every run (s): " + "; ".join(
+        f"{name} " + ", ".join(f"{r['wall']:.1f}" for r in runs) for name, runs in warm_runs.items()))
+    if "before" in trees:
+        hi, mean, n = agreement(warm["before"], warm["after"])
+        print(f"\nNMI values before vs after ({n} per-seed values): max abs diff {hi:.3f}, mean {mean:.4f} "
+              f"(K-means backend {warm['before']['backend']} -> {warm['after']['backend']})")
+    if extra:
+        a = warm["after"]
+        print("\n| warm report, K-means backend | cluster s | process wall s | max abs NMI diff vs numpy |\n"
+              "|---|---|---|---|")
+        print(f"| numpy (default) | {a['timings']['cluster']:.2f} | {a['wall']:.1f} | 0 |")
+        for backend, r in extra.items():
+            print(f"| {backend} | {r['timings']['cluster']:.2f} | {r['wall']:.1f} | {agreement(a, r)[0]:.3f} |")
     if fp32 is not None:
-        d = np.abs(_values(fp32) - base)
-        dtype, t32 = cold.settings["encoder_cache_id"].rsplit(":", 1)[-1], fp32.timings["encode"]
-        print(f"\nencoder float32 vs {dtype}: encode {t32:.1f} s vs {tm['encode']:.1f} s ({t32 / tm['encode']:.1f}x); "
-              f"NMI max abs diff {d.max():.3f}, mean {d.mean():.4f}\n")
+        base, t32 = cold["after"], fp32["timings"]["encode"]
+        hi, mean, _ = agreement(base, fp32)
+        print(f"\nencoder float32 vs the default precision, cold: encode {t32:.1f} s vs {base['timings']['encode']:.1f} s "
+              f"({t32 / base['timings']['encode']:.1f}x); NMI max abs diff {hi:.3f}, mean {mean:.4f}")
     return 0
 
 

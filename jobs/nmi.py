@@ -9,21 +9,23 @@ Examples::
 
 Each corpus is ``name=path[:field]``: .txt (a line each), .jsonl, .csv/.tsv, .parquet, or clipvip
 WebDataset shards (.tar; field subtitle | caption | json.KEY; globs and {a..b} ranges allowed).
-Writes report.json, report.md, nmi_matrix.png, projection.png and config.json to the output folder.
+Writes report.json, report.md, nmi_matrix.png, projection.png and config.json to the output folder,
+all at once when the report is complete: a failed run leaves no folder, and a rerun into an earlier
+report's folder replaces that report whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
-from pathlib import Path
 
 from analysis.corpora import CorpusError
-from analysis.report import NMIConfig, run
-from jobs.common import offline_defaults, setup_logging
-from jobs.config import load, write_resolved
+from analysis.report import NMIConfig, check_config, run
+from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from jobs.config import load, to_dict
 
 logger = logging.getLogger("jobs.nmi")
 
@@ -47,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder precision (auto: bfloat16 where the CPU or GPU has it, else float32)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the encoder's max)")
-    p.add_argument("--backend", choices=["auto", "faiss", "sklearn"], help="K-means backend")
+    p.add_argument("--backend", choices=["auto", "numpy", "faiss", "sklearn"],
+                   help="K-means backend (auto: numpy, the fastest at report sizes)")
     p.add_argument("--restarts", type=int, help="K-means restarts, best inertia kept (default 10)")
+    p.add_argument("--unstable-range", type=float,
+                   help="flag a pair whose NMI over seeds spans more than this (default 0.1)")
+    p.add_argument("--bootstrap", type=int,
+                   help="resamples of the sentence bootstrap behind each interval (default 1000; 0: none)")
     p.add_argument("--dedupe", action="store_true", help="sample from unique texts only")
     p.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/clipvip/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
@@ -70,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> NMIConfig:
         top["pretrain"] = tuple(args.pretrain)
     if args.downstream:
         top["downstream"] = tuple(args.downstream)
-    for flag, field in (("n", "n"), ("out", "out_dir"), ("cache_dir", "cache_dir")):
+    for flag, field in (("n", "n"), ("out", "out_dir"), ("cache_dir", "cache_dir"),
+                        ("unstable_range", "unstable_range"), ("bootstrap", "bootstrap")):
         if getattr(args, flag) is not None:
             top[field] = getattr(args, flag)
     if args.seeds:
@@ -89,24 +97,26 @@ def config_from_args(args: argparse.Namespace) -> NMIConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the report; bad input raises :class:`jobs.common.UserError` (``cli_main`` prints it as one line)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     offline_defaults()
-    try:
-        cfg = config_from_args(args)
-        out = Path(cfg.out_dir)
-        write_resolved(cfg, out / "config.json")
-        report = run(cfg)
-    except (CorpusError, ValueError, FileNotFoundError) as e:
-        print(f"clipvip nmi: error: {e}", file=sys.stderr)
-        return 2
-    from analysis.render import markdown, write_report
+    from analysis.render import OutputError, check_output_dir, markdown, write_report
 
-    paths = write_report(report, out)
+    cfg = config_from_args(args)
+    try:
+        # Everything the user gave is checked before any file is written: nothing is left behind.
+        check_config(cfg)
+        check_output_dir(cfg.out_dir)
+        report = run(cfg)
+        resolved = json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"
+        paths = write_report(report, cfg.out_dir, extra={"config.json": resolved})
+    except (CorpusError, OutputError, ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
     print(markdown(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {cfg.out_dir}/config.json")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli_main("clipvip nmi", main))

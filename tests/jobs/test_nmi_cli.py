@@ -1,5 +1,6 @@
 """``clipvip nmi`` end to end (jobs/nmi.py): corpora in three formats, the offline MiniLM encoder,
-every report file written; bad input gives exit code 2 and a message naming the corpus.
+every report file written; bad input gives exit code 2, a one-line message naming the corpus, and no
+output folder.
 
 Run: ``.venv/bin/python -m pytest tests/jobs/test_nmi_cli.py -q``.
 """
@@ -12,7 +13,13 @@ import pytest
 import webdataset as wds
 
 from jobs.cli import main as clipvip
+from jobs.common import cli_main
 from jobs.nmi import main
+
+
+def nmi(argv: list[str]) -> int:
+    """``clipvip nmi ARGV`` as the command line runs it: user errors become one line and exit code 2."""
+    return cli_main("clipvip nmi", main, argv)
 
 SPEECH = ["um so yeah we are {} and uh you know the thing is right", "okay guys today i'm gonna show you {} alright",
           "so basically what happens here is {} you know what i mean"]
@@ -59,17 +66,54 @@ def test_cli_writes_every_report_file(corpora, tmp_path, capsys):
     # Chatty speech vs short captions: a clear gap; the shard captions are the same captions: none.
     by_pair = {(p["a"], p["b"]): p["nmi"]["mean"] for p in rep["pairs"]}
     assert by_pair[("subs", "caps")] > 0.5 > by_pair[("ofa", "caps")]
-    assert "| subs | caps |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert md.splitlines()[2].startswith("**How to read this.**")
+    assert "| subs (P) | caps (D) |" in md and "(nmi_matrix.png)" in md and "(projection.png)" in md
+    # The encoder is named with the precision it ran in.
+    assert rep["encoder"]["dtype"] in ("bfloat16", "float32") and f"in {rep['encoder']['dtype']}" in md
+    assert rep["pairs"][0]["ci"]["level"] == 0.95
     assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
 
 
-def test_cli_errors_name_the_corpus(corpora, tmp_path, capsys):
-    args = ["--n", "10", "--no-cache", "--out", str(tmp_path / "r"), "--no-progress"]
-    assert main([f"a={corpora}/caps.jsonl:caption", f"b={corpora}/subs.txt", *args]) == 2
-    err = capsys.readouterr().err
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipvip nmi: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_cli_errors_name_the_corpus_and_leave_no_folder(corpora, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["--n", "10", "--no-cache", "--out", str(out), "--no-progress"]
+    assert nmi([f"a={corpora}/caps.jsonl:caption", f"b={corpora}/subs.txt", *args]) == 2
+    err = _one_line_error(capsys)
     assert "corpus 'a'" in err and "no field 'caption'" in err
-    assert main([f"a={corpora}/caps.jsonl", f"b={corpora}/subs.txt", *args, "--n", "500"]) == 2
-    err = capsys.readouterr().err
+    assert nmi([f"a={corpora}/caps.jsonl", f"b={corpora}/subs.txt", *args, "--n", "500"]) == 2
+    err = _one_line_error(capsys)
     assert "corpus 'a'" in err and "fewer than the sample size n=500" in err
-    assert main([f"only={corpora}/caps.jsonl", *args]) == 2
-    assert "at least two corpora" in capsys.readouterr().err
+    assert nmi([f"only={corpora}/caps.jsonl", *args]) == 2
+    assert "at least two corpora" in _one_line_error(capsys)
+    (tmp_path / "blob.txt").write_bytes(b"\x1f\x8b\x08\x00binary")
+    assert nmi([f"a={corpora}/caps.jsonl", f"bin={tmp_path}/blob.txt", *args]) == 2
+    assert "blob.txt is not UTF-8 text: line 1" in _one_line_error(capsys)
+    # None of the failed runs left a folder (config.json used to be written before the inputs were read).
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if not p.is_file()] == []
+
+
+def test_cli_out_must_be_a_report_folder(corpora, tmp_path, capsys):
+    args = [f"a={corpora}/caps.jsonl", f"b={corpora}/subs.txt", "--n", "10", "--no-cache", "--no-progress"]
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert nmi([*args, "--out", str(taken)]) == 2
+    assert "notes.txt is a file, not a folder" in _one_line_error(capsys)
+    assert taken.read_text() == "mine"
+    # A failed run into the folder of an earlier report leaves that report and its config as they were.
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "report.md").write_text("# earlier report\n")
+    (earlier / "config.json").write_text('{"n": 7}\n')
+    assert nmi([f"a={corpora}/caps.jsonl:nope", f"b={corpora}/subs.txt", "--n", "10", "--no-cache",
+                "--no-progress", "--out", str(earlier)]) == 2
+    _one_line_error(capsys)
+    assert sorted(p.name for p in earlier.iterdir()) == ["config.json", "report.md"]
+    assert (earlier / "config.json").read_text() == '{"n": 7}\n'
