@@ -23,10 +23,13 @@ def weights_notes(cfg) -> list[str]:
                      "below measures what that tiny model learns from a few hundred synthetic clips in minutes, "
                      "not CLIP-ViP's real accuracy. Set clip_model to a CLIP folder or hub id to use real weights.")
     if not cfg.caption_model:
-        notes.append("Captions come from a tiny randomly initialised OFA (the real architecture, random weights): "
-                     "they are word salad, so the captions-vs-subtitles comparison shows the OCL machinery "
-                     "running, not the gain real OFA captions bring. Set caption_model to 'ofa:<checkpoint>' "
-                     "for real captions.")
+        notes.append("Captions come from a tiny OFA (the real architecture at 32 channels and 64 px) that starts from "
+                     "random weights and is fine-tuned here, with OFA's caption recipe, on labelled frames of other "
+                     "synthetic clips: it names colour and shape, which one frame shows, and never the direction of "
+                     "motion. Set caption_model to 'ofa:<checkpoint>' to start from a real OFA instead.")
+    elif cfg.caption_model.startswith("ofa:") and cfg.caption_steps > 0:
+        notes.append(f"Captions come from {cfg.caption_model} fine-tuned here with OFA's caption recipe "
+                     "(lr 1e-5, frozen token embeddings) on labelled frames of other synthetic clips.")
     return notes
 
 
@@ -43,31 +46,54 @@ def _retrieval_manifest(rows: list[dict], path: Path) -> Path:
 
 
 def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
+    from jobs.demo_captioner import write_labelled
     from pipeline.synth import synthesize
 
     data = out / "data"
-    palette = dict(colors=tuple(cfg.colors), shapes=tuple(cfg.shapes))
+    palette = dict(colors=tuple(cfg.colors), shapes=tuple(cfg.shapes), workers=cfg.synth_workers)
     pre = synthesize(data / "pretrain", cfg.n_pretrain, seed=cfg.seed, prefix="pre", span_fraction=0.05,
-                     progress=True, **palette)
+                     subtitles=cfg.subtitles, progress=True, **palette)
     # The downstream-style sets have clean descriptions (like MSR-VTT captions) and one format.
     n_down = cfg.n_finetune + cfg.n_val + cfg.n_test
     down = synthesize(data / "downstream", n_down, seed=cfg.seed + 1000, prefix="down", progress=True,
                       **TEST_FORMAT, **palette)
     rows = _rows(down)
     ft, val, test = rows[:cfg.n_finetune], rows[cfg.n_finetune:cfg.n_finetune + cfg.n_val], rows[-cfg.n_test:]
+    # The captioner's labelled clips: other clips again (own seed and keys), used only for their
+    # middle frames, so one second each is enough.
+    n_cap = cfg.n_caption_train + cfg.n_caption_heldout
+    cap = synthesize(data / "captioner", n_cap, seed=cfg.seed + 2000, prefix="cap", seconds=1.0, progress=True,
+                     **palette)
+    cap_train, cap_heldout = write_labelled(_rows(cap), data, cfg.n_caption_train, cfg.seed)
     paths = {
         "pretrain_manifest": pre,
         "finetune": _retrieval_manifest(ft, data / "finetune.jsonl"),
         "val": _retrieval_manifest(val, data / "val.jsonl"),
         "test": _retrieval_manifest(test, data / "test.jsonl"),
+        # Every downstream-style description: the NMI report's downstream corpus.
+        "descriptions": _retrieval_manifest(rows, data / "descriptions.jsonl"),
         "test_rows": test,
+        "captioner_train": cap_train,
+        "captioner_heldout": cap_heldout,
     }
     results["data"] = {"pretrain_clips": cfg.n_pretrain, "finetune_clips": len(ft), "val_clips": len(val),
-                       "test_clips": len(test)}
+                       "test_clips": len(test), "captioner_train_clips": cfg.n_caption_train,
+                       "captioner_heldout_clips": cfg.n_caption_heldout, "subtitles": cfg.subtitles}
     return paths
 
 
-def curate(cfg, out: Path, data: dict, results: dict) -> str:
+def train_captioner(cfg, out: Path, data: dict, results: dict) -> str:
+    """The caption model curation uses: the demo's OFA fine-tuned on labelled frames (``jobs/demo_captioner.py``),
+    or ``caption_model`` as given when it cannot or should not be fine-tuned."""
+    from jobs.demo_captioner import finetune_captioner
+
+    if cfg.caption_model and (cfg.caption_steps <= 0 or not cfg.caption_model.startswith("ofa:")):
+        results["captioner"] = {"model": cfg.caption_model, "steps": 0}
+        return cfg.caption_model
+    return finetune_captioner(cfg, out, data, results)
+
+
+def curate(cfg, out: Path, data: dict, caption_model: str, results: dict) -> str:
     from caption.protocol import DecodeSettings
     from pipeline.frames import FrameConfig
     from pipeline.manifest import ManifestConfig
@@ -75,11 +101,6 @@ def curate(cfg, out: Path, data: dict, results: dict) -> str:
     from pipeline.stages import CaptionConfig
     from pipeline.writer import ShardWriterConfig
 
-    caption_model = cfg.caption_model
-    if not caption_model:
-        from caption.ofa.tiny import write_tiny_ofa
-
-        caption_model = "ofa:" + str(write_tiny_ofa(out / "models" / "ofa_tiny", seed=cfg.seed))
     shard_dir = out / "shards"
     per_shard = max(8, -(-cfg.n_pretrain // 8))
     curate_cfg = CurateConfig(
@@ -101,7 +122,15 @@ def curate(cfg, out: Path, data: dict, results: dict) -> str:
                                f"--set writer.prefix=train --set writer.samples_per_shard={per_shard} "
                                f"--set frames.short_side={cfg.short_side}")
     # The brace pattern every reader takes (the loader, the NMI corpora, the tokenizer texts).
-    return str(shard_dir / f"train-{{000000..{summary['shards'] - 1:06d}}}.tar")
+    pattern = str(shard_dir / f"train-{{000000..{summary['shards'] - 1:06d}}}.tar")
+    from jobs.demo_captioner import example_grid, pretraining_caption_accuracy, shard_samples, subtitle_mentions
+
+    samples = shard_samples(pattern)
+    results["curate"]["caption_accuracy"] = pretraining_caption_accuracy(samples)
+    results["curate"]["subtitle_mentions"] = subtitle_mentions(samples)
+    (out / "report").mkdir(parents=True, exist_ok=True)
+    results["curate"]["examples_png"] = str(example_grid(samples, out / "report" / "caption_examples.png"))
+    return pattern
 
 
 def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
@@ -110,12 +139,15 @@ def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
 
     nmi_cfg = NMIConfig(
         pretrain=(f"subtitles={shards}:subtitle", f"captions={shards}:caption"),
-        downstream=(f"descriptions={data['finetune']}:text",),
-        n=min(cfg.nmi_n, cfg.n_finetune, cfg.n_pretrain), seeds=(0,), cache_dir=None, out_dir=str(out / "nmi"), project_points=200,
+        downstream=(f"descriptions={data['descriptions']}:text",),
+        n=min(cfg.nmi_n, cfg.n_finetune + cfg.n_val + cfg.n_test, cfg.n_pretrain), seeds=(0,), cache_dir=None,
+        out_dir=str(out / "nmi"), project_points=200,
     )
     report = run(nmi_cfg)
     written = write_report(report, nmi_cfg.out_dir)
     results["nmi"] = {"out_dir": nmi_cfg.out_dir, "files": {k: str(v) for k, v in written.items()},
+                      "vs_descriptions": {name: report.pair(name, "descriptions").nmi.mean
+                                          for name in ("subtitles", "captions")},
                       "markdown": (Path(nmi_cfg.out_dir) / "report.md").read_text()
                       if (Path(nmi_cfg.out_dir) / "report.md").is_file() else ""}
     results["commands"].append("clipvip nmi --pretrain " + " --pretrain ".join(nmi_cfg.pretrain) + " --downstream "
@@ -127,7 +159,7 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
     if cfg.clip_model:
         return cfg.clip_model
     from model.tokenizer import train_clip_bpe
-    from train.setup import shard_texts
+    from train.data import shard_texts
 
     texts = shard_texts(shards)  # subtitles and captions
     for name in ("finetune", "val"):
@@ -135,21 +167,22 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
     return str(train_clip_bpe(texts, out / "models" / "tokenizer", num_merges=300))
 
 
-def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms):
+def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms, seed: int):
     from jobs.train_configs import debug
     from train.loop import EvalSection
 
     base = debug()
     init = f"hf:{cfg.clip_model}" if cfg.clip_model else ""
+    # The seed sets the initial weights, the shard order and shuffle, and the frame jitter.
     return dataclasses.replace(
-        base, run_dir=str(out / "runs" / name), steps=cfg.pretrain_steps, seed=cfg.seed, loss_terms=tuple(terms),
+        base, run_dir=str(out / "runs" / name), steps=cfg.pretrain_steps, seed=seed, loss_terms=tuple(terms),
         model=dataclasses.replace(base.model, flavour=cfg.flavour, init=init, tokenizer=tokenizer_dir,
                                   attention=attention,
                                   logit_scale_init=None if cfg.clip_model else cfg.logit_scale_init,
                                   temporal_init_std=0.0 if cfg.clip_model else cfg.temporal_init_std),
         data=dataclasses.replace(base.data, shards=shards, batch_size=cfg.batch_size,
                                  num_workers=cfg.num_workers, num_frames=cfg.num_frames, image_size=cfg.image_size,
-                                 shuffle_buffer=64),
+                                 shuffle_buffer=64, seed=seed),
         optim=dataclasses.replace(base.optim, lr=cfg.lr),
         eval=EvalSection(every=0, at_start=False), checkpoint_every=10**9, log_every=5, tensorboard=False,
     )
@@ -173,22 +206,33 @@ def train_command(job: str, run_cfg) -> str:
     return f"clipvip {job} --config debug " + " ".join(shlex.quote(c) for c in changed)
 
 
+def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
+    """(variant, seed, run name) of every post-pretraining run: each variant at the first seed, then the
+    claim variants again at each further seed."""
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    runs = [(name, seeds[0], name) for name in cfg.variants]
+    runs += [(name, seed, f"{name}_seed{seed}") for seed in seeds[1:] for name in cfg.claim_variants]
+    return runs
+
+
 def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
-    """One post-pretraining run per variant; returns variant -> exported model folder."""
+    """Every post-pretraining run (``pretrain_runs``); returns run name -> exported model folder."""
     from jobs.demo import VARIANTS
     from train.setup import run as train
 
+    plan = pretrain_runs(cfg)
     runs, losses = {}, {}
-    for i, name in enumerate(cfg.variants, 1):
+    for i, (name, seed, run_name) in enumerate(plan, 1):
         attention, terms, _ = VARIANTS[name]
-        print(f"--- pretrain {i}/{len(cfg.variants)}: {name} ({attention} attention, loss {'+'.join(terms)}, "
+        print(f"--- pretrain {i}/{len(plan)}: {name}, seed {seed} ({attention} attention, loss {'+'.join(terms)}, "
               f"{cfg.pretrain_steps} steps)", flush=True)
-        run_cfg = _train_config(cfg, out, name, shards, tokenizer_dir, attention, terms)
+        run_cfg = _train_config(cfg, out, run_name, shards, tokenizer_dir, attention, terms, seed)
         result = train(run_cfg)
-        runs[name] = str(_final_model_dir(result["run_dir"]))
-        losses[name] = [float(x) for x in result["losses"]]
+        runs[run_name] = str(_final_model_dir(result["run_dir"]))
+        losses[run_name] = [float(x) for x in result["losses"]]
         results["commands"].append(train_command("pretrain", run_cfg))
-    results["pretrain"] = {"runs": runs, "losses": losses}
+    results["pretrain"] = {"runs": runs, "losses": losses,
+                           "plan": [{"variant": n, "seed": s, "run": r} for n, s, r in plan]}
     return runs
 
 
@@ -223,8 +267,21 @@ def _test_videos(cfg, data: dict) -> tuple[torch.Tensor, list[str]]:
     return videos, [r["caption_gt"] for r in rows]
 
 
-def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, texts: list[str]) -> dict[str, Any]:
-    """Retrieval (plain and DSL) on the test clips, and the direction probe on them and their reversals."""
+def top1_attributes(text_feats: np.ndarray, video_feats: np.ndarray, rows: list[dict]) -> dict[str, float]:
+    """For each test description, whether the top-ranked video has the right colour, shape and direction.
+
+    Splits R@1 into what the model tells apart: a caption-trained model can only get colour and shape
+    from its texts, the direction has to come from the subtitles (or is at chance, about 1 in 4).
+    """
+    top = (text_feats @ video_feats.T).argmax(1)
+    return {field: float(np.mean([rows[j][field] == rows[i][field] for i, j in enumerate(top)]))
+            for field in ("color", "shape", "direction")}
+
+
+def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, texts: list[str],
+                rows: list[dict]) -> dict[str, Any]:
+    """Retrieval (plain and DSL) on the test clips, the direction probe on them and their reversals, and
+    which attributes the top-1 video gets right."""
     from model.convert import load_checkpoint
     from model.direction import build_pairs, score_pairs
     from model.metrics import evaluate_all
@@ -240,13 +297,21 @@ def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, t
     np.savez(Path(model_dir).parent / "test_features.npz", text=text_feats, video=video_feats,
              pair_text=pt, pair_video=pv)
     return {"retrieval": metrics, "direction": dataclasses.asdict(direction),
+            "top1": top1_attributes(text_feats, video_feats, rows),
             "features": str(Path(model_dir).parent / "test_features.npz")}
 
 
 def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
+    """Score every run; ``evaluation`` holds the first seed's run of each variant, ``seeds`` every claim
+    variant's runs in seed order."""
     videos, texts = _test_videos(cfg, data)
     data["test_videos"], data["test_texts"] = videos, texts
-    results["evaluation"] = {name: score_model(cfg, d, tokenizer_dir, videos, texts) for name, d in runs.items()}
+    scores = {name: score_model(cfg, d, tokenizer_dir, videos, texts, data["test_rows"]) for name, d in runs.items()}
+    plan = results["pretrain"]["plan"]
+    first = cfg.seed
+    results["evaluation"] = {p["variant"]: scores[p["run"]] for p in plan if p["seed"] == first}
+    results["seeds"] = {name: [{"seed": p["seed"], **scores[p["run"]]} for p in plan if p["variant"] == name]
+                        for name in cfg.claim_variants}
     results["chance"] = {"r1": 100.0 / len(texts), "r5": 100.0 * min(5, len(texts)) / len(texts),
                          "medr": (len(texts) + 1) / 2, "pair_accuracy": 0.5}
 
@@ -280,7 +345,8 @@ def finetune(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dic
         results["finetune"][name] = {
             "selection": json.loads((best_dir / "selection.json").read_text()),
             "losses": [float(x) for x in result["losses"]],
-            "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"], data["test_texts"]),
+            "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"], data["test_texts"],
+                                      data["test_rows"]),
         }
         results["commands"].append(train_command("finetune", run_cfg))
 

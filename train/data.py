@@ -303,3 +303,13 @@ class HeldOutShards(IterableDataset):
                 pending = []
         if pending:
             yield {"video": torch.stack([p[0] for p in pending]), "texts": [[p[1]] for p in pending]}
+
+
+def shard_texts(pattern: str, limit: int = 20000) -> list[str]:
+    """Subtitles and captions of the shards (for training a debug tokenizer offline)."""
+    texts: list[str] = []
+    for raw in raw_samples(expand_pattern(pattern), lambda e: None):
+        texts += [raw[k].decode("utf-8", "replace") for k in ("subtitle.txt", "caption.txt") if k in raw]
+        if len(texts) >= limit:
+            break
+    return texts

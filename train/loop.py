@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -207,11 +206,10 @@ class Every:
         return self.n > 0 and step % self.n == 0
 
 
-def train_loop(*, cfg: TrainConfig, rt: Runtime, model, raw_model, loss_fn, optimizer, scheduler, batches,
-               start_step: int, total_steps: int, save, evaluate, run_log) -> list[float]:
+def train_loop(*, cfg: TrainConfig, rt: Runtime, per_rank: int, model, raw_model, loss_fn, optimizer, scheduler,
+               batches, start_step: int, total_steps: int, save, evaluate, run_log) -> list[float]:
     """Steps ``start_step+1 .. total_steps``; returns the per-step total losses of this invocation."""
     should_log, should_eval, should_save = Every(cfg.log_every), Every(cfg.eval.every), Every(cfg.checkpoint_every)
-    per_rank = cfg.data.batch_size if cfg.task == "pretrain" else cfg.finetune.batch_size
     losses, window_start, window_steps, wait = [], time.perf_counter(), 0, 0.0
     guard = FiniteGuard(rt.device)
     model.train()
@@ -251,16 +249,6 @@ def gather_objects(obj: Any, rt: Runtime) -> list[Any]:
     out: list[Any] = [None] * rt.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def steps_for(cfg: TrainConfig, n_items: int, world_size: int) -> int:
-    """Official step count: ceil(items * epochs / (batch per rank * ranks))."""
-    if cfg.steps > 0:
-        return cfg.steps
-    per_rank = cfg.data.batch_size if cfg.task == "pretrain" else cfg.finetune.batch_size
-    if n_items <= 0:
-        raise ValueError("cannot derive the step count: no sizes.json beside the shards; set steps=<N>")
-    return math.ceil(n_items * cfg.epochs / (per_rank * world_size))
 
 
 def log_metrics(run_log, step: int, metrics: dict[str, float], split: str, rank: int) -> None:

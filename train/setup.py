@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from train import checkpoint as ckpt
 from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
-                         steps_for, train_loop)
+                         train_loop)
 
 logger = logging.getLogger(__name__)
 
@@ -23,18 +23,6 @@ logger = logging.getLogger(__name__)
 def _barrier(rt: Runtime) -> None:
     if rt.world_size > 1:
         dist.barrier()
-
-
-def shard_texts(pattern: str, limit: int = 20000) -> list[str]:
-    """Subtitles and captions of the shards (for training a debug tokenizer offline)."""
-    from shards.format import expand_pattern, raw_samples
-
-    texts: list[str] = []
-    for raw in raw_samples(expand_pattern(pattern), lambda e: None):
-        texts += [raw[k].decode("utf-8", "replace") for k in ("subtitle.txt", "caption.txt") if k in raw]
-        if len(texts) >= limit:
-            break
-    return texts
 
 
 def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
@@ -47,14 +35,9 @@ def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
     if rt.rank == 0 and not (out / "vocab.json").is_file():
         logger.warning("model.tokenizer is empty: training a small BPE on the training texts (debug runs only; "
                        "real runs use the CLIP checkpoint's tokenizer)")
-        if cfg.task == "pretrain":
-            texts = shard_texts(cfg.data.shards)
-        else:
-            from train.retrieval_data import load_manifest
+        from train.tasks import get_task
 
-            texts = [t for e in load_manifest(cfg.finetune.manifest, cfg.finetune.dataset, cfg.finetune.video_root)
-                     for t in e.texts]
-        train_clip_bpe(texts, out, num_merges=300)
+        train_clip_bpe(get_task(cfg).texts(cfg), out, num_merges=300)
     _barrier(rt)
     return load_tokenizer(str(out))
 
@@ -163,11 +146,14 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from train.optim import build_optimizer, build_scheduler
     from train.log import NullLogger, RunLogger, plot_losses, strict_dumps
 
-    if cfg.task not in ("pretrain", "finetune"):
-        raise ValueError(f"task={cfg.task!r}: choose 'pretrain' or 'finetune'")
+    from train.tasks import get_task, steps_for, warn_ignored
+
+    task = get_task(cfg)
     rt = setup_distributed(cfg.device)
     rt.precision = cfg.precision
-    rt.image_size = cfg.data.image_size if cfg.task == "pretrain" else cfg.finetune.image_size
+    rt.image_size = task.data(cfg).image_size
+    if rt.rank == 0:
+        warn_ignored(cfg)
     run_dir = Path(cfg.run_dir)
     state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
     if rt.rank == 0:
@@ -177,19 +163,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg, rt, run_dir)
     raw_model = build_model(cfg, tokenizer).to(rt.device)
-    loss_fn = OCLLoss(cfg.loss_terms if cfg.task == "pretrain" else ("vs",))
-
-    if cfg.task == "pretrain":
-        from train.data import read_sizes
-
-        n_items = sum(read_sizes(cfg.data.shards).values())
-    else:
-        from train.retrieval_data import RetrievalTrainDataset, load_manifest
-
-        train_set = RetrievalTrainDataset(load_manifest(cfg.finetune.manifest, cfg.finetune.dataset,
-                                                        cfg.finetune.video_root), cfg.finetune)
-        n_items = len(train_set)
-    total = steps_for(cfg, n_items, rt.world_size)
+    loss_fn = OCLLoss(task.loss_terms(cfg))
+    n_items, dataset = task.dataset(cfg)
+    total = steps_for(cfg, task, n_items, rt.world_size)
     optimizer = build_optimizer(raw_model, cfg.optim)
     scheduler = build_scheduler(optimizer, total, cfg.optim)
 
@@ -204,17 +180,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         ckpt.set_rng_state(state["rng"][rt.rank])
         logger.info("resumed from step %d of %s", start_step, run_dir / "checkpoints")
 
-    if cfg.task == "pretrain":
-        from train.data import LoaderState, ShardLoader
-
-        batches = ShardLoader(cfg.data, tokenizer, rank=rt.rank, world_size=rt.world_size,
-                              state=LoaderState.from_dict(loader_state) if loader_state else None,
-                              pin_memory=rt.device.type == "cuda")
-    else:
-        from train.retrieval_data import FinetuneLoader
-
-        batches = FinetuneLoader(train_set, tokenizer, cfg.finetune, rank=rt.rank, world_size=rt.world_size,
-                                 state=loader_state)
+    batches = task.batches(cfg, dataset, tokenizer, rt, loader_state)
 
     model = torch.compile(raw_model) if cfg.model.compile else raw_model
     if rt.world_size > 1:
@@ -262,7 +228,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     if start_step == 0 and cfg.eval.at_start:
         evaluate(0)
     try:
-        losses = train_loop(cfg=cfg, rt=rt, model=model, raw_model=raw_model, loss_fn=loss_fn, optimizer=optimizer,
+        losses = train_loop(cfg=cfg, rt=rt, per_rank=task.data(cfg).batch_size, model=model, raw_model=raw_model, loss_fn=loss_fn, optimizer=optimizer,
                             scheduler=scheduler, batches=batches, start_step=start_step, total_steps=total,
                             save=save, evaluate=evaluate, run_log=run_log)
     except NonFiniteError:

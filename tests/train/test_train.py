@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest tests/train/test_train.py -q
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import socket
@@ -271,3 +272,23 @@ def test_a_half_written_metrics_row_is_cut_before_appending(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5)]
     assert len(read_metrics(tmp_path / "metrics.jsonl")) == 2
+
+
+def test_settings_the_task_does_not_read_are_named(caplog):
+    from train.data import ShardDataConfig
+    from train.retrieval_data import RetrievalDataConfig
+    from train.tasks import get_task, warn_ignored
+
+    finetune = TrainConfig(task="finetune", loss_terms=("vsc",), data=ShardDataConfig(shards="s-{0..3}.tar"),
+                           finetune=RetrievalDataConfig(manifest="train.jsonl"))
+    with caplog.at_level(logging.WARNING, logger="train.tasks"):
+        ignored = warn_ignored(finetune)
+    assert ignored == ["data.shards", "loss_terms (fine-tuning always trains the video-text loss 'vs')"]
+    assert "a finetune run ignores these settings: data.shards, loss_terms" in caplog.text
+    assert get_task(finetune).loss_terms(finetune) == ("vs",)
+    pretrain = TrainConfig(task="pretrain", data=ShardDataConfig(shards="s.tar"),
+                           finetune=RetrievalDataConfig(manifest="train.jsonl", batch_size=7))
+    assert warn_ignored(pretrain) == ["finetune.manifest", "finetune.batch_size"]
+    assert warn_ignored(TrainConfig(task="pretrain", data=ShardDataConfig(shards="s.tar"))) == []
+    with pytest.raises(ValueError, match="task='distill': choose one of"):
+        get_task(TrainConfig(task="distill"))
