@@ -11,7 +11,6 @@ Pick one with ``--config NAME`` in ``clipvip pretrain`` / ``clipvip finetune``; 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 from train.data import ShardDataConfig
@@ -116,8 +115,3 @@ def get(name: str) -> TrainConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown run config {name!r}: choose one of {sorted(CONFIGS)}")
     return CONFIGS[name]()
-
-
-def replace(cfg: TrainConfig, **changes) -> TrainConfig:
-    """``dataclasses.replace`` re-exported for variants written in code."""
-    return dataclasses.replace(cfg, **changes)
