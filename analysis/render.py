@@ -13,14 +13,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from analysis.plots import nmi_heatmap, projection_scatter
 from analysis.report import NMIReport, PairGap
+from common.files import replace_dir, temp_dir_beside
 
 TIMING_ORDER = ("read", "load_encoder", "encode", "cluster", "score", "bootstrap", "project", "total")
 FILES = {"json": "report.json", "markdown": "report.md", "heatmap": "nmi_matrix.png", "projection": "projection.png"}
@@ -268,21 +267,6 @@ def check_output_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an earlier ``out`` is set aside first and deleted once the new one is in."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_report(report: NMIReport, out_dir: str | Path, *, extra: dict[str, str] | None = None) -> dict[str, Path]:
     """Write report.json, report.md, nmi_matrix.png and projection.png (and ``extra`` name -> text files,
     e.g. the CLI's config.json) into ``out_dir``, all at once; returns the paths of FILES."""
@@ -292,7 +276,7 @@ def write_report(report: NMIReport, out_dir: str | Path, *, extra: dict[str, str
     if unknown:
         raise ValueError(f"extra report files {unknown}; only {list(EXTRA_FILES)} may sit beside a report")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         paths = {key: tmp / name for key, name in FILES.items()}
         paths["json"].write_text(json.dumps(report_dict(report), indent=2) + "\n")
@@ -312,7 +296,7 @@ def write_report(report: NMIReport, out_dir: str | Path, *, extra: dict[str, str
         projection_scatter(proj.coords, proj.corpus, report.names, paths["projection"], roles=report.roles,
                            explained=proj.explained, seed=proj.seed, encoder=report.encoder.get("name"))
         tmp.chmod(0o777 & ~_umask())
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

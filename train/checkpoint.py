@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from common.files import atomic_write_text, replace_dir, temp_dir_beside
 
 logger = logging.getLogger(__name__)
 
@@ -165,27 +166,18 @@ def read_state(folder: Path) -> dict[str, Any]:
 # ---- checkpoint folders -----------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save(ckpt_dir: Path, step: int, state: dict[str, Any], model_for_export=None, keep: int = 2) -> Path:
     """Write ``state`` as checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:08d}"
-    tmp = ckpt_dir / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = temp_dir_beside(final)
     write_state(tmp, state)
     if model_for_export is not None:
         from model.convert import save_checkpoint
 
         save_checkpoint(model_for_export, tmp / "model")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_write_text(ckpt_dir / "latest", final.name + "\n")
+    replace_dir(tmp, final)
+    atomic_write_text(ckpt_dir / "latest", final.name + "\n")
     old = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
     for p in old[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write_text
 from common.jsonio import strict_dumps, strict_json  # noqa: F401 - the run's JSON files use them
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,7 @@ def _drop_rows_after(path: Path, step: int) -> None:
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) == len(lines):
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(kept))
     logger.info("%s: dropped %d row(s) after step %d (those steps run again)", path, len(lines) - len(kept), step)
 
 

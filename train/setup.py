@@ -208,10 +208,15 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             if value > best["value"]:
                 from model.convert import save_checkpoint
 
+                from common.files import replace_dir, temp_dir_beside
+
                 best.update(value=value, step=step)
-                save_checkpoint(raw_model, run_dir / "best")
-                (run_dir / "best" / "selection.json").write_text(strict_dumps(
+                # Built aside and moved in whole: a crash mid-export never leaves a half-written best/.
+                tmp = temp_dir_beside(run_dir / "best")
+                save_checkpoint(raw_model, tmp)
+                (tmp / "selection.json").write_text(strict_dumps(
                     {"split": split, "metric": cfg.eval.select_metric, **best}) + "\n")
+                replace_dir(tmp, run_dir / "best")
         _barrier(rt)
 
     def save(step: int) -> None:
