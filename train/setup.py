@@ -140,117 +140,165 @@ def restore(state: dict[str, Any], raw_model, optimizer, scheduler, *, new_hyper
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    from train.evaluate import evaluate_retrieval
-    from model.loss import OCLLoss
-    from train.optim import build_optimizer, build_scheduler
-    from train.log import NullLogger, RunLogger, plot_losses, strict_dumps
+class TrainingRun:
+    """One training run in named steps: ``prepare`` (runtime, checks, config.json), ``build``
+    (tokenizer, model, loss, data, optimizer and schedule, restored on resume), then ``train``
+    (the loop of :mod:`train.loop`, with ``evaluate`` and ``save`` as its hooks) and ``finish``.
+    The state the hooks share lives on the instance, not in closures."""
 
-    from train.tasks import get_task, steps_for, warn_ignored
+    def __init__(self, cfg: TrainConfig) -> None:
+        from train.tasks import get_task
 
-    task = get_task(cfg)
-    rt = setup_distributed(cfg.device)
-    rt.precision = cfg.precision
-    rt.image_size = task.data(cfg).image_size
-    if rt.rank == 0:
-        warn_ignored(cfg)
-    run_dir = Path(cfg.run_dir)
-    state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
-    if rt.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(strict_dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
-    _barrier(rt)
-    torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer(cfg, rt, run_dir)
-    raw_model = build_model(cfg, tokenizer).to(rt.device)
-    loss_fn = OCLLoss(task.loss_terms(cfg))
-    n_items, dataset = task.dataset(cfg)
-    total = steps_for(cfg, task, n_items, rt.world_size)
-    optimizer = build_optimizer(raw_model, cfg.optim)
-    scheduler = build_scheduler(optimizer, total, cfg.optim)
+        self.cfg, self.task = cfg, get_task(cfg)
+        self.run_dir = Path(cfg.run_dir)
+        self.best: dict[str, Any] = {"value": float("-inf"), "step": 0}
+        self.last_metrics: dict[str, float] = {}
+        self.start_step, self.loader_state = 0, None
 
-    start_step, loader_state, best = 0, None, {"value": float("-inf"), "step": 0}
-    if state is not None:
-        if state.get("total_steps", total) != total and not cfg.resume_changed:
+    # -- steps ------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Runtime and checks; nothing is written before a resume is known to fit."""
+        from train.log import strict_dumps
+        from train.tasks import warn_ignored
+
+        cfg = self.cfg
+        self.rt = rt = setup_distributed(cfg.device)
+        rt.precision = cfg.precision
+        rt.image_size = self.task.data(cfg).image_size
+        if rt.rank == 0:
+            warn_ignored(cfg)
+        self.state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
+        if rt.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(strict_dumps(dataclasses.asdict(cfg), indent=2,
+                                                                   sort_keys=True) + "\n")
+        _barrier(rt)
+
+    def build(self) -> None:
+        """Tokenizer, model, loss, data, optimizer and schedule; on resume, their saved state."""
+        from model.loss import OCLLoss
+        from train.log import NullLogger, RunLogger
+        from train.optim import build_optimizer, build_scheduler
+        from train.tasks import steps_for
+
+        cfg, rt, task = self.cfg, self.rt, self.task
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
+        self.raw_model = build_model(cfg, self.tokenizer).to(rt.device)
+        self.loss_fn = OCLLoss(task.loss_terms(cfg))
+        n_items, dataset = task.dataset(cfg)
+        self.total = steps_for(cfg, task, n_items, rt.world_size)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.total, cfg.optim)
+        if self.state is not None:
+            self._restore()
+        self.batches = task.batches(cfg, dataset, self.tokenizer, rt, self.loader_state)
+        model = torch.compile(self.raw_model) if cfg.model.compile else self.raw_model
+        if rt.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        self.model = model
+        # Rows past the resumed step are replayed now, so they go (a fresh start keeps no earlier rows).
+        self.run_log = RunLogger(self.run_dir, cfg.tensorboard,
+                                 keep_until=self.start_step if self.state is not None else -1) \
+            if rt.rank == 0 else NullLogger()
+
+    def _restore(self) -> None:
+        state, cfg = self.state, self.cfg
+        if state.get("total_steps", self.total) != self.total and not cfg.resume_changed:
             raise ckpt.CheckpointError(
-                f"the checkpoint's run had {state['total_steps']} steps and this one has {total} (the data size "
-                f"changed?): the schedule would differ; pass --resume-changed if that is meant")
-        restore(state, raw_model, optimizer, scheduler, new_hyperparameters=cfg.resume_changed)
-        start_step, loader_state, best = state["step"], state["loader"][rt.rank], state["best"]
-        ckpt.set_rng_state(state["rng"][rt.rank])
-        logger.info("resumed from step %d of %s", start_step, run_dir / "checkpoints")
+                f"the checkpoint's run had {state['total_steps']} steps and this one has {self.total} (the data "
+                f"size changed?): the schedule would differ; pass --resume-changed if that is meant")
+        restore(state, self.raw_model, self.optimizer, self.scheduler, new_hyperparameters=cfg.resume_changed)
+        self.start_step, self.loader_state, self.best = state["step"], state["loader"][self.rt.rank], state["best"]
+        ckpt.set_rng_state(state["rng"][self.rt.rank])
+        logger.info("resumed from step %d of %s", self.start_step, self.run_dir / "checkpoints")
 
-    batches = task.batches(cfg, dataset, tokenizer, rt, loader_state)
+    def train(self) -> list[float]:
+        if self.start_step == 0 and self.cfg.eval.at_start:
+            self.evaluate(0)
+        try:
+            losses = train_loop(cfg=self.cfg, rt=self.rt, per_rank=self.task.data(self.cfg).batch_size,
+                                model=self.model, raw_model=self.raw_model, loss_fn=self.loss_fn,
+                                optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches,
+                                start_step=self.start_step, total_steps=self.total, save=self.save,
+                                evaluate=self.evaluate, run_log=self.run_log)
+        except NonFiniteError:
+            self.run_log.close()
+            raise
+        if self.start_step < self.total:
+            self.save(self.total)
+            self.evaluate(self.total)
+        return losses
 
-    model = torch.compile(raw_model) if cfg.model.compile else raw_model
-    if rt.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    # Rows past the resumed step are replayed now, so they go (a fresh start keeps no earlier rows).
-    run_log = RunLogger(run_dir, cfg.tensorboard, keep_until=start_step if state is not None else -1) \
-        if rt.rank == 0 else NullLogger()
-    has_eval = bool(cfg.eval.shards or cfg.eval.manifest.manifest)
-    split = "heldout" if cfg.eval.shards else "val"
-    last_metrics: dict[str, float] = {}
+    def finish(self, losses: list[float]) -> dict[str, Any]:
+        from train.log import plot_losses, strict_dumps
 
-    def evaluate(step: int) -> None:
-        nonlocal last_metrics
-        if not has_eval:
+        if self.rt.rank == 0:
+            self.run_log.close()
+            if (self.run_dir / "metrics.jsonl").is_file():
+                plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss_curve.png")
+            # Strict JSON: a best score never set is -inf in memory and null on disk.
+            (self.run_dir / "final_metrics.json").write_text(
+                strict_dumps({"metrics": self.last_metrics, "best": self.best}, indent=2) + "\n")
+        return {"run_dir": str(self.run_dir), "steps": self.total, "losses": losses, "metrics": self.last_metrics,
+                "best": self.best}
+
+    # -- hooks of the loop ------------------------------------------------------------------
+
+    def evaluate(self, step: int) -> None:
+        """Held-out retrieval (rank 0); a new best on the selection metric is exported to ``best/``."""
+        from train.evaluate import evaluate_retrieval
+
+        cfg, rt = self.cfg, self.rt
+        if not (cfg.eval.shards or cfg.eval.manifest.manifest):
             return
         if rt.rank == 0:
+            split = "heldout" if cfg.eval.shards else "val"
             split_cfg = cfg.eval.manifest
-            metrics = evaluate_retrieval(raw_model, _eval_batches(cfg, split_cfg), tokenizer,
+            metrics = evaluate_retrieval(self.raw_model, _eval_batches(cfg, split_cfg), self.tokenizer,
                                          max_text_len=split_cfg.max_text_len, image_size=rt.image_size,
                                          device=rt.device, precision=rt.precision)
-            log_metrics(run_log, step, metrics, split, rt.rank)
-            last_metrics = metrics
-            value = metrics[cfg.eval.select_metric]
-            if value > best["value"]:
-                from model.convert import save_checkpoint
-
-                from common.files import replace_dir, temp_dir_beside
-
-                best.update(value=value, step=step)
-                # Built aside and moved in whole: a crash mid-export never leaves a half-written best/.
-                tmp = temp_dir_beside(run_dir / "best")
-                save_checkpoint(raw_model, tmp)
-                (tmp / "selection.json").write_text(strict_dumps(
-                    {"split": split, "metric": cfg.eval.select_metric, **best}) + "\n")
-                replace_dir(tmp, run_dir / "best")
+            log_metrics(self.run_log, step, metrics, split, rt.rank)
+            self.last_metrics = metrics
+            if metrics[cfg.eval.select_metric] > self.best["value"]:
+                self.best.update(value=metrics[cfg.eval.select_metric], step=step)
+                self._export_best(split)
         _barrier(rt)
 
-    def save(step: int) -> None:
-        loaders = gather_objects(batches.state_dict(), rt)
+    def _export_best(self, split: str) -> None:
+        from common.files import replace_dir, temp_dir_beside
+        from model.convert import save_checkpoint
+        from train.log import strict_dumps
+
+        # Built aside and moved in whole: a crash mid-export never leaves a half-written best/.
+        tmp = temp_dir_beside(self.run_dir / "best")
+        save_checkpoint(self.raw_model, tmp)
+        (tmp / "selection.json").write_text(strict_dumps(
+            {"split": split, "metric": self.cfg.eval.select_metric, **self.best}) + "\n")
+        replace_dir(tmp, self.run_dir / "best")
+
+    def save(self, step: int) -> None:
+        """A checkpoint with every rank's loader position and RNG state."""
+        rt = self.rt
+        loaders = gather_objects(self.batches.state_dict(), rt)
         rngs = gather_objects(ckpt.rng_state(), rt)
         if rt.rank == 0:
-            ckpt.save(run_dir / "checkpoints", step, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": step, "total_steps": total, "loader": loaders,
-                "rng": rngs, "best": best, "config": dataclasses.asdict(cfg)},
-                model_for_export=raw_model, keep=cfg.keep_checkpoints)
+            ckpt.save(self.run_dir / "checkpoints", step, {
+                "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": step, "total_steps": self.total,
+                "loader": loaders, "rng": rngs, "best": self.best, "config": dataclasses.asdict(self.cfg)},
+                model_for_export=self.raw_model, keep=self.cfg.keep_checkpoints)
         _barrier(rt)
 
-    if start_step == 0 and cfg.eval.at_start:
-        evaluate(0)
-    try:
-        losses = train_loop(cfg=cfg, rt=rt, per_rank=task.data(cfg).batch_size, model=model, raw_model=raw_model, loss_fn=loss_fn, optimizer=optimizer,
-                            scheduler=scheduler, batches=batches, start_step=start_step, total_steps=total,
-                            save=save, evaluate=evaluate, run_log=run_log)
-    except NonFiniteError:
-        run_log.close()
-        raise
-    if start_step < total:
-        save(total)
-        evaluate(total)
-    result = {"run_dir": str(run_dir), "steps": total, "losses": losses, "metrics": last_metrics, "best": best}
-    if rt.rank == 0:
-        run_log.close()
-        if (run_dir / "metrics.jsonl").is_file():
-            plot_losses(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
-        # Strict JSON: a best score never set is -inf in memory and null on disk.
-        (run_dir / "final_metrics.json").write_text(strict_dumps({"metrics": last_metrics, "best": best}, indent=2)
-                                                    + "\n")
-    return result
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Prepare, build, train, finish (see :class:`TrainingRun`)."""
+    run = TrainingRun(cfg)
+    run.prepare()
+    run.build()
+    return run.finish(run.train())
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
