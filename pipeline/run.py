@@ -142,8 +142,10 @@ def _actor_demand(cfg: CurateConfig) -> dict[str, float]:
 
 
 def _fits(node: dict[str, float], demand: dict[str, float]) -> int:
-    """How many of ``demand`` one node can host at once."""
-    return int(min((node.get(k, 0.0) / v for k, v in demand.items()), default=1e9))
+    """How many of ``demand`` one node can host at once (a demand of nothing: one per CPU)."""
+    if not demand:
+        return int(node.get("CPU", 1))
+    return int(min(node.get(k, 0.0) / v for k, v in demand.items()))
 
 
 def _describe(demand: dict[str, float]) -> str:
@@ -367,7 +369,8 @@ class _Driver:
             self.actor_ready = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         self.task = ray.remote(process_shard).options(num_cpus=cfg.writer.num_cpus, resources=cfg.writer.resources,
                                                       num_gpus=_task_demand(cfg).get("GPU", 0), max_retries=3)
-        self.max_in_flight = cfg.writer.max_in_flight or 2 * slots
+        # Twice what can run at once keeps every slot fed without a queue of specs in the driver.
+        self.max_in_flight = cfg.writer.max_in_flight or min(2 * slots, 4096)
         self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
                                  cfg.stall_warn_s)
         self.failed_shards: dict[int, str] = {}
