@@ -64,7 +64,7 @@ def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
     n_cap = cfg.n_caption_train + cfg.n_caption_heldout
     cap = synthesize(data / "captioner", n_cap, seed=cfg.seed + 2000, prefix="cap", seconds=1.0, progress=True,
                      **palette)
-    cap_train, cap_heldout = write_labelled(_rows(cap), data, cfg.n_caption_train, cfg.seed)
+    cap_train, cap_heldout = write_labelled(_rows(cap), data, cfg.n_caption_train)
     paths = {
         "pretrain_manifest": pre,
         "finetune": _retrieval_manifest(ft, data / "finetune.jsonl"),
@@ -140,7 +140,8 @@ def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
     nmi_cfg = NMIConfig(
         pretrain=(f"subtitles={shards}:subtitle", f"captions={shards}:caption"),
         downstream=(f"descriptions={data['descriptions']}:text",),
-        n=min(cfg.nmi_n, cfg.n_finetune + cfg.n_val + cfg.n_test, cfg.n_pretrain), seeds=(0,), cache_dir=None,
+        # Three samples: K-means on a few hundred sentences can land on another split, and the spread shows it.
+        n=min(cfg.nmi_n, cfg.n_finetune + cfg.n_val + cfg.n_test, cfg.n_pretrain), seeds=(0, 1, 2), cache_dir=None,
         out_dir=str(out / "nmi"), project_points=200,
     )
     report = run(nmi_cfg)
@@ -148,6 +149,8 @@ def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
     results["nmi"] = {"out_dir": nmi_cfg.out_dir, "files": {k: str(v) for k, v in written.items()},
                       "vs_descriptions": {name: report.pair(name, "descriptions").nmi.mean
                                           for name in ("subtitles", "captions")},
+                      "vs_descriptions_per_seed": {name: list(report.pair(name, "descriptions").nmi.values)
+                                                   for name in ("subtitles", "captions")},
                       "markdown": (Path(nmi_cfg.out_dir) / "report.md").read_text()
                       if (Path(nmi_cfg.out_dir) / "report.md").is_file() else ""}
     results["commands"].append("clipvip nmi --pretrain " + " --pretrain ".join(nmi_cfg.pretrain) + " --downstream "
@@ -215,24 +218,110 @@ def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
     return runs
 
 
-def pretrain_variants(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
-    """Every post-pretraining run (``pretrain_runs``); returns run name -> exported model folder."""
-    from jobs.demo import VARIANTS
+def _finetune_config(cfg, out: Path, name: str, init_dir: str, tokenizer_dir: str, data: dict):
+    """Fine-tuning ``name`` on the downstream-style clips (clean descriptions, L(V-S)); the checkpoint
+    is picked on the validation split, never on test."""
+    from jobs.train_configs import debug
+    from train.loop import EvalSection
+    from train.retrieval_data import RetrievalDataConfig
+
+    base = debug()
+    split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,
+                 batch_size=cfg.batch_size)
+    return dataclasses.replace(
+        base, task="finetune", run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
+        seed=cfg.seed,
+        model=dataclasses.replace(base.model, init=f"ckpt:{init_dir}", tokenizer=tokenizer_dir),
+        finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),
+        optim=dataclasses.replace(base.optim, lr=cfg.finetune_lr),
+        eval=EvalSection(every=max(1, cfg.finetune_steps // 3), at_start=True, select_metric="t2v_r1",
+                         manifest=RetrievalDataConfig(manifest=str(data["val"]), num_workers=0, **split)),
+        checkpoint_every=10**9, log_every=5, tensorboard=False,
+    )
+
+
+def _train_one(run_cfg) -> dict[str, Any]:
+    """One training run in a pool process, on one torch thread: two such runs keep two cores busy
+    better than one run on two threads (the tiny model's ops are too small to split well), and the
+    numbers do not depend on how many run at once."""
+    torch.set_num_threads(1)
     from train.setup import run as train
 
+    result = train(run_cfg)
+    return {"run_dir": result["run_dir"], "losses": [float(x) for x in result["losses"]]}
+
+
+@dataclasses.dataclass
+class _Task:
+    name: str
+    make_config: Any  # (finished results by task name) -> TrainConfig
+    after: tuple[str, ...] = ()
+    label: str = ""
+
+
+def _run_tasks(tasks: list[_Task], workers: int) -> dict[str, dict[str, Any]]:
+    """Run training tasks ``workers`` at a time, in list order once their ``after`` tasks are done."""
+    import multiprocessing
+    import time
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    done: dict[str, dict[str, Any]] = {}
+    pending, running, started = list(tasks), {}, {}
+    # spawn: a forked child would inherit this process's torch and Ray threads in an unknown state
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            for task in list(pending):
+                if len(running) < workers and all(a in done for a in task.after):
+                    pending.remove(task)
+                    running[pool.submit(_train_one, task.make_config(done))] = task
+                    started[task.name] = time.monotonic()
+                    print(f"--- start {task.label}", flush=True)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                done[task.name] = future.result()
+                print(f"--- done  {task.label} in {time.monotonic() - started[task.name]:.0f} s "
+                      f"({len(done)}/{len(tasks)})", flush=True)
+    return done
+
+
+def train_all(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
+    """Every post-pretraining run (``pretrain_runs``) and the fine-tuning of ``cfg.finetune_variants``,
+    ``cfg.train_workers`` at a time; returns run name -> exported model folder."""
+    from jobs.demo_variants import VARIANTS
+
     plan = pretrain_runs(cfg)
-    runs, losses = {}, {}
-    for i, (name, seed, run_name) in enumerate(plan, 1):
+    configs: dict[str, Any] = {}
+    tasks = []
+    for name, seed, run_name in plan:
         attention, terms, _ = VARIANTS[name]
-        print(f"--- pretrain {i}/{len(plan)}: {name}, seed {seed} ({attention} attention, loss {'+'.join(terms)}, "
-              f"{cfg.pretrain_steps} steps)", flush=True)
-        run_cfg = _train_config(cfg, out, run_name, shards, tokenizer_dir, attention, terms, seed)
-        result = train(run_cfg)
-        runs[run_name] = str(_final_model_dir(result["run_dir"]))
-        losses[run_name] = [float(x) for x in result["losses"]]
-        results["commands"].append(train_command("pretrain", run_cfg))
-    results["pretrain"] = {"runs": runs, "losses": losses,
+        configs[run_name] = _train_config(cfg, out, run_name, shards, tokenizer_dir, attention, terms, seed)
+        tasks.append(_Task(run_name, lambda done, c=configs[run_name]: c,
+                           label=f"pretrain {name}, seed {seed} ({attention} attention, loss {'+'.join(terms)}, "
+                                 f"{cfg.pretrain_steps} steps)"))
+    for name in cfg.finetune_variants:
+        def make(done, name=name):
+            configs[f"{name}_finetuned"] = _finetune_config(cfg, out, name, str(_final_model_dir(done[name]["run_dir"])),
+                                                            tokenizer_dir, data)
+            return configs[f"{name}_finetuned"]
+
+        # Queued right after the run it starts from, so it overlaps the remaining pretraining runs.
+        at = next(i for i, t in enumerate(tasks) if t.name == name) + 2
+        tasks.insert(at, _Task(f"{name}_finetuned", make, after=(name,),
+                               label=f"fine-tune {name} ({cfg.finetune_steps} steps, selection on val)"))
+    done = _run_tasks(tasks, cfg.train_workers)
+
+    runs = {run_name: str(_final_model_dir(done[run_name]["run_dir"])) for _, _, run_name in plan}
+    results["pretrain"] = {"runs": runs, "losses": {r: done[r]["losses"] for r in runs},
                            "plan": [{"variant": n, "seed": s, "run": r} for n, s, r in plan]}
+    results["commands"] += [train_command("pretrain", configs[r]) for _, _, r in plan]
+    results["finetune"] = {}
+    for name in cfg.finetune_variants:
+        best_dir = Path(done[f"{name}_finetuned"]["run_dir"]) / "best"
+        results["finetune"][name] = {"best_dir": str(best_dir),
+                                     "selection": json.loads((best_dir / "selection.json").read_text()),
+                                     "losses": done[f"{name}_finetuned"]["losses"]}
+        results["commands"].append(train_command("finetune", configs[f"{name}_finetuned"]))
     return runs
 
 
@@ -303,7 +392,7 @@ def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, t
 
 def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
     """Score every run; ``evaluation`` holds the first seed's run of each variant, ``seeds`` every claim
-    variant's runs in seed order."""
+    variant's runs in seed order, and each fine-tuned variant gets its ``evaluation``."""
     videos, texts = _test_videos(cfg, data)
     data["test_videos"], data["test_texts"] = videos, texts
     scores = {name: score_model(cfg, d, tokenizer_dir, videos, texts, data["test_rows"]) for name, d in runs.items()}
@@ -312,43 +401,10 @@ def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, 
     results["evaluation"] = {p["variant"]: scores[p["run"]] for p in plan if p["seed"] == first}
     results["seeds"] = {name: [{"seed": p["seed"], **scores[p["run"]]} for p in plan if p["variant"] == name]
                         for name in cfg.claim_variants}
+    for ft in results["finetune"].values():
+        ft["evaluation"] = score_model(cfg, ft["best_dir"], tokenizer_dir, videos, texts, data["test_rows"])
     results["chance"] = {"r1": 100.0 / len(texts), "r5": 100.0 * min(5, len(texts)) / len(texts),
                          "medr": (len(texts) + 1) / 2, "pair_accuracy": 0.5}
-
-
-def finetune(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
-    """Fine-tune each of ``cfg.finetune_variants`` on the downstream-style clips (clean descriptions,
-    L(V-S)); each checkpoint is picked on the validation split, never on test, then scored on test."""
-    from jobs.train_configs import debug
-    from train.retrieval_data import RetrievalDataConfig
-    from train.loop import EvalSection
-    from train.setup import run as train
-
-    base = debug()
-    split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,
-                 batch_size=cfg.batch_size)
-    results["finetune"] = {}
-    for name in [v for v in cfg.finetune_variants if v in runs]:
-        print(f"--- fine-tune {name} ({cfg.finetune_steps} steps, selection on val)", flush=True)
-        run_cfg = dataclasses.replace(
-            base, task="finetune", run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
-            seed=cfg.seed,
-            model=dataclasses.replace(base.model, init=f"ckpt:{runs[name]}", tokenizer=tokenizer_dir),
-            finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),
-            optim=dataclasses.replace(base.optim, lr=cfg.finetune_lr),
-            eval=EvalSection(every=max(1, cfg.finetune_steps // 3), at_start=True, select_metric="t2v_r1",
-                             manifest=RetrievalDataConfig(manifest=str(data["val"]), num_workers=0, **split)),
-            checkpoint_every=10**9, log_every=5, tensorboard=False,
-        )
-        result = train(run_cfg)
-        best_dir = Path(result["run_dir"]) / "best"
-        results["finetune"][name] = {
-            "selection": json.loads((best_dir / "selection.json").read_text()),
-            "losses": [float(x) for x in result["losses"]],
-            "evaluation": score_model(cfg, str(best_dir), tokenizer_dir, data["test_videos"], data["test_texts"],
-                                      data["test_rows"]),
-        }
-        results["commands"].append(train_command("finetune", run_cfg))
 
 
 def write_report(cfg, out: Path, results: dict) -> Path:

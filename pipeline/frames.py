@@ -396,8 +396,11 @@ class _Encoder:
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.gop_size = self.cfg.keyframe_interval
         self.stream.thread_count = 1
+        # mbtree=0: with x264's MB-tree rate control (its AVX-512 code) the same frames encoded
+        # to different bytes and pixels from one run to the next for 9 of 60 synthetic clips on
+        # an AVX-512 machine, so shards were not reproducible; without it, none did.
         self.stream.options = {"preset": self.cfg.preset, "crf": str(self.cfg.crf), "sc_threshold": "0",
-                               "keyint_min": str(self.cfg.keyframe_interval)}
+                               "keyint_min": str(self.cfg.keyframe_interval), "x264-params": "mbtree=0"}
         self.n = 0
 
     def add(self, frame: av.VideoFrame, orient: Orientation) -> None:

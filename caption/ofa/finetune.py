@@ -57,8 +57,9 @@ class CaptionDataConfig:
     """Where the (image, caption) pairs come from: a manifest or shards, exactly one."""
 
     # JSON lines, one pair per row: "image" (an image file) or "video" / "path" (a clip: its middle
-    # frame, or the middle of "start".."end" seconds) and the caption in ``text_field``. Relative
-    # paths resolve against the working directory, as in curation manifests.
+    # frame, or the middle of "start".."end" seconds) and the caption in ``text_field``. Paths are
+    # local (relative ones resolve against the working directory, as in curation manifests) or
+    # fsspec URLs.
     manifest: str = ""
     # clipvip shard pattern(s) (``shards.format.expand_pattern`` syntax): each sample's ``jpg``
     # member with the text in ``text_field``.
@@ -219,8 +220,9 @@ def load_pixels(pair: CaptionPair, size: int) -> np.ndarray:
                 _, image = middle_frame(str(pair.image), pair.start, pair.end)
             except (ClipError, OSError) as exc:
                 raise CaptionDataError(f"clip {pair.image} (row {pair.key}): no middle frame ({exc})") from None
-        elif isinstance(pair.image, bytes):
-            with Image.open(io.BytesIO(pair.image)) as img:
+        elif isinstance(pair.image, bytes) or "://" in pair.image:
+            data = pair.image if isinstance(pair.image, bytes) else _read_url(pair.image)
+            with Image.open(io.BytesIO(data)) as img:
                 image = img.convert("RGB")
         else:
             image = load_image(pair.image)
@@ -229,6 +231,13 @@ def load_pixels(pair: CaptionPair, size: int) -> np.ndarray:
             raise
         raise CaptionDataError(f"image of {pair.key}: {exc}") from None
     return resize_batch([image], size)[0].numpy()
+
+
+def _read_url(url: str) -> bytes:
+    import fsspec
+
+    with fsspec.open(url, "rb") as f:
+        return f.read()
 
 
 class PairSet:
@@ -471,6 +480,9 @@ def save(result: Finetuned, out_dir: str | Path) -> Path:
     files = result.files
     meta = {**{k: files.meta[k] for k in ("num_codes", "num_bins") if k in files.meta},
             "source": f"caption fine-tuning of {Path(files.weights).resolve()}",
+            # The official checkpoint the chain started from, when the starting point recorded one.
+            "source_sha256": files.meta.get("source_sha256") or (
+                sha256_file(files.weights) if Path(files.weights).suffix == ".pt" else None),
             "finetuned_from_sha256": sha256_file(files.weights),
             "finetune": {**_jsonable(dataclasses.asdict(result.cfg)), "steps_run": len(result.losses),
                          "pairs": result.pairs}}

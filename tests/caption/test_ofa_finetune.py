@@ -209,7 +209,7 @@ def test_fine_tunes_a_converted_official_checkpoint_and_the_pt_itself(tiny_dir, 
         official = load_converted(converted)[1]
         # The official recipe freezes the shared token embedding; everything else moved.
         assert torch.equal(files.state["embed_tokens.weight"], official["embed_tokens.weight"])
-        assert not torch.equal(files.state["decoder.layers.0.fc1.weight"], official["decoder.layers.0.fc1.weight"])
+        assert not torch.equal(files.state["decoder.layers.0.ffn.fc1.weight"], official["decoder.layers.0.ffn.fc1.weight"])
         assert OFACaptioner(str(out), device="cpu").generate([scene((220, 30, 30), 1)])
 
 

@@ -1,7 +1,7 @@
 """``clipvip demo --small``: every stage runs and the report holds every section, with numbers that
 come from the run (one is recomputed here from the saved embeddings).
 
-Run alone: ``.venv/bin/python -m pytest tests/jobs/test_demo.py -q`` (about two minutes on 2 cores).
+Run alone: ``.venv/bin/python -m pytest tests/jobs/test_demo.py -q`` (about three minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from jobs import demo
+from jobs.demo_stages import pretrain_runs
 from model.direction import build_pairs, flip_direction, score_pairs
 from model.metrics import evaluate_all
 
@@ -26,18 +27,22 @@ def demo_run(tmp_path_factory):
 
 def test_report_has_every_section_and_picture(demo_run):
     report = (demo_run / "report" / "report.md").read_text()
-    for heading in ("## What the numbers mean", "## Data", "## Curation", "## Domain gap (NMI, k=2)",
+    for heading in ("## What the numbers mean", "## Data", "## The captioner", "## Curation",
+                    "## Domain gap (NMI, k=2)", "## Does adding captions help?",
                     "## Retrieval on the held-out test clips", "## Fine-tuning", "## Loss curves", "## Time",
                     "## Commands"):
         assert heading in report, heading
     for name in demo.VARIANTS:
         assert f"| {name} |" in report
     assert "| chance |" in report
-    for pic in ("loss_curves.png", "nmi_matrix.png"):
+    for pic in ("loss_curves.png", "nmi_matrix.png", "caption_examples.png"):
         assert (demo_run / "report" / pic).stat().st_size > 1000
     assert "tiny randomly initialised" in report  # no weights given: the report says so
     commands = (demo_run / "report" / "commands.txt").read_text().splitlines()
-    assert sum(c.startswith("clipvip pretrain") for c in commands) == len(demo.VARIANTS)
+    runs = pretrain_runs(demo.small(demo.DemoConfig()))
+    assert len(runs) == len(demo.DemoConfig().variants) + 3  # the 3 claim variants again at the second seed
+    assert sum(c.startswith("clipvip pretrain") for c in commands) == len(runs)
+    assert sum(c.startswith("clipvip caption finetune") for c in commands) == 1
 
 
 def test_numbers_come_from_the_saved_embeddings(demo_run):
@@ -53,6 +58,27 @@ def test_numbers_come_from_the_saved_embeddings(demo_run):
     assert set(results["finetune"]) == set(demo.DemoConfig().finetune_variants)
     for ft in results["finetune"].values():
         assert ft["selection"]["split"] == "val"
+
+
+def test_claim_table_reports_every_seed_from_its_own_run(demo_run):
+    results = json.loads((demo_run / "report" / "results.json").read_text())
+    report = (demo_run / "report" / "report.md").read_text()
+    cfg = demo.DemoConfig()
+    assert list(results["seeds"]) == list(cfg.claim_variants)
+    for name, runs in results["seeds"].items():
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert runs[0]["features"] != runs[1]["features"]
+        for r in runs:  # every per-seed number is the one its saved embeddings give
+            feats = np.load(r["features"])
+            assert evaluate_all(feats["text"], feats["video"])["t2v_r1"] == pytest.approx(r["retrieval"]["t2v_r1"])
+        r1 = [r["retrieval"]["t2v_r1"] for r in runs]
+        assert f"| {name} |" in report and f"{np.mean(r1):.1f} ({r1[0]:.1f}, {r1[1]:.1f})" in report
+    assert results["seeds"]["proxy_ocl"][0]["retrieval"] == results["evaluation"]["proxy_ocl"]["retrieval"]
+    nmi = results["nmi"]["vs_descriptions"]
+    assert set(nmi) == {"subtitles", "captions"} and all(0.0 <= v <= 1.0 for v in nmi.values())
+    acc = results["captioner"]["heldout_accuracy"]
+    assert acc["n"] == demo.small(cfg).n_caption_heldout and 0.0 <= acc["both"] <= min(acc["color"], acc["shape"])
+    assert results["curate"]["caption_accuracy"]["n"] == results["data"]["pretrain_clips"]
 
 
 def test_mean_pooling_scores_chance_on_direction_by_construction(demo_run):
