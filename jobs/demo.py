@@ -84,7 +84,7 @@ class DemoConfig:
     nmi_n: int = 200  # sentences per corpus in the NMI report
     ray_num_cpus: int = 2
     num_workers: int = 0  # loader worker processes per training run (0: the run's own process decodes)
-    train_workers: int = 2  # training runs at once, one process and one torch thread each
+    train_workers: int = 2  # training runs at once, each in its own process with cores / train_workers threads
     synth_workers: int = 2  # processes encoding the synthetic clips
 
 

@@ -240,11 +240,11 @@ def _finetune_config(cfg, out: Path, name: str, init_dir: str, tokenizer_dir: st
     )
 
 
-def _train_one(run_cfg) -> dict[str, Any]:
-    """One training run in a pool process, on one torch thread: two such runs keep two cores busy
-    better than one run on two threads (the tiny model's ops are too small to split well), and the
-    numbers do not depend on how many run at once."""
-    torch.set_num_threads(1)
+def _train_one(run_cfg, threads: int) -> dict[str, Any]:
+    """One training run in a pool process on ``threads`` torch threads: on 2 cores, two runs on one
+    thread each keep the cores busier than one run on two (the tiny model's ops are too small to
+    split well)."""
+    torch.set_num_threads(threads)
     from train.setup import run as train
 
     result = train(run_cfg)
@@ -267,13 +267,14 @@ def _run_tasks(tasks: list[_Task], workers: int) -> dict[str, dict[str, Any]]:
 
     done: dict[str, dict[str, Any]] = {}
     pending, running, started = list(tasks), {}, {}
+    threads = max(1, torch.get_num_threads() // workers)
     # spawn: a forked child would inherit this process's torch and Ray threads in an unknown state
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
             for task in list(pending):
                 if len(running) < workers and all(a in done for a in task.after):
                     pending.remove(task)
-                    running[pool.submit(_train_one, task.make_config(done))] = task
+                    running[pool.submit(_train_one, task.make_config(done), threads)] = task
                     started[task.name] = time.monotonic()
                     print(f"--- start {task.label}", flush=True)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -1,7 +1,7 @@
 """``clipvip demo --small``: every stage runs and the report holds every section, with numbers that
 come from the run (one is recomputed here from the saved embeddings).
 
-Run alone: ``.venv/bin/python -m pytest tests/jobs/test_demo.py -q`` (about three minutes on 2 cores).
+Run alone: ``.venv/bin/python -m pytest tests/jobs/test_demo.py -q`` (under a minute on 2 cores).
 """
 
 from __future__ import annotations
