@@ -120,3 +120,24 @@ def curate_manifest(synth_clips, tmp_path_factory) -> Path:
     manifest = out / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
+
+
+@pytest.fixture()
+def preempt_training(monkeypatch):
+    """``preempt_training(step)``: the trainer's ``train_step`` raises KeyboardInterrupt when it reaches
+    ``step`` (a preemption mid-step); returns a function that puts the real step back."""
+    import train.loop as loop
+
+    real_step = loop.train_step
+
+    def arm(at: int):
+        def dies(*args, step, **kw):
+            if step == at:
+                raise KeyboardInterrupt(f"simulated preemption during step {at}")
+            return real_step(*args, step=step, **kw)
+
+        monkeypatch.setattr(loop, "train_step", dies)
+        return lambda: monkeypatch.setattr(loop, "train_step", real_step)
+
+    return arm
+

@@ -151,20 +151,12 @@ def _train_steps(run_dir: Path) -> list[int]:
             if json.loads(line)["kind"] == "train"]
 
 
-def test_resume_refuses_changed_settings_then_replays_without_duplicate_rows(synth_shards, tmp_path, monkeypatch):
-    import train.loop as train_mod
-
-    real_step = train_mod.train_step
-
-    def dies_at_step_4(*args, step, **kw):
-        if step == 4:
-            raise KeyboardInterrupt("simulated preemption during step 4")
-        return real_step(*args, step=step, **kw)
-
-    monkeypatch.setattr(train_mod, "train_step", dies_at_step_4)
+def test_resume_refuses_changed_settings_then_replays_without_duplicate_rows(synth_shards, tmp_path,
+                                                                           preempt_training):
+    restore = preempt_training(4)
     with pytest.raises(KeyboardInterrupt):
         run(debug_cfg(synth_shards, tmp_path))
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    restore()
     assert _train_steps(tmp_path) == [1, 2, 3]  # the checkpoint is at step 2: step 3 will run again
     before = {name: (tmp_path / name).read_text() for name in ("config.json", "metrics.jsonl")}
 

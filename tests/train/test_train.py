@@ -60,23 +60,14 @@ def debug_cfg(shards: str, run_dir, **kw) -> TrainConfig:
     return dataclasses.replace(base, **kw)
 
 
-def test_kill_after_step_k_and_resume_gives_the_same_losses(synth_shards, tmp_path, monkeypatch):
+def test_kill_after_step_k_and_resume_gives_the_same_losses(synth_shards, tmp_path, preempt_training):
     full = run(debug_cfg(synth_shards, tmp_path / "full"))["losses"]
     assert len(full) == 6
 
-    import train.loop as train_mod
-
-    real_step = train_mod.train_step
-
-    def dies_at_step_4(*args, step, **kw):
-        if step == 4:
-            raise KeyboardInterrupt("simulated preemption during step 4")
-        return real_step(*args, step=step, **kw)
-
-    monkeypatch.setattr(train_mod, "train_step", dies_at_step_4)
+    restore = preempt_training(4)
     with pytest.raises(KeyboardInterrupt):
         run(debug_cfg(synth_shards, tmp_path / "killed"))
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    restore()
     # The tokenizer is trained per run dir; reuse the uninterrupted run's so ids match exactly.
     resumed = run(debug_cfg(synth_shards, tmp_path / "killed", resume=True))
     assert len(resumed["losses"]) == 4  # steps 3..6 after the step-2 checkpoint
