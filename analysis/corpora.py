@@ -27,6 +27,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
+from common.jsonl import JSONLineError, parse_object
+
 logger = logging.getLogger(__name__)
 
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
@@ -213,11 +215,11 @@ def _read_jsonl(path: str, compression: str | None, field: str, name: str) -> It
             continue
         where = f"corpus {name!r}, {path} line {i}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{where}: not valid JSON ({e.msg})") from e
-        if not isinstance(record, dict) or field not in record:
-            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            record = parse_object(line, where)
+        except JSONLineError as e:
+            raise CorpusError(str(e)) from None
+        if field not in record:
+            keys = sorted(record)
             raise CorpusError(
                 f"{where}: no field {field!r} (the record has {keys}); name one with {name}=PATH:FIELD")
         yield _as_text(record[field], where)

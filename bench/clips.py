@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from pipeline import synth
+from demo import synth
 
 BIG_SIZES = ((640, 360), (854, 480), (1280, 720))
 

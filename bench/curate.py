@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = bench_clips(args.clips_dir, args.n)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     model_dir = Path(tempfile.mkdtemp(prefix="bench_blip_"))
-    from caption.hf import write_debug_model
+    from demo.tiny_hf import write_debug_model
 
     model = f"hf:{write_debug_model(model_dir)}"
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)

@@ -44,7 +44,7 @@ CLIPS = (("red", "circle", "left"), ("blue", "square", "right"), ("green", "tria
 
 def tiny_clips(out_dir: Path) -> list[dict]:
     """Four real H.264 clips, 16x16 pixels, 0.5 s at 6 fps; returns their manifest rows."""
-    from pipeline import synth
+    from demo import synth
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)

@@ -34,7 +34,7 @@ def make_shards(n: int, out: Path, per_shard: int) -> tuple[str, list[Path]]:
     import webdataset as wds
     from PIL import Image
 
-    from pipeline.synth import COLORS, SHAPES, ClipSpec, describe, encode_h264, render_frames
+    from demo.synth import COLORS, SHAPES, ClipSpec, describe, encode_h264, render_frames
 
     clips = []
     for i in range(n):

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             return _caption_images(args)
         if args.action == "finetune":
             return _finetune(args)
-        from caption.ofa.tiny import write_tiny_ofa
+        from demo.tiny_ofa import write_tiny_ofa
 
         logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
         return 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from jobs.common import UserError, cli_main
-from pipeline.synth import synthesize
+from demo.synth import synthesize
 
 
 def main(argv: list[str] | None = None) -> int:

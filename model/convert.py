@@ -11,10 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
-import types
 from pathlib import Path
-from typing import Any
 
 import torch
 

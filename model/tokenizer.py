@@ -13,7 +13,7 @@ import collections
 import functools
 import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from common.bpe import bytes_to_unicode, learn_bpe_merges  # noqa: F401 - shared with the OFA tokenizer
 

@@ -37,6 +37,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from common.jsonl import JSONLineError, parse_object
+
 REQUIRED = ("key", "path", "text")
 SPAN = ("start", "end")
 # Fields the pipeline itself adds to a row; a manifest may not use them for passthrough data.
@@ -156,12 +158,9 @@ def _jsonl_records(part: Part, offset: int) -> Iterator[tuple[int, dict[str, Any
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ManifestError(f"manifest part {part.url}: the line at byte {at} is not JSON ({exc}); "
-                                    "fix or remove it") from exc
-            if not isinstance(record, dict):
-                raise ManifestError(f"manifest part {part.url}: the line at byte {at} is not a JSON object")
+                record = parse_object(line, f"manifest part {part.url}, the line at byte {at}")
+            except JSONLineError as exc:
+                raise ManifestError(str(exc)) from None
             yield (at if _seekable(part.url) else -1), record
 
 

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from common.jsonio import strict_dumps
 from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
 from pipeline.frames import FrameConfig
@@ -292,10 +293,6 @@ def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
                          "writer.overwrite=true to delete the old shards first")
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=str))
-
-
 # ---------------------------------------------------------------------------------------------
 # 5. the shards
 
@@ -469,7 +466,7 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     if stale:
         logger.info("removed %d temporary file(s) left by an interrupted run", stale)
     writer_mod.write_atomic(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
-    writer_mod.write_atomic(f"{base}/config.json", json.dumps(_jsonable(cfg), indent=1, sort_keys=True).encode())
+    writer_mod.write_atomic(f"{base}/config.json", strict_dumps(cfg, indent=1, sort_keys=True, default=str).encode())
     todo, kept = plan_shards(cfg, plan.n_shards)
     logger.info("%d shard(s) to process, %d already complete", len(todo), len(kept))
     t0 = time.monotonic()

@@ -27,7 +27,7 @@ SHARED = ROOT.parent / "shared"
 @pytest.fixture(scope="session")
 def synth_clips(tmp_path_factory) -> Path:
     """24 real H.264 clips of mixed size, fps and keyframe interval; returns the manifest path."""
-    from pipeline.synth import synthesize
+    from demo.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth")
     return synthesize(out, 24, seed=3, span_fraction=0.125)
@@ -102,7 +102,7 @@ def curate_manifest(synth_clips, tmp_path_factory) -> Path:
     import json
     import shutil
 
-    from pipeline.synth import write_broken_files
+    from demo.synth import write_broken_files
 
     out = tmp_path_factory.mktemp("curate_in")
     rows = [json.loads(line) for line in synth_clips.read_text().splitlines()]

@@ -1,6 +1,7 @@
 """The package structure as a contract: no import cycle anywhere, caption/ and model/ independent
-of each other, and ``model`` importable with torch and safetensors alone (no data or serving
-libraries). Imports inside functions count: a lazy import is still an edge.
+of each other, no product package importing the demo, and ``model`` importable with torch and
+safetensors alone (no data or serving libraries). Imports inside functions count: a lazy import is
+still an edge.
 
 Run: ``.venv/bin/python -m pytest tests/test_layering.py -q``.
 """
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "caption", "model", "train", "analysis", "jobs", "shards", "common")
+PACKAGES = ("pipeline", "caption", "model", "train", "analysis", "jobs", "shards", "common", "demo")
 
 
 def _graph() -> dict[str, set[str]]:
@@ -98,3 +99,13 @@ def test_model_needs_only_torch_and_safetensors():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_product_packages_do_not_import_the_demo():
+    """demo/ holds synthetic data, toy models and the demo's stages; only jobs/ (its CLIs), the tests
+    and the benchmarks may use it."""
+    graph = _graph()
+    product = ("pipeline", "caption", "model", "train", "analysis", "shards", "common")
+    leaks = [(a, b) for a, deps in graph.items() for b in deps
+             if a.split(".")[0] in product and b.split(".")[0] == "demo"]
+    assert leaks == []

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
-from typing import Any
 
 from common.files import atomic_write_text
 from common.jsonio import strict_dumps, strict_json  # noqa: F401 - the run's JSON files use them
@@ -98,24 +96,36 @@ def read_metrics(path: Path, kind: str = "train") -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
-def plot_losses(metrics_path: Path, out_png: Path) -> Path:
-    """Every ``*loss`` series of the train rows against step, one PNG."""
+Series = dict[str, tuple[list[int], list[float]]]  # label -> (steps, values)
+
+
+def plot_loss_panels(panels: list[tuple[str, Series]], out_png: Path, ylabel: str = "loss") -> Path:
+    """Loss against step, one panel per (title, series) side by side, saved as one PNG. Every loss
+    picture the project draws (a training run's ``loss_curve.png``, the demo report's ``loss_curves.png``) goes through here."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
-    keys = sorted({k for r in rows for k in r if k.endswith("loss")})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for k in keys:
-        pts = [(r["step"], r[k]) for r in rows if k in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (summed CE terms)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2 * (len(panels) == 1), 4), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        for label, (steps, values) in series.items():
+            ax.plot(steps, values, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def plot_losses(metrics_path: Path, out_png: Path) -> Path:
+    """Every ``*loss`` series of a run's train rows against step, one PNG."""
+    rows = read_metrics(metrics_path)
+    keys = sorted({k for r in rows for k in r if k.endswith("loss")})
+    series = {k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r]) for k in keys}
+    return plot_loss_panels([(Path(metrics_path).parent.name, series)], out_png, ylabel="loss (summed CE terms)")

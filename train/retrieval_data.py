@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.jsonl import parse_object
 from train.video import DecodeError, decode_video_file, preprocess
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def load_manifest(path: str, dataset: str, video_root: str = "") -> list[VideoEn
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
-            row = json.loads(line)
+            row = parse_object(line, where)
             text = row.get("text", row.get("caption"))
             texts = [text] if isinstance(text, str) else list(text or [])
             texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]

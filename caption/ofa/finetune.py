@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, find_bpe_files
+from common.jsonio import strict_json
+from common.jsonl import JSONLineError, parse_object
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +147,9 @@ def read_manifest(path: str | Path, text_field: str = "caption") -> list[Caption
             continue
         where = f"{path}:{lineno}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CaptionDataError(f"{where}: not JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise CaptionDataError(f"{where}: a row must be a JSON object")
+            row = parse_object(line, where)
+        except JSONLineError as exc:
+            raise CaptionDataError(str(exc)) from None
         media = [k for k in ("image", "video", "path") if row.get(k)]
         if len(media) != 1:
             raise CaptionDataError(f"{where}: give exactly one of 'image' (an image file) or 'video'/'path' (a clip), "
@@ -484,7 +484,7 @@ def save(result: Finetuned, out_dir: str | Path) -> Path:
             "source_sha256": files.meta.get("source_sha256") or (
                 sha256_file(files.weights) if Path(files.weights).suffix == ".pt" else None),
             "finetuned_from_sha256": sha256_file(files.weights),
-            "finetune": {**_jsonable(dataclasses.asdict(result.cfg)), "steps_run": len(result.losses),
+            "finetune": {**strict_json(result.cfg), "steps_run": len(result.losses),
                          "pairs": result.pairs}}
     save_converted(out, files.cfg, state, meta)
     for name, path in find_bpe_files(files.bpe_dir).items():
@@ -501,10 +501,3 @@ def run(cfg: CaptionFinetuneConfig) -> dict[str, Any]:
     return {"out_dir": str(out), "steps": len(result.losses), "pairs": result.pairs, "losses": result.losses,
             "nll": result.nll, "seconds": round(result.seconds, 2), "log": str(out / LOG_FILE)}
 
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

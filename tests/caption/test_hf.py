@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from caption.hf import HFCaptioner, write_debug_model
+from caption.hf import HFCaptioner
+from demo.tiny_hf import write_debug_model
 from caption.protocol import Captioner, DecodeSettings
 from caption.registry import load_captioner
 

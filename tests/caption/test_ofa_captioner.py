@@ -18,7 +18,7 @@ from caption.ofa.beam import BeamConfig
 from caption.ofa.captioner import OFACaptioner
 from caption.ofa.config import FLAVOURS, flavour
 from caption.ofa.model import OFAModel
-from caption.ofa.tiny import write_tiny_ofa
+from demo.tiny_ofa import write_tiny_ofa
 from caption.protocol import Captioner, DecodeSettings
 from caption.registry import load_captioner
 

@@ -16,7 +16,7 @@ import torch
 from caption.ofa.captioner import OFACaptioner
 from caption.ofa.checkpoint import UnsafeCheckpointError, load_converted, read_fairseq_checkpoint, restricted_load
 from caption.ofa.keymap import port_to_official
-from caption.ofa.tiny import NUM_BINS, NUM_CODES, write_tiny_ofa
+from demo.tiny_ofa import NUM_BINS, NUM_CODES, write_tiny_ofa
 from caption.ofa.tokenizer import write_bart_layout
 
 

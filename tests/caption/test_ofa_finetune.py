@@ -21,7 +21,7 @@ from caption.ofa.captioner import OFACaptioner, load_ofa
 from caption.ofa.checkpoint import build_model, load_converted
 from caption.ofa.finetune import (CaptionDataConfig, CaptionFinetuneConfig, PairSet, caption_loss, label_smoothed_nll,
                                   read_manifest, read_shards, run, save, train)
-from caption.ofa.tiny import write_tiny_ofa
+from demo.tiny_ofa import write_tiny_ofa
 from caption.registry import load_captioner
 
 # Two pictures a 64 px model tells apart at a glance, and what each shows.

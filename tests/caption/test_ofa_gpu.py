@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from caption.ofa.captioner import OFACaptioner
-from caption.ofa.tiny import write_tiny_ofa
+from demo.tiny_ofa import write_tiny_ofa
 from caption.protocol import DecodeSettings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from caption.ofa.preprocess import load_image, preprocess
-from caption.ofa.tiny import CORPUS, NUM_BINS, NUM_CODES, write_bpe_files
+from demo.tiny_ofa import CORPUS, NUM_BINS, NUM_CODES, write_bpe_files
 from caption.ofa.tokenizer import FairseqDictionary, OFATokenizer, bytes_to_unicode, strip_punctuation, write_bart_layout
 
 
@@ -158,7 +158,7 @@ def test_captioner_reads_the_bart_layout(tmp_path):
     import shutil
 
     from caption.ofa.captioner import OFACaptioner
-    from caption.ofa.tiny import write_tiny_ofa
+    from demo.tiny_ofa import write_tiny_ofa
 
     fairseq_dir = write_tiny_ofa(tmp_path / "fairseq", seed=0)
     bart_dir = tmp_path / "bart"

@@ -1,8 +1,8 @@
 """Curation as a Ray job on a real multi-node cluster: a head and two worker nodes on loopback.
 
 Each node is its own raylet with its own node id, started by ``ray.cluster_utils.Cluster`` with
-``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so that every address is 127.0.0.1 (see
-``../shared/notes/platform.md``). The head offers one CPU and no custom resources; only the
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so that every address is 127.0.0.1 (without it a
+container's raylets advertise an address the others cannot reach). The head offers one CPU and no custom resources; only the
 worker nodes offer ``curate_writer`` (what shard tasks ask for, ``writer.resources``) and
 ``captioner`` (what the caption actors ask for, ``caption.resources``). So every shard is read,
 decoded, captioned and written on a worker node, while the job's driver runs on the head.
@@ -115,7 +115,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def job_inputs(synth_clips, tmp_path_factory):
     """A manifest of 96 rows over the 24 synthesised clips (distinct keys) and a tiny offline BLIP."""
-    from caption.hf import write_debug_model
+    from demo.tiny_hf import write_debug_model
 
     base = tmp_path_factory.mktemp("multinode")
     rows = [json.loads(line) for line in synth_clips.read_text().splitlines()]

@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from jobs import demo
-from jobs.demo_stages import pretrain_runs
-from model.direction import build_pairs, flip_direction, score_pairs
+from jobs import demo as demo_cli
+from demo.config import VARIANTS, DemoConfig, small
+from demo.stages import pretrain_runs
+from demo.direction import build_pairs, flip_direction, score_pairs
 from model.metrics import evaluate_all
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert demo.main(["--small", "--out", str(out)]) == 0
+    assert demo_cli.main(["--small", "--out", str(out)]) == 0
     return out
 
 
@@ -32,15 +33,15 @@ def test_report_has_every_section_and_picture(demo_run):
                     "## Retrieval on the held-out test clips", "## Fine-tuning", "## Loss curves", "## Time",
                     "## Commands"):
         assert heading in report, heading
-    for name in demo.VARIANTS:
+    for name in VARIANTS:
         assert f"| {name} |" in report
     assert "| chance |" in report
     for pic in ("loss_curves.png", "nmi_matrix.png", "caption_examples.png"):
         assert (demo_run / "report" / pic).stat().st_size > 1000
     assert "tiny randomly initialised" in report  # no weights given: the report says so
     commands = (demo_run / "report" / "commands.txt").read_text().splitlines()
-    runs = pretrain_runs(demo.small(demo.DemoConfig()))
-    assert len(runs) == len(demo.DemoConfig().variants) + 3  # the 3 claim variants again at the second seed
+    runs = pretrain_runs(small(DemoConfig()))
+    assert len(runs) == len(DemoConfig().variants) + 3  # the 3 claim variants again at the second seed
     assert sum(c.startswith("clipvip pretrain") for c in commands) == len(runs)
     assert sum(c.startswith("clipvip caption finetune") for c in commands) == 1
 
@@ -55,7 +56,7 @@ def test_numbers_come_from_the_saved_embeddings(demo_run):
         direction = score_pairs(feats["pair_video"], feats["pair_text"])
         assert direction.pair_accuracy == pytest.approx(ev["direction"]["pair_accuracy"])
     assert results["curate"]["summary"]["counts"]["ok"] == results["data"]["pretrain_clips"]
-    assert set(results["finetune"]) == set(demo.DemoConfig().finetune_variants)
+    assert set(results["finetune"]) == set(DemoConfig().finetune_variants)
     for ft in results["finetune"].values():
         assert ft["selection"]["split"] == "val"
 
@@ -63,7 +64,7 @@ def test_numbers_come_from_the_saved_embeddings(demo_run):
 def test_claim_table_reports_every_seed_from_its_own_run(demo_run):
     results = json.loads((demo_run / "report" / "results.json").read_text())
     report = (demo_run / "report" / "report.md").read_text()
-    cfg = demo.DemoConfig()
+    cfg = DemoConfig()
     assert list(results["seeds"]) == list(cfg.claim_variants)
     for name, runs in results["seeds"].items():
         assert [r["seed"] for r in runs] == [0, 1]
@@ -77,7 +78,7 @@ def test_claim_table_reports_every_seed_from_its_own_run(demo_run):
     nmi = results["nmi"]["vs_descriptions"]
     assert set(nmi) == {"subtitles", "captions"} and all(0.0 <= v <= 1.0 for v in nmi.values())
     acc = results["captioner"]["heldout_accuracy"]
-    assert acc["n"] == demo.small(cfg).n_caption_heldout and 0.0 <= acc["both"] <= min(acc["color"], acc["shape"])
+    assert acc["n"] == small(cfg).n_caption_heldout and 0.0 <= acc["both"] <= min(acc["color"], acc["shape"])
     assert results["curate"]["caption_accuracy"]["n"] == results["data"]["pretrain_clips"]
 
 

@@ -64,7 +64,7 @@ def test_named_configs_build_and_keep_the_official_numbers():
 def test_debug_config_trains_on_shards_curated_by_the_pipeline(tmp_path):
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
-    from pipeline.synth import synthesize
+    from demo.synth import synthesize
     from pipeline.writer import ShardWriterConfig
 
     manifests = {"train": synthesize(tmp_path / "clips", 48, seed=1), "held": synthesize(tmp_path / "held", 12, seed=9)}

@@ -95,7 +95,7 @@ def test_describe_error_is_one_line():
 def test_awkward_clips_through_the_child(tmp_path):
     """Clips that used to curate 'ok' with wrong content: through the decode child, a cut WebM and a
     2x2 clip fail with their reason, and a rotated clip comes back upright with its rotation recorded."""
-    from pipeline.synth import write_awkward_clips
+    from demo.synth import write_awkward_clips
 
     clips = write_awkward_clips(tmp_path)
     dec = DecoderProcess(FrameConfig())

@@ -14,7 +14,7 @@ from PIL import Image
 
 from train.video import DecodeError, decode_frames
 from pipeline.frames import ClipError, FrameConfig, middle_frame, process_clip, readable_width, scaled_size
-from pipeline.synth import write_awkward_clips
+from demo.synth import write_awkward_clips
 
 
 def _rows(manifest):
@@ -232,7 +232,7 @@ def test_min_side_is_validated():
 def test_small_training_copies_are_readable_by_the_trainer(tmp_path, width, height):
     """decord cannot read back a few narrow widths (144 px, a 144p portrait clip, among them); the
     training copy steps past them and the trainer's decoder reads every frame."""
-    from pipeline.synth import encode_h264
+    from demo.synth import encode_h264
 
     frames = np.random.default_rng(width).integers(0, 256, size=(6, height, width, 3), dtype=np.uint8)
     frames = np.repeat(np.repeat(frames[:, ::8, ::8], 8, axis=1), 8, axis=2)[:, :height, :width]  # 8 px blocks

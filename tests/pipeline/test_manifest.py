@@ -156,7 +156,7 @@ def test_empty_missing_binary_and_unnamed_manifests(tmp_path):
         (tmp_path / "m.txt").write_text("x")
         scan_local(ManifestConfig(path=str(tmp_path / "m.txt")))
     (tmp_path / "bin.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    with pytest.raises(ManifestError, match="not JSON"):
+    with pytest.raises(ManifestError, match="line at byte .*: not valid JSON"):
         scan_local(ManifestConfig(path=str(tmp_path / "bin.jsonl")))
     with pytest.raises(ManifestError, match="manifest.path is empty"):
         scan_local(ManifestConfig())

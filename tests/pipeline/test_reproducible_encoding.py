@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from pipeline import synth
+from demo import synth
 from pipeline.frames import FrameConfig, process_clip
 
 

@@ -57,7 +57,7 @@ def test_graph_check_rejects_unproduced_columns():
 
 
 def test_curate_with_captions_failures_and_resume(local_ray, curate_manifest, tmp_path):
-    from caption.hf import write_debug_model
+    from demo.tiny_hf import write_debug_model
 
     model = write_debug_model(tmp_path / "blip")
     cfg = _cfg(curate_manifest, tmp_path / "out")
@@ -148,7 +148,7 @@ class KillOnce:
 @pytest.mark.parametrize("target", ["decode task", "captioner actor"])
 def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path, target):
     """SIGKILL a worker mid-batch: Ray retries the batch; every key lands once, no row turns into a failure."""
-    from caption.hf import write_debug_model
+    from demo.tiny_hf import write_debug_model
     from pipeline.frames import FrameConfig
 
     cfg = _cfg(curate_manifest, tmp_path / "out")

@@ -43,7 +43,7 @@ def test_check_text_then_decode(batch):
 
 
 def test_caption_stage_captions_ok_rows_only(batch, tmp_path):
-    from caption.hf import write_debug_model
+    from demo.tiny_hf import write_debug_model
 
     model = write_debug_model(tmp_path / "blip")
     decoded = stages.decode_clips(stages.check_text(batch.copy()), FrameConfig())

@@ -55,6 +55,14 @@ def test_manifests_load_per_dataset(synth_clips, tmp_path):
         load_manifest(str(bad), "msrvtt", root)
     with pytest.raises(ValueError, match="unknown retrieval dataset"):
         load_manifest(str(path), "msvd", root)
+    # A truncated line and a line that is JSON but not a row: both named by file and line.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(path.read_text().splitlines()[0] + "\n" + '{"clip_name": "video1", "te\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
+        load_manifest(str(broken), "msrvtt", root)
+    broken.write_text('["video0", "a man sings"]\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl:1: a list, not a JSON object"):
+        load_manifest(str(broken), "msrvtt", root)
 
 
 def test_msrvtt_training_draws_one_caption_per_step_and_resumes(synth_clips, synth_tokenizer, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.clip_vip import CLIPViP, get_config
-from model.direction import build_pairs, flip_direction, score_pairs
+from demo.direction import build_pairs, flip_direction, score_pairs
 
 
 def test_flip_direction_swaps_exactly_one_word():

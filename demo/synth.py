@@ -422,11 +422,3 @@ def write_awkward_clips(out_dir: str | Path) -> dict[str, Path]:
     encode_video(np.random.default_rng(0).integers(0, 256, size=(12, 2, 2, 3), dtype=np.uint8),
                  files["tiny"], 6, 3)
     return files
-
-
-def frame_count_for_symmetric_sampling(n_sampled: int, min_frames: int) -> int:
-    """Smallest frame count >= ``min_frames`` for which uniform sampling of ``n_sampled`` frames
-    (``linspace(0, n-1, T)``) hits integer positions, so a time-reversed clip samples exactly the
-    reversed frames."""
-    step = max(1, math.ceil((min_frames - 1) / (n_sampled - 1)))
-    return step * (n_sampled - 1) + 1

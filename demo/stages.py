@@ -46,8 +46,8 @@ def _retrieval_manifest(rows: list[dict], path: Path) -> Path:
 
 
 def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
-    from jobs.demo_captioner import write_labelled
-    from pipeline.synth import synthesize
+    from demo.captioner import write_labelled
+    from demo.synth import synthesize
 
     data = out / "data"
     palette = dict(colors=tuple(cfg.colors), shapes=tuple(cfg.shapes), workers=cfg.synth_workers)
@@ -83,9 +83,9 @@ def synthesise(cfg, out: Path, results: dict) -> dict[str, Any]:
 
 
 def train_captioner(cfg, out: Path, data: dict, results: dict) -> str:
-    """The caption model curation uses: the demo's OFA fine-tuned on labelled frames (``jobs/demo_captioner.py``),
+    """The caption model curation uses: the demo's OFA fine-tuned on labelled frames (``demo/captioner.py``),
     or ``caption_model`` as given when it cannot or should not be fine-tuned."""
-    from jobs.demo_captioner import finetune_captioner
+    from demo.captioner import finetune_captioner
 
     if cfg.caption_model and (cfg.caption_steps <= 0 or not cfg.caption_model.startswith("ofa:")):
         results["captioner"] = {"model": cfg.caption_model, "steps": 0}
@@ -123,7 +123,7 @@ def curate(cfg, out: Path, data: dict, caption_model: str, results: dict) -> str
                                f"--set frames.short_side={cfg.short_side}")
     # The brace pattern every reader takes (the loader, the NMI corpora, the tokenizer texts).
     pattern = str(shard_dir / f"train-{{000000..{summary['shards'] - 1:06d}}}.tar")
-    from jobs.demo_captioner import example_grid, pretraining_caption_accuracy, shard_samples, subtitle_mentions
+    from demo.captioner import example_grid, pretraining_caption_accuracy, shard_samples, subtitle_mentions
 
     samples = shard_samples(pattern)
     results["curate"]["caption_accuracy"] = pretraining_caption_accuracy(samples)
@@ -289,7 +289,7 @@ def _run_tasks(tasks: list[_Task], workers: int) -> dict[str, dict[str, Any]]:
 def train_all(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
     """Every post-pretraining run (``pretrain_runs``) and the fine-tuning of ``cfg.finetune_variants``,
     ``cfg.train_workers`` at a time; returns run name -> exported model folder."""
-    from jobs.demo_variants import VARIANTS
+    from demo.config import VARIANTS
 
     plan = pretrain_runs(cfg)
     configs: dict[str, Any] = {}
@@ -335,26 +335,26 @@ def _final_model_dir(run_dir: str) -> Path:
     return last / "model"
 
 
-@torch.no_grad()
-def _encode(model, tok, videos: torch.Tensor, texts: list[str], max_len: int, batch: int = 32):
-    from model.tokenizer import tokenize
-
-    model.eval()
-    v = torch.cat([model.encode_video(videos[i:i + batch]) for i in range(0, len(videos), batch)])
-    enc = tokenize(tok, texts, max_len)
-    t = torch.cat([model.encode_text(enc["input_ids"][i:i + batch], enc["attention_mask"][i:i + batch])
-                   for i in range(0, len(texts), batch)])
-    return t.float().numpy(), v.float().numpy()
-
-
 def _test_videos(cfg, data: dict) -> tuple[torch.Tensor, list[str]]:
-    """Decode the held-out clips once (deterministic uniform frames) for every model."""
-    from train.video import decode_video_file, preprocess
+    """The held-out clips decoded once, as the library's evaluation decodes them (uniform frames), for
+    every model, with their descriptions."""
+    from train.retrieval_data import RetrievalEvalDataset, load_manifest
 
-    rows = data["test_rows"]
-    videos = torch.stack([preprocess(decode_video_file(r["path"], cfg.num_frames, train=False), cfg.image_size)
-                          for r in rows])
-    return videos, [r["caption_gt"] for r in rows]
+    test = RetrievalEvalDataset(load_manifest(str(data["test"]), "msrvtt"), cfg.num_frames, cfg.image_size)
+    items = [test[i] for i in range(len(test))]
+    return torch.stack([it["video"] for it in items]), [it["texts"][0] for it in items]
+
+
+def _encode(model, tok, videos: torch.Tensor, texts: list[str], max_len: int, batch: int = 32):
+    """Text and video features of (video i, text i) pairs through the library's encode-once evaluation."""
+    from train.evaluate import encode_eval_set
+
+    batches = ({"video": videos[i:i + batch], "texts": [[t] for t in texts[i:i + batch]]}
+               for i in range(0, len(videos), batch))
+    text_feats, video_feats, _ = encode_eval_set(model, batches, tok, max_text_len=max_len,
+                                                 image_size=videos.shape[-1], device=torch.device("cpu"),
+                                                 text_batch_size=batch)
+    return text_feats, video_feats
 
 
 def top1_attributes(text_feats: np.ndarray, video_feats: np.ndarray, rows: list[dict]) -> dict[str, float]:
@@ -373,7 +373,7 @@ def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, t
     """Retrieval (plain and DSL) on the test clips, the direction probe on them and their reversals, and
     which attributes the top-1 video gets right."""
     from model.convert import load_checkpoint
-    from model.direction import build_pairs, score_pairs
+    from demo.direction import build_pairs, score_pairs
     from model.metrics import evaluate_all
     from model.tokenizer import load_tokenizer
 
@@ -409,6 +409,6 @@ def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, 
 
 
 def write_report(cfg, out: Path, results: dict) -> Path:
-    from jobs.demo_report import write
+    from demo.report import write
 
     return write(cfg, out, results)

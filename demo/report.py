@@ -7,13 +7,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from common.jsonio import strict_dumps
+
 
 def _fmt(x: float, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
 def retrieval_table(results: dict[str, Any]) -> str:
-    from jobs.demo_variants import VARIANTS
+    from demo.config import VARIANTS
 
     chance = results["chance"]
     head = ("| model | what it is | t2v R@1 | R@5 | R@10 | MdR | MnR | t2v R@1 (DSL) | v2t R@1 | direction pair acc |\n"
@@ -125,46 +127,21 @@ def claim_reading(results: dict[str, Any]) -> list[str]:
 
 
 def plot_losses(results: dict[str, Any], out_png: Path) -> Path:
-    import matplotlib
+    """The captioner's, the first seed's post-pretraining and the fine-tuning losses, side by side."""
+    from train.log import plot_loss_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def series(losses: list[float]) -> tuple[list[int], list[float]]:
+        return list(range(1, len(losses) + 1)), list(losses)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    caption_losses = results.get("captioner", {}).get("losses") or []
-    axes[0].plot(range(1, len(caption_losses) + 1), caption_losses, color="tab:purple")
-    axes[0].set_title("captioner fine-tuning (label-smoothed CE)")
-    axes[0].set_xlabel("step")
     first_seed = {p["run"] for p in results["pretrain"].get("plan", []) if p["seed"] == results["config"]["seed"]}
-    for name, losses in results["pretrain"]["losses"].items():
-        if not first_seed or name in first_seed:
-            axes[1].plot(range(1, len(losses) + 1), losses, label=name)
-    axes[1].set_title("post-pretraining loss, first seed (summed CE terms)")
-    axes[1].set_xlabel("step")
-    axes[1].legend(fontsize=8)
-    for name, ft in results.get("finetune", {}).items():
-        axes[2].plot(range(1, len(ft["losses"]) + 1), ft["losses"], label=name)
-    axes[2].set_title("fine-tuning loss (L(V-S))")
-    axes[2].legend(fontsize=8)
-    axes[2].set_xlabel("step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)
+    captioner = results.get("captioner", {}).get("losses") or []
+    return plot_loss_panels([
+        ("captioner fine-tuning (label-smoothed CE)", {"captioner": series(captioner)}),
+        ("post-pretraining loss, first seed (summed CE terms)",
+         {name: series(losses) for name, losses in results["pretrain"]["losses"].items()
+          if not first_seed or name in first_seed}),
+        ("fine-tuning loss (L(V-S))", {name: series(ft["losses"]) for name, ft in results.get("finetune", {}).items()}),
+    ], out_png)
 
 
 def captioner_section(results: dict[str, Any], report_dir: Path) -> list[str]:
@@ -204,7 +181,7 @@ def write(cfg, out: Path, results: dict[str, Any]) -> Path:
             shutil.copy(pic, report_dir / pic.name)
     (report_dir / "retrieval.md").write_text(retrieval_table(results))
     (report_dir / "commands.txt").write_text("\n".join(results["commands"]) + "\n")
-    (report_dir / "results.json").write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+    (report_dir / "results.json").write_text(strict_dumps(results, indent=2, default=repr) + "\n")
 
     cur = results["curate"]["summary"]
     t = results["timings_s"]
@@ -259,7 +236,7 @@ def write(cfg, out: Path, results: dict[str, Any]) -> Path:
         "## Retrieval on the held-out test clips", "",
         "Every variant at the first seed.", "",
         "Texts are the clips' clean descriptions; t2v is text-to-video. *direction pair acc* is the motion probe",
-        "(`model/direction.py`): every test clip is paired with its exact time reversal and descriptions that differ",
+        "(`demo/direction.py`): every test clip is paired with its exact time reversal and descriptions that differ",
         "only in the direction word; a model that ignores frame order scores 0.5 by construction.", "",
         retrieval_table(results),
         "## Fine-tuning", "",

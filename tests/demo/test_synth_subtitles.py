@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline import synth
+from demo import synth
 
 
 def test_asr_subtitles_are_speech_that_only_sometimes_names_the_clip():

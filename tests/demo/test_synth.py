@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from pipeline import synth
+from demo import synth
 
 
 def test_manifest_rows_point_at_decodable_h264(synth_clips):
@@ -44,13 +44,6 @@ def test_reversed_direction_is_time_reversal():
 
     back = dataclasses.replace(spec, direction=synth.OPPOSITE[spec.direction])
     np.testing.assert_array_equal(synth.render_frames(spec)[::-1], synth.render_frames(back))
-
-
-def test_symmetric_frame_count():
-    n = synth.frame_count_for_symmetric_sampling(12, 30)
-    assert n >= 30
-    idx = np.linspace(0, n - 1, 12)
-    assert np.allclose(idx, idx.round())
 
 
 def test_palette_restriction_and_unknown_names():

@@ -28,8 +28,8 @@ def frame_caption(color: str, shape: str) -> str:
 def caption_corpus() -> list[str]:
     """Text the tiny OFA's BPE is learnt from: its test corpus plus every frame caption the demo can ask for,
     so caption words are whole tokens, as in a real OFA's vocabulary."""
-    from caption.ofa.tiny import CORPUS
-    from pipeline.synth import COLORS, SHAPES
+    from demo.tiny_ofa import CORPUS
+    from demo.synth import COLORS, SHAPES
 
     return CORPUS + [frame_caption(c, s) for c in COLORS for s in SHAPES]
 
@@ -63,9 +63,9 @@ def attribute_accuracy(captions: list[str], colors: list[str], shapes: list[str]
 def finetune_captioner(cfg, out: Path, data: dict, results: dict) -> str:
     """Fine-tune the demo's OFA on the labelled frames, score it on the held-out ones; returns ``ofa:<dir>``."""
     from caption.ofa.finetune import CaptionDataConfig, CaptionFinetuneConfig, load_pixels, read_manifest, run
-    from caption.ofa.tiny import write_tiny_ofa
+    from demo.tiny_ofa import write_tiny_ofa
     from caption.registry import load_captioner
-    from pipeline.synth import COLORS, SHAPES
+    from demo.synth import COLORS, SHAPES
 
     tiny = not cfg.caption_model
     start = (f"ofa:{write_tiny_ofa(out / 'models' / 'ofa_tiny', seed=cfg.seed, corpus=caption_corpus())}"
@@ -118,7 +118,7 @@ def shard_samples(shards: str, limit: int | None = None) -> list[dict[str, Any]]
 
 def pretraining_caption_accuracy(samples: list[dict[str, Any]]) -> dict[str, float]:
     """The curated captions against the pretraining clips' true colour and shape (carried in the metadata)."""
-    from pipeline.synth import COLORS, SHAPES
+    from demo.synth import COLORS, SHAPES
 
     return attribute_accuracy([s["caption"] for s in samples], [s["meta"]["color"] for s in samples],
                               [s["meta"]["shape"] for s in samples], (tuple(COLORS), tuple(SHAPES)))
@@ -145,7 +145,7 @@ def example_grid(samples: list[dict[str, Any]], out_png: Path, n: int = 8) -> Pa
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from pipeline.synth import COLORS, SHAPES
+    from demo.synth import COLORS, SHAPES
 
     chosen = samples[:n]
     cols = 4
