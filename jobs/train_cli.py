@@ -85,6 +85,8 @@ def value_problems(cfg: TrainConfig) -> list[str]:
     """Numbers and names out of range: each would crash deep inside the run or train nothing."""
     from model.clip_vip import ATTENTION_MODES, FLAVOURS
     from model.loss import TERMS
+    from train.loop import SELECT_METRICS
+    from train.tasks import get_task
 
     p: list[str] = []
     o = cfg.optim
@@ -109,11 +111,19 @@ def value_problems(cfg: TrainConfig) -> list[str]:
             p.append(f"{key}={_get(cfg, key)!r}: choose one of {', '.join(allowed)}")
     if not cfg.model.init and cfg.model.flavour not in FLAVOURS:
         p.append(f"model.flavour={cfg.model.flavour!r}: choose one of {', '.join(sorted(FLAVOURS))}")
-    bad_terms = [t for t in cfg.loss_terms if t not in TERMS]
-    if cfg.task == "pretrain" and (bad_terms or not cfg.loss_terms):
+    task = get_task(cfg)
+    terms = task.loss_terms(cfg)  # fine-tuning's are fixed; only a pretraining run's come from the config
+    if not terms or any(t not in TERMS for t in terms):
         p.append(f"loss_terms={list(cfg.loss_terms)!r}: give names from {', '.join(TERMS)}, e.g. loss_terms=vsc,fc")
-    data = cfg.data if cfg.task == "pretrain" else cfg.finetune
-    section = "data" if cfg.task == "pretrain" else "finetune"
+    if cfg.eval.split not in ("val", "test"):
+        p.append(f"eval.split={cfg.eval.split!r}: choose val (picks best/) or test (reported only)")
+    elif cfg.eval.split == "test" and task.name == "finetune" and cfg.eval.manifest.manifest:
+        p.append("eval.split=test: fine-tuning picks its checkpoint on a validation split; give one as "
+                 "eval.manifest.manifest with eval.split=val, and test the result once with 'clipvip evaluate'")
+    if cfg.eval.select_metric not in SELECT_METRICS:
+        p.append(f"eval.select_metric={cfg.eval.select_metric!r}: choose one of {', '.join(SELECT_METRICS)} "
+                 "(higher is better)")
+    data, section = task.data(cfg), task.section
     for name in ("batch_size", "num_frames", "image_size", "max_text_len"):
         _range(p, f"{section}.{name}", getattr(data, name), 1)
     _range(p, f"{section}.num_workers", data.num_workers, 0)

@@ -50,7 +50,15 @@ class EvalSection:
     shards: str = ""  # held-out shards
     text_field: str = "caption.txt"  # see train.data.HeldOutShards
     manifest: RetrievalDataConfig = dataclasses.field(default_factory=lambda: RetrievalDataConfig(num_workers=0))
-    select_metric: str = "t2v_r1"  # the validation metric that picks the best checkpoint (fine-tuning)
+    # What the manifest is. "val": a validation split; each new best of ``select_metric`` on it is
+    # exported to ``best/``. "test": a test split (zero-shot monitoring in pretraining, as the paper
+    # reports MSR-VTT 1k-A); its numbers are logged and never pick a checkpoint.
+    split: str = "val"
+    select_metric: str = "t2v_r1"  # higher is better: one of SELECT_METRICS
+
+
+# Metrics that can pick a checkpoint: recalls, where higher is better (ranks are lower-better).
+SELECT_METRICS = tuple(f"{dsl}{d}_r{k}" for dsl in ("", "dsl_") for d in ("t2v", "v2t") for k in (1, 5, 10))
 
 
 @dataclasses.dataclass(kw_only=True)

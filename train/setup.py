@@ -248,21 +248,22 @@ class TrainingRun:
     # -- hooks of the loop ------------------------------------------------------------------
 
     def evaluate(self, step: int) -> None:
-        """Held-out retrieval (rank 0); a new best on the selection metric is exported to ``best/``."""
+        """Held-out retrieval (rank 0); a new best on the selection metric is exported to ``best/``,
+        unless the set is a test split."""
         from train.evaluate import evaluate_retrieval
 
         cfg, rt = self.cfg, self.rt
         if not (cfg.eval.shards or cfg.eval.manifest.manifest):
             return
         if rt.rank == 0:
-            split = "heldout" if cfg.eval.shards else "val"
+            split = "heldout" if cfg.eval.shards else cfg.eval.split
             split_cfg = cfg.eval.manifest
             metrics = evaluate_retrieval(self.raw_model, _eval_batches(cfg, split_cfg), self.tokenizer,
                                          max_text_len=split_cfg.max_text_len, image_size=rt.image_size,
                                          device=rt.device, precision=rt.precision)
             log_metrics(self.run_log, step, metrics, split, rt.rank)
             self.last_metrics = metrics
-            if metrics[cfg.eval.select_metric] > self.best["value"]:
+            if split != "test" and metrics[cfg.eval.select_metric] > self.best["value"]:
                 self.best.update(value=metrics[cfg.eval.select_metric], step=step)
                 self._export_best(split)
         _barrier(rt)

@@ -57,6 +57,19 @@ def test_pretrain_negative_lr_and_a_run_dir_that_is_a_file(synth_shards, tmp_pat
     assert "optim.lr=-5e-06 must be > 0" in line and f"run_dir={str(a_file)!r} is a file" in line
 
 
+def test_evaluation_settings_that_would_select_wrongly_are_refused(synth_shards, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # A rank metric would pick the worst checkpoint (higher wins); a misspelt one would fail at the first evaluation.
+    _, line = clipvip(["pretrain", f"run_dir={run_dir}", f"data.shards={synth_shards}", "eval.select_metric=t2v_medr"],
+                      capsys)
+    assert "eval.select_metric='t2v_medr'" in line and "dsl_t2v_r1" in line
+    _, line = clipvip(["pretrain", f"run_dir={run_dir}", f"data.shards={synth_shards}", "eval.split=dev"], capsys)
+    assert "eval.split='dev': choose val" in line
+    _, line = clipvip(["finetune", "--config", "finetune_msrvtt", f"run_dir={run_dir}", "eval.split=test"], capsys)
+    assert "eval.split=test: fine-tuning picks its checkpoint on a validation split" in line
+    assert not run_dir.exists()
+
+
 def test_pretrain_resume_of_a_crafted_pickle_is_refused_without_running_it(synth_shards, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     folder = tmp_path / "run" / "checkpoints" / "step_00000004"

@@ -145,3 +145,30 @@ def test_short_finetune_selects_on_validation(synth_clips, tmp_path):
     sel = json.loads((tmp_path / "run" / "best" / "selection.json").read_text())
     assert sel["split"] == "val" and sel["metric"] == "t2v_r1" and sel["step"] in (0, 2, 3)
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_a_test_split_is_reported_and_never_picks_a_checkpoint(synth_clips, synth_shards, tmp_path):
+    """Pretraining's zero-shot monitoring on a test split (the pretrain configs' MSR-VTT 1k-A): its
+    numbers are logged as 'test' and no ``best/`` is exported from them."""
+    from train.data import ShardDataConfig
+    from train.log import read_metrics
+    from train.loop import EvalSection, ModelSection, TrainConfig
+    from train.optim import OptimConfig
+    from train.setup import run
+
+    root = str(Path(synth_clips).parent)
+    test = write_official_manifest(synth_clips, tmp_path / "test.jsonl", 4, False)
+    split = dict(dataset="msrvtt", video_root=root, num_frames=4, image_size=32, max_text_len=16, num_workers=0)
+    cfg = TrainConfig(task="pretrain", run_dir=str(tmp_path / "run"), steps=2, device="cpu", precision="fp32",
+                      model=ModelSection(flavour="debug"),
+                      data=ShardDataConfig(shards=synth_shards, batch_size=4, num_workers=0, num_frames=4,
+                                           image_size=32, max_text_len=16, shuffle_buffer=4),
+                      optim=OptimConfig(lr=1e-3),
+                      eval=EvalSection(every=1, split="test", manifest=RetrievalDataConfig(manifest=str(test),
+                                                                                           batch_size=4, **split)),
+                      checkpoint_every=0, log_every=1, tensorboard=False)
+    result = run(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="test")
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["n_videos"] == 4 for r in rows)
+    assert not (tmp_path / "run" / "best").exists()
+    assert result["best"] == {"value": float("-inf"), "step": 0}
