@@ -114,7 +114,7 @@ def plot_loss_panels(panels: list[tuple[str, Series]], out_png: Path, ylabel: st
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        if len(series) > 1:
+        if series:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
