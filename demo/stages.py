@@ -192,11 +192,14 @@ def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, at
 
 
 def train_command(job: str, run_cfg) -> str:
-    """The exact ``clipvip pretrain|finetune`` line for ``run_cfg``: the debug config plus every changed field."""
+    """The exact ``clipvip pretrain|finetune`` line for ``run_cfg``: the job's debug config plus every
+    changed field."""
     import shlex
 
+    from jobs import train_configs
     from jobs.config import to_dict
-    from jobs.train_configs import debug
+
+    name = "debug" if job == "pretrain" else "debug_finetune"
 
     def flat(d: dict, prefix: str = "") -> dict[str, Any]:
         out = {}
@@ -204,9 +207,9 @@ def train_command(job: str, run_cfg) -> str:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
         return out
 
-    base, new = flat(to_dict(debug())), flat(to_dict(run_cfg))
+    base, new = flat(to_dict(train_configs.get(name))), flat(to_dict(run_cfg))
     changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in new.items() if base.get(k) != v]
-    return f"clipvip {job} --config debug " + " ".join(shlex.quote(c) for c in changed)
+    return f"clipvip {job} --config {name} " + " ".join(shlex.quote(c) for c in changed)
 
 
 def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
@@ -221,15 +224,15 @@ def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
 def _finetune_config(cfg, out: Path, name: str, init_dir: str, tokenizer_dir: str, data: dict):
     """Fine-tuning ``name`` on the downstream-style clips (clean descriptions, L(V-S)); the checkpoint
     is picked on the validation split, never on test."""
-    from jobs.train_configs import debug
+    from jobs.train_configs import debug_finetune
     from train.loop import EvalSection
     from train.retrieval_data import RetrievalDataConfig
 
-    base = debug()
+    base = debug_finetune()
     split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,
                  batch_size=cfg.batch_size)
     return dataclasses.replace(
-        base, task="finetune", run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
+        base, run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
         seed=cfg.seed,
         model=dataclasses.replace(base.model, init=f"ckpt:{init_dir}", tokenizer=tokenizer_dir),
         finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),

@@ -11,6 +11,7 @@ Pick one with ``--config NAME`` in ``clipvip pretrain`` / ``clipvip finetune``; 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from train.data import ShardDataConfig
@@ -33,6 +34,16 @@ def debug() -> TrainConfig:
         eval=EvalSection(every=12, text_field="json:caption_gt",
                          manifest=RetrievalDataConfig(batch_size=8, max_text_len=32, num_workers=0)),
         checkpoint_every=12, log_every=1)
+
+
+def debug_finetune() -> TrainConfig:
+    """``debug``'s tiny model and optimizer fine-tuned on a retrieval manifest of synthetic clips
+    (set ``finetune.manifest`` and ``eval.manifest.manifest``)."""
+    clips = dict(dataset="msrvtt", num_frames=12, image_size=32, max_text_len=32, num_workers=0)
+    return dataclasses.replace(
+        debug(), task="finetune", run_dir="runs/debug_finetune", data=ShardDataConfig(),
+        finetune=RetrievalDataConfig(batch_size=8, **clips),
+        eval=EvalSection(every=12, select_metric="t2v_r1", manifest=RetrievalDataConfig(batch_size=8, **clips)))
 
 
 def _pretrain(backbone: str, batch: int) -> TrainConfig:
@@ -102,6 +113,7 @@ def finetune_lsmdc(backbone: str = "B/32") -> TrainConfig:
 
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {
     "debug": debug,
+    "debug_finetune": debug_finetune,
     "pretrain_b32": pretrain_b32,
     "pretrain_b16": pretrain_b16,
     **{f"finetune_{name}{suffix}": (lambda f=f, b=b: f(b))

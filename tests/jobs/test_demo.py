@@ -7,6 +7,7 @@ Run alone: ``.venv/bin/python -m pytest tests/jobs/test_demo.py -q`` (under a mi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,27 @@ def test_report_has_every_section_and_picture(demo_run):
     assert len(runs) == len(DemoConfig().variants) + 3  # the 3 claim variants again at the second seed
     assert sum(c.startswith("clipvip pretrain") for c in commands) == len(runs)
     assert sum(c.startswith("clipvip caption finetune") for c in commands) == 1
+
+
+def test_the_reported_training_commands_rebuild_each_run(demo_run):
+    """Each ``clipvip pretrain|finetune`` line in commands.txt, parsed as the CLI parses it, gives the
+    config the demo's run saved, and names no setting its task would ignore."""
+    import dataclasses
+    import shlex
+
+    from common.jsonio import strict_json
+    from jobs.train_cli import parse
+    from train.tasks import get_task
+
+    lines = [c for c in (demo_run / "report" / "commands.txt").read_text().splitlines()
+             if c.startswith(("clipvip pretrain", "clipvip finetune"))]
+    assert len(lines) == len(pretrain_runs(small(DemoConfig()))) + len(DemoConfig().finetune_variants)
+    for line in lines:
+        job, *argv = shlex.split(line)[1:]
+        cfg = parse(argv, f"clipvip {job}", "debug", job)
+        saved = json.loads((Path(cfg.run_dir) / "config.json").read_text())
+        assert strict_json(dataclasses.asdict(cfg)) == saved, line
+        assert get_task(cfg).ignored(cfg) == [], line
 
 
 def test_numbers_come_from_the_saved_embeddings(demo_run):
