@@ -84,7 +84,7 @@ def _range(problems: list[str], key: str, value: float, lo: float, hi: float = m
 def value_problems(cfg: TrainConfig) -> list[str]:
     """Numbers and names out of range: each would crash deep inside the run or train nothing."""
     from model.clip_vip import ATTENTION_MODES, FLAVOURS
-    from model.loss import TERMS
+    from model.loss import GATHER_GRAD, TERMS
     from train.loop import SELECT_METRICS
     from train.tasks import get_task
 
@@ -115,6 +115,8 @@ def value_problems(cfg: TrainConfig) -> list[str]:
     terms = task.loss_terms(cfg)  # fine-tuning's are fixed; only a pretraining run's come from the config
     if not terms or any(t not in TERMS for t in terms):
         p.append(f"loss_terms={list(cfg.loss_terms)!r}: give names from {', '.join(TERMS)}, e.g. loss_terms=vsc,fc")
+    if cfg.gather_grad not in GATHER_GRAD:
+        p.append(f"gather_grad={cfg.gather_grad!r}: choose mean (as the official code) or sum (one process's gradient)")
     if cfg.eval.split not in ("val", "test"):
         p.append(f"eval.split={cfg.eval.split!r}: choose val (picks best/) or test (reported only)")
     elif cfg.eval.split == "test" and task.name == "finetune" and cfg.eval.manifest.manifest:

@@ -15,10 +15,18 @@ Terms (features: V video, S subtitle, F middle frame, C caption of that frame):
 Paper variants: (a) vs+fc, (b) vs+vc, (c) vs+vc+fc, (d) vsc+fc (the default, both pretrain configs).
 
 Distributed: features are all-gathered with :func:`gather_with_grad`, so each rank computes the
-loss of the *global* batch. Its backward sums the feature gradients over ranks before slicing the
-local part, which makes the per-rank gradient W times the global-batch gradient of the local
-features; DDP's gradient averaging then yields exactly the single-process gradient of the loss on
-the concatenated batch, for tower weights and ``logit_scale`` alike (tested on 2 gloo processes).
+loss of the *global* batch, and the backward all-reduces the gathered features' gradients before
+slicing out the local part. How it reduces (``gather_grad``) sets the gradient's scale over W ranks,
+DDP averaging the parameter gradients afterwards in both cases:
+    "sum"   every rank's loss depends on this rank's rows, so their gradients are summed: the
+            result is exactly the single-process gradient of the loss on the concatenated batch,
+            for tower weights and ``logit_scale`` alike.
+    "mean"  what the official code does: Horovod's allgather averages these gradients (since
+            Horovod 0.22, which the released Docker image installs), so the towers' gradients are
+            1/W of the single-process gradient while ``logit_scale``'s (not gathered) are not. With
+            Adam the scale matters through ``eps`` and gradient clipping, which then act as in the
+            paper's runs. The default; one process is unaffected.
+Both are tested on 2 gloo processes against one process on the combined batch.
 """
 
 from __future__ import annotations
@@ -43,30 +51,38 @@ def clamp_logit_scale_(param: torch.Tensor) -> torch.Tensor:
     return param
 
 
+GATHER_GRAD = ("mean", "sum")
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, reduce: str) -> torch.Tensor:
         world = dist.get_world_size()
         parts = [torch.empty_like(x) for _ in range(world)]
         dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        ctx.rank, ctx.rows, ctx.world, ctx.reduce = dist.get_rank(), x.shape[0], world, reduce
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous()
-        dist.all_reduce(grad)  # every rank's loss depends on this rank's rows: sum their gradients
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        dist.all_reduce(grad)  # every rank's loss depends on this rank's rows
+        if ctx.reduce == "mean":
+            grad = grad / ctx.world
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(x: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     """Concatenate ``x`` [n, E] over ranks (rank order) with gradient; identity without distributed.
 
-    Every rank must pass the same ``n``. See the module docstring for the gradient scaling.
+    Every rank must pass the same ``n``. ``reduce`` ("mean" as the official code, or "sum") is how
+    the backward combines the ranks' gradients; the module docstring gives the resulting scale.
     """
+    if reduce not in GATHER_GRAD:
+        raise ValueError(f"gather_grad {reduce!r}: choose one of {GATHER_GRAD}")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    return _GatherWithGrad.apply(x)
+    return _GatherWithGrad.apply(x, reduce)
 
 
 def _atleast_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -101,13 +117,15 @@ class OCLLoss(nn.Module):
             uses ``("vs",)`` with the retrieval text passed as ``subtitle_features``.
     """
 
-    def __init__(self, terms: tuple[str, ...] | list[str] = ("vsc", "fc")):
+    def __init__(self, terms: tuple[str, ...] | list[str] = ("vsc", "fc"), gather_grad: str = "mean"):
         super().__init__()
         terms = tuple(terms)
         bad = [t for t in terms if t not in TERMS]
         if bad or not terms or len(set(terms)) != len(terms):
             raise ValueError(f"loss terms {terms!r}: give distinct names from {TERMS}, e.g. ('vsc', 'fc')")
-        self.terms = terms
+        if gather_grad not in GATHER_GRAD:
+            raise ValueError(f"gather_grad {gather_grad!r}: choose one of {GATHER_GRAD}")
+        self.terms, self.gather_grad = terms, gather_grad
         self.letters = sorted({c for t in terms for c in _NEEDS[t]})
         self.needs = [_KEYS[c] for c in self.letters]
 
@@ -122,7 +140,8 @@ class OCLLoss(nn.Module):
             raise ValueError(f"loss terms {self.terms} need {missing}: pass them from the model forward "
                              f"(e.g. give frames= and caption_ids= for 'fc')")
         # Logits in fp32 at least (bf16 features under autocast), float64 stays float64 for tests.
-        g = {c: gather_with_grad(_atleast_fp32(features[_KEYS[c]])) for c in self.letters}  # global batch
+        g = {c: gather_with_grad(_atleast_fp32(features[_KEYS[c]]), self.gather_grad)  # global batch
+             for c in self.letters}
         scale = _atleast_fp32(logit_scale).exp()
         with torch.autocast(scale.device.type, enabled=False):  # keep logits fp32 inside autocast regions
             return self._terms(g, scale)

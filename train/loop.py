@@ -71,6 +71,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "bf16"  # bf16 autocast on CUDA | fp32
     loss_terms: tuple[str, ...] = ("vsc", "fc")
+    # How the ranks' gradients of the all-gathered features combine (model/loss.py): "mean" as the
+    # official code (the towers' gradients are 1/ranks of one process's on the global batch), "sum"
+    # for exactly one process's gradient. One process: no difference.
+    gather_grad: str = "mean"
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     data: ShardDataConfig = dataclasses.field(default_factory=ShardDataConfig)
     finetune: RetrievalDataConfig = dataclasses.field(default_factory=RetrievalDataConfig)

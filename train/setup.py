@@ -186,7 +186,7 @@ class TrainingRun:
         torch.manual_seed(cfg.seed)
         self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
         self.raw_model = build_model(cfg, self.tokenizer).to(rt.device)
-        self.loss_fn = OCLLoss(task.loss_terms(cfg))
+        self.loss_fn = OCLLoss(task.loss_terms(cfg), gather_grad=cfg.gather_grad)
         n_items, dataset = task.dataset(cfg)
         self.total = steps_for(cfg, task, n_items, rt.world_size)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim)

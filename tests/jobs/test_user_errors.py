@@ -63,6 +63,8 @@ def test_evaluation_settings_that_would_select_wrongly_are_refused(synth_shards,
     _, line = clipvip(["pretrain", f"run_dir={run_dir}", f"data.shards={synth_shards}", "eval.select_metric=t2v_medr"],
                       capsys)
     assert "eval.select_metric='t2v_medr'" in line and "dsl_t2v_r1" in line
+    _, line = clipvip(["pretrain", f"run_dir={run_dir}", f"data.shards={synth_shards}", "gather_grad=max"], capsys)
+    assert "gather_grad='max': choose mean (as the official code) or sum" in line
     _, line = clipvip(["pretrain", f"run_dir={run_dir}", f"data.shards={synth_shards}", "eval.split=dev"], capsys)
     assert "eval.split='dev': choose val" in line
     _, line = clipvip(["finetune", "--config", "finetune_msrvtt", f"run_dir={run_dir}", "eval.split=test"], capsys)

@@ -108,20 +108,20 @@ def _setup(n: int):
     return raw, tower, torch.tensor(3.0, dtype=torch.float64)
 
 
-def _loss_and_grads(raw, tower, scale):
+def _loss_and_grads(raw, tower, scale, gather_grad="sum"):
     tower, scale = tower.clone().requires_grad_(), scale.clone().requires_grad_()
     feats = {k: F.normalize(v @ tower, dim=-1) for k, v in raw.items()}
-    out = OCLLoss(TERMS)(feats, scale)
+    out = OCLLoss(TERMS, gather_grad=gather_grad)(feats, scale)
     out["loss"].backward()
     return out["loss"].detach(), tower.grad, scale.grad
 
 
-def _worker(rank: int, world: int, port: int, n: int, results):
+def _worker(rank: int, world: int, port: int, n: int, gather_grad: str, results):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         raw, tower, scale = _setup(n * world)
         local = {k: v[rank * n:(rank + 1) * n] for k, v in raw.items()}
-        loss, g_tower, g_scale = _loss_and_grads(local, tower, scale)
+        loss, g_tower, g_scale = _loss_and_grads(local, tower, scale, gather_grad)
         for g in (g_tower, g_scale):  # what DDP does: average the gradients over ranks
             dist.all_reduce(g)
             g /= world
@@ -130,18 +130,22 @@ def _worker(rank: int, world: int, port: int, n: int, results):
         dist.destroy_process_group()
 
 
-def test_gathered_loss_on_two_processes_equals_single_process_on_the_whole_batch():
+@pytest.mark.parametrize("gather_grad", ["sum", "mean"])
+def test_gathered_loss_on_two_processes_against_single_process_on_the_whole_batch(gather_grad):
+    """Float64, every term: "sum" gives one process's gradients exactly; "mean" (the official
+    Horovod allgather) gives the tower's divided by the number of ranks and the logit scale's as is."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     n, world = 3, 2
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(world, port, n, results), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, port, n, gather_grad, results), nprocs=world, join=True)
         results = dict(results)
     loss, g_tower, g_scale = _loss_and_grads(*_setup(n * world))
     for rank in range(world):
         r_loss, r_tower, r_scale = results[rank]
         torch.testing.assert_close(r_loss, loss, rtol=1e-12, atol=0)
-        torch.testing.assert_close(r_tower, g_tower, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r_tower, g_tower / (world if gather_grad == "mean" else 1), rtol=1e-10,
+                                   atol=1e-12)
         torch.testing.assert_close(r_scale, g_scale, rtol=1e-10, atol=1e-12)

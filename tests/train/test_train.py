@@ -80,7 +80,7 @@ def _fixed_batch(shards, tok, n=4) -> dict:
     return next(ShardLoader(cfg, tok))
 
 
-def _ddp_worker(rank: int, world: int, port: int, path: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, path: str, out: str, gather_grad: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     blob = torch.load(path, weights_only=False)
@@ -89,14 +89,18 @@ def _ddp_worker(rank: int, world: int, port: int, path: str, out: str) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = build_optimizer(model, OptimConfig(lr=1e-3))
     rt = Runtime(rank, world, torch.device("cpu"), "fp32", 32)
-    scalars = train_step(ddp, model, OCLLoss(), half, opt, step=1, grad_clip=0.0, rt=rt)
+    scalars = train_step(ddp, model, OCLLoss(gather_grad=gather_grad), half, opt, step=1, grad_clip=0.0, rt=rt)
     if rank == 0:
         torch.save({"loss": scalars["loss"], "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
                     "params": {n: p.detach().clone() for n, p in model.named_parameters()}}, out)
     torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one_process_on_the_combined_batch(synth_shards, synth_tokenizer, tmp_path):
+@pytest.mark.parametrize("gather_grad", ["sum", "mean"])
+def test_two_gloo_processes_against_one_process_on_the_combined_batch(synth_shards, synth_tokenizer, tmp_path,
+                                                                      gather_grad):
+    """"sum": the two ranks' step is one process's step on both halves. "mean" (the official code's
+    Horovod): the same, with every tower gradient halved and logit_scale's (not gathered) unchanged."""
     torch.manual_seed(0)
     model = tiny_model(synth_tokenizer)
     batch = _fixed_batch(synth_shards, synth_tokenizer)
@@ -104,8 +108,8 @@ def test_two_gloo_processes_equal_one_process_on_the_combined_batch(synth_shards
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")),
-                                nprocs=2, join=True)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"),
+                                                   gather_grad), nprocs=2, join=True)
     two = torch.load(tmp_path / "out.pt")
     single = torch.load(tmp_path / "in.pt", weights_only=False)["model"]
     opt = build_optimizer(single, OptimConfig(lr=1e-3))
@@ -116,10 +120,13 @@ def test_two_gloo_processes_equal_one_process_on_the_combined_batch(synth_shards
     # zero in exact arithmetic (attention key biases) and hold only rounding noise.
     scale = max(float(p.grad.abs().max()) for p in single.parameters())
     for name, p in single.named_parameters():
-        torch.testing.assert_close(two["grads"][name], p.grad, rtol=1e-3, atol=1e-3 * scale)
-        # Adam's first step is ~lr * sign(grad): compare updates only where the gradient is not noise.
-        real = p.grad.abs() > 1e-4 * scale
-        torch.testing.assert_close(two["params"][name][real], p.detach()[real], rtol=1e-4, atol=1e-5)
+        expected = p.grad if gather_grad == "sum" or name == "logit_scale" else p.grad / 2
+        torch.testing.assert_close(two["grads"][name], expected, rtol=1e-3, atol=1e-3 * scale)
+        if gather_grad == "sum":
+            # Adam's first step is ~lr * sign(grad): compare updates only where the gradient is not noise.
+            real = p.grad.abs() > 1e-4 * scale
+            torch.testing.assert_close(two["params"][name][real], p.detach()[real], rtol=1e-4, atol=1e-5)
+    assert float(single.logit_scale.grad.abs()) > 1e-3 * scale  # the unscaled one is really compared
 
 
 def _inf_gradient(model) -> None:
