@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a model dir (config.json + model.safetensors), or "
                    "clipvip:<official .pt>")
+    p.add_argument("--clip-config", help="clipvip:<.pt> of an architecture other than the released B/32 and B/16: "
+                   "the transformers CLIP config.json (or its folder) it was built from, which gives its head counts")
     p.add_argument("--tokenizer", required=True, help="CLIP tokenizer dir or hub id")
     p.add_argument("--dataset", required=True, choices=("msrvtt", "didemo", "activitynet", "lsmdc"))
     p.add_argument("--manifest", required=True, help="JSONL: clip_name/video + text (module train.retrieval_data)")
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--ties", default="official", choices=("official", "optimistic"),
+                   help="exact score ties: 'official' counts every tied position, as the official code and the "
+                        "papers' tables do; 'optimistic' ranks a query by the candidates strictly better")
     p.add_argument("--out", help="write the metrics JSON here")
     args = p.parse_args(argv)
     setup_logging()
@@ -43,16 +48,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.convert import load_checkpoint, load_official_clipvip
     from train.evaluate import evaluate_retrieval, format_metrics
+    from train.setup import check_tokenizer_fits
     from train.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
     from model.tokenizer import load_tokenizer
 
     anet = args.dataset == "activitynet"
     frames = args.frames or (32 if anet else 12)
     text_len = args.max_text_len or (70 if anet else 50)
-    if args.model.startswith("clipvip:"):
-        model, _ = load_official_clipvip(args.model.split(":", 1)[1])
-    else:
-        model = load_checkpoint(args.model)
+    try:
+        if args.model.startswith("clipvip:"):
+            model, _ = load_official_clipvip(args.model.split(":", 1)[1], clip_config=args.clip_config)
+        else:
+            model = load_checkpoint(args.model)
+        tokenizer = load_tokenizer(args.tokenizer)
+        check_tokenizer_fits(model, tokenizer)
+    except ValueError as exc:  # the loaders name the file and the fix
+        raise UserError(f"--model {args.model}: {exc}".replace("clip_config=", "--clip-config ")) from exc
     size = args.image_size or model.config.image_size
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -60,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = load_manifest(args.manifest, args.dataset, args.video_root)
     loader = DataLoader(RetrievalEvalDataset(entries, frames, size), batch_size=args.batch_size,
                         num_workers=args.workers, collate_fn=collate_eval)
-    metrics = evaluate_retrieval(model, loader, load_tokenizer(args.tokenizer), max_text_len=text_len, image_size=size,
-                                 device=device, precision=args.precision)
+    metrics = evaluate_retrieval(model, loader, tokenizer, max_text_len=text_len, image_size=size,
+                                 device=device, precision=args.precision, ties=args.ties)
     print(format_metrics(metrics))
     if args.out:
         from train.log import strict_dumps
@@ -82,7 +93,11 @@ def check(args: argparse.Namespace) -> None:
             problems.append(f"--model {args.model}: checkpoint file {official} does not exist")
     else:
         problems += checkpoint_dir_problems("--model", args.model)
-    problems += manifest_problems("--manifest", args.manifest, args.dataset, args.video_root)
+        if args.clip_config:
+            problems.append("--clip-config only applies to --model clipvip:<official .pt>")
+    if args.clip_config and not Path(args.clip_config).expanduser().exists():
+        problems.append(f"--clip-config {args.clip_config} does not exist")
+    problems += manifest_problems("--manifest", args.manifest, args.dataset, args.video_root, evaluation=True)
     if args.tokenizer.startswith(("/", ".", "~")) and not Path(args.tokenizer).expanduser().is_dir():
         problems.append(f"--tokenizer {args.tokenizer}: folder does not exist; give a CLIP tokenizer folder or hub id")
     for name in ("frames", "max_text_len", "image_size", "batch_size"):

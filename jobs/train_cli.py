@@ -54,11 +54,11 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """:func:`train.setup.run`, with a checkpoint that cannot be resumed reported as the user's to fix."""
     from train.checkpoint import CheckpointError
-    from train.setup import run as train
+    from train.setup import ModelInitError, run as train
 
     try:
         return train(cfg)
-    except CheckpointError as exc:
+    except (CheckpointError, ModelInitError) as exc:
         raise UserError(str(exc)) from exc
 
 
@@ -201,8 +201,15 @@ def checkpoint_dir_problems(key: str, path: str) -> list[str]:
     return []
 
 
-def manifest_problems(key: str, path: str, dataset: str, video_root: str) -> list[str]:
-    """A retrieval manifest that is missing or unreadable, named with the reason."""
+def manifest_problems(key: str, path: str, dataset: str, video_root: str, *, evaluation: bool) -> list[str]:
+    """A retrieval manifest that is missing or unreadable, or whose local videos are missing, named
+    with the reason.
+
+    An evaluation set must have every video: a missing one would change the benchmark, so it is
+    refused (remove it from the manifest and say so when reporting). A training set may miss some
+    (downloads of ActivityNet and the like often do): they are counted in a warning and skipped, and
+    only a set with none of its videos is refused.
+    """
     from train.retrieval_data import load_manifest
 
     if _is_local(path) and not _local(path).is_file():
@@ -211,9 +218,16 @@ def manifest_problems(key: str, path: str, dataset: str, video_root: str) -> lis
     if video_root and _is_local(video_root) and not _local(video_root).is_dir():
         return [f"{key.rsplit('.', 1)[0]}.video_root: folder {video_root} does not exist"]
     try:
-        load_manifest(path, dataset, video_root)
+        entries = load_manifest(path, dataset, video_root)
     except (ValueError, OSError) as exc:
         return [f"{key}: {exc}"]
+    missing = [e.video for e in entries if _is_local(e.video) and not _local(e.video).is_file()]
+    if missing and (evaluation or len(missing) == len(entries)):
+        return [f"{key}: {len(missing)} of {len(entries)} videos of {path} do not exist, e.g. {missing[0]}; check "
+                f"video_root{' or remove them from the manifest (and say so when reporting)' if evaluation else ''}"]
+    if missing:
+        logging.getLogger(__name__).warning("%s: %d of %d videos do not exist (e.g. %s); training skips them", key,
+                                            len(missing), len(entries), missing[0])
     return []
 
 
@@ -239,10 +253,10 @@ def path_problems(cfg: TrainConfig) -> list[str]:
         if not f.manifest:
             p.append("set finetune.manifest=<train JSONL>")
         else:
-            p += manifest_problems("finetune.manifest", f.manifest, f.dataset, f.video_root)
+            p += manifest_problems("finetune.manifest", f.manifest, f.dataset, f.video_root, evaluation=False)
     if cfg.eval.shards:
         p += _shard_problems("eval.shards", cfg.eval.shards)
     elif cfg.eval.manifest.manifest:
         m = cfg.eval.manifest
-        p += manifest_problems("eval.manifest.manifest", m.manifest, m.dataset, m.video_root)
+        p += manifest_problems("eval.manifest.manifest", m.manifest, m.dataset, m.video_root, evaluation=True)
     return p

@@ -72,11 +72,17 @@ class CurateConfig:
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     progress_every_s: float = 10.0
     stall_warn_s: float = 60.0  # say what the run waits for when no row finished for this long
+    # No row finished for this long: stop waiting (a caption node that never comes back, an actor
+    # that cannot be placed), keep every finished shard and end non-zero; the rerun does the rest.
+    # 0 waits for ever (autoscaling clusters whose nodes may take longer to arrive).
+    stall_timeout_s: float = 1800.0
     max_failed_fraction: float = 0.5  # more failed rows than this fraction: the run ends non-zero
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ValueError(f"max_failed_fraction={self.max_failed_fraction} must be between 0 and 1")
+        if not self.stall_timeout_s >= 0.0:
+            raise ValueError(f"stall_timeout_s={self.stall_timeout_s} must be >= 0 (0 waits for ever)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +225,12 @@ def probe_model(cfg: CurateConfig, give_up_s: float = 300.0) -> None:
                                               resources={k: v for k, v in demand.items() if k not in ("CPU", "GPU")})
     ref = probe.remote(cfg.caption.model)
     t0 = time.monotonic()
+    limit = give_up_s if cfg.ray.check_resources else cfg.stall_timeout_s
     while not ray.wait([ref], timeout=min(cfg.progress_every_s, cfg.stall_warn_s))[0]:
         waited = time.monotonic() - t0
-        if cfg.ray.check_resources and waited > give_up_s:
+        if limit and waited > limit:
             ray.cancel(ref, force=True)
-            raise SetupError(f"no node could check caption.model within {give_up_s:.0f} s (needs "
+            raise SetupError(f"no node could check caption.model within {limit:.0f} s (needs "
                              f"{_describe(demand)}); is a caption node up?")
         if waited >= cfg.stall_warn_s:
             logger.warning("0 rows in the last %.0f s; waiting for a node that can run the caption stage (needs %s) "
@@ -327,7 +334,12 @@ class Progress:
             self.last_change = time.monotonic()
         self.rows, self.failed = max(self.rows, rows), max(self.failed, failed)
 
+    @property
+    def idle_s(self) -> float:
+        return time.monotonic() - self.last_change
+
     def shard_done(self, stats: dict[str, Any]) -> None:
+        self.last_change = time.monotonic()
         self.shards += 1
         self.status.update(stats["counts"])
         self.errors.update(stats.get("failures", {}))
@@ -408,6 +420,21 @@ class _Driver:
             self.progress.rows_seen(*self.get(ref))
         self.progress.log(self.waiting_for(pending))
 
+    def give_up(self, pending: dict[Any, int], unsent: list[int]) -> None:
+        """Stop a stalled run: cancel its shard tasks (their temporary files are removed at the end)
+        and record why each unfinished shard is missing. Finished shards stay as they are."""
+        import ray
+
+        why = (f"stalled: no row finished in {self.progress.idle_s:.0f} s (stall_timeout_s); "
+               f"{self.waiting_for(pending)}")
+        logger.error("giving up: %s; %d shard(s) left for the rerun", why, len(pending) + len(unsent))
+        for ref, shard in pending.items():
+            ray.cancel(ref, force=True)
+            self.failed_shards[shard] = why
+        for shard in unsent:
+            self.failed_shards[shard] = why
+        pending.clear()
+
     def run(self) -> Progress:
         import ray
 
@@ -434,6 +461,9 @@ class _Driver:
                     logger.error("shard %d failed: %s", shard, self.failed_shards[shard])
             if self.progress.due():
                 self.poll_progress(pending)
+                if self.cfg.stall_timeout_s and pending and self.progress.idle_s >= self.cfg.stall_timeout_s:
+                    self.give_up(pending, list(queue))
+                    more = False
         snap = self.counter.snapshot.remote()
         self.progress.rows_seen(*self.get(snap))
         for actor in self.actors:

@@ -61,10 +61,12 @@ def encode_eval_set(model, batches: Iterable[dict[str, Any]], tokenizer, *, max_
     return (torch.cat(text_feats).numpy(), torch.cat(video_feats).numpy(), np.asarray(text_to_video))
 
 
-def evaluate_retrieval(model, batches: Iterable[dict[str, Any]], tokenizer, **kw) -> dict[str, float]:
-    """R@1/5/10, MdR, MnR for t2v and v2t, plain and ``dsl_``-prefixed, plus the set sizes."""
+def evaluate_retrieval(model, batches: Iterable[dict[str, Any]], tokenizer, *, ties: str = "official",
+                       **kw) -> dict[str, float]:
+    """R@1/5/10, MdR, MnR for t2v and v2t, plain and ``dsl_``-prefixed, plus the set sizes.
+    ``ties``: how exact score ties rank (:mod:`model.metrics`)."""
     text, video, t2v = encode_eval_set(model, batches, tokenizer, **kw)
-    metrics = evaluate_all(text, video, t2v)
+    metrics = evaluate_all(text, video, t2v, ties=ties)
     metrics.update(n_videos=float(video.shape[0]), n_texts=float(text.shape[0]))
     return metrics
 

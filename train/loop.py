@@ -32,6 +32,9 @@ class ModelSection:
     flavour: str = "debug"  # model.clip_vip.FLAVOURS
     init: str = ""  # "" random | "hf:<CLIP dir or hub id>" | "clipvip:<official .pt>" | "ckpt:<model dir>"
     tokenizer: str = ""  # CLIP tokenizer dir or hub id; "" trains a tiny BPE on the shard texts (debug only)
+    # init=clipvip:<.pt> of an architecture other than the released B/32 and B/16: the transformers CLIP
+    # config.json it was built from (its head counts cannot be read from the weights' shapes).
+    clip_config: str = ""
     attention: str = "proxy"
     # Random-init only: None keeps the spec's 4.60; models trained from scratch (the demo) may start
     # at CLIP's from-scratch value ln(1/0.07) = 2.66, since 4.60 assumes already-aligned features.

@@ -42,6 +42,18 @@ def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
     return load_tokenizer(str(out))
 
 
+class ModelInitError(ValueError):
+    """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
+
+
+def check_tokenizer_fits(model, tokenizer) -> None:
+    """Refuse a tokenizer whose ids the model's text embedding cannot take."""
+    if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
+        raise ModelInitError(f"tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does not fit the "
+                             f"model (eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); use the "
+                             "checkpoint's tokenizer")
+
+
 def build_model(cfg: TrainConfig, tokenizer):
     """Random (flavour), HF CLIP, official CLIP-ViP or our own checkpoint, per ``model.init``."""
     from model.clip_vip import CLIPViP, get_config
@@ -55,18 +67,22 @@ def build_model(cfg: TrainConfig, tokenizer):
             extra["logit_scale_init"] = m.logit_scale_init
         model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
                                    attention=m.attention, **extra))
-    elif kind == "hf":
-        model = from_hf_clip(where, attention=m.attention)
-    elif kind == "clipvip":
-        model, _ = load_official_clipvip(where)
-    elif kind == "ckpt":
-        model = load_checkpoint(where)
+    elif kind not in ("hf", "clipvip", "ckpt"):
+        raise ModelInitError(f"model.init={init!r}: use '', 'hf:<path>', 'clipvip:<file.pt>' or 'ckpt:<model dir>'")
     else:
-        raise ValueError(f"model.init={init!r}: use '', 'hf:<path>', 'clipvip:<file.pt>' or 'ckpt:<model dir>'")
-    if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
-        raise ValueError(f"tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does not fit the model "
-                         f"(eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); set model.tokenizer "
-                         f"to the checkpoint's tokenizer")
+        try:
+            if kind == "hf":
+                model = from_hf_clip(where, attention=m.attention)
+            elif kind == "clipvip":
+                model, _ = load_official_clipvip(where, clip_config=m.clip_config or None)
+            else:
+                model = load_checkpoint(where)
+        except ValueError as exc:  # the loaders name the file and what is wrong with it
+            raise ModelInitError(f"model.init={init!r}: {exc}".replace("clip_config=", "model.clip_config=")) from exc
+    try:
+        check_tokenizer_fits(model, tokenizer)
+    except ModelInitError as exc:
+        raise ModelInitError(f"{exc} (model.tokenizer)") from None
     model.gradient_checkpointing = m.gradient_checkpointing
     return model
 
