@@ -46,7 +46,8 @@ def test_a_stalled_run_stops_keeps_its_shards_and_the_rerun_finishes(ray_with_on
                        writer=ShardWriterConfig(output_dir=str(out), prefix="t", samples_per_shard=6),
                        # As on an autoscaling cluster: start although the second actor has no room yet.
                        ray=RayConfig(num_cpus=2, check_resources=False),
-                       progress_every_s=1.0, stall_warn_s=2.0, stall_timeout_s=6.0)
+                       # Long enough for the first actor to load its model on a loaded box before any row.
+                       progress_every_s=1.0, stall_warn_s=2.0, stall_timeout_s=20.0)
     summary = run(cfg)
     n_shards = summary["shards"]
     assert n_shards == 4
