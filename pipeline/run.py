@@ -383,6 +383,7 @@ class _Driver:
         self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
                                  cfg.stall_warn_s)
         self.failed_shards: dict[int, str] = {}
+        self.done_stats: dict[int, dict[str, Any]] = {}  # what each finished shard task returned
 
     def get(self, ref: Any) -> Any:
         import ray
@@ -454,7 +455,9 @@ class _Driver:
             for ref in ready:
                 shard = pending.pop(ref)
                 try:
-                    self.progress.shard_done(self.get(ref))
+                    done = self.get(ref)
+                    self.progress.shard_done(done)
+                    self.done_stats[shard] = {"counts": done["counts"], "samples": done["samples"]}
                 except (ray.exceptions.RayError, OSError) as exc:
                     # A shard whose task failed after Ray's retries: the others go on, the rerun redoes it.
                     self.failed_shards[shard] = str(exc).strip().splitlines()[-1][:300]
@@ -500,11 +503,12 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     todo, kept = plan_shards(cfg, plan.n_shards)
     logger.info("%d shard(s) to process, %d already complete", len(todo), len(kept))
     t0 = time.monotonic()
-    progress, failed_shards = None, {}
+    progress, failed_shards, known = None, {}, dict(kept)
     if todo:
         driver = _Driver(cfg, plan, todo, slots, stats)
         progress = driver.run()
         failed_shards = driver.failed_shards
+        known.update(driver.done_stats)
         logger.info("%d rows at %.1f clips/s, %d failed, %d shards written", progress.rows, progress.rate,
                     progress.failed, progress.shards)
     wall = time.monotonic() - t0
@@ -518,7 +522,7 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
                      "wall_s": round(wall, 3), "clips_per_s": round(rows / wall, 3) if wall and rows else None,
                      "failures": dict(progress.errors.most_common(10)) if progress else {}},
         "caption_model": cfg.caption.model, "max_failed_fraction": cfg.max_failed_fraction,
-    })
+    }, known=known)
 
 
 def check_outcome(summary: dict[str, Any]) -> None:

@@ -224,11 +224,14 @@ class ShardWriter:
                 os.unlink(self.tmp)
 
 
-def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int]) -> dict[int, dict[str, Any]]:
+def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int],
+                    known: dict[int, dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
     """Counts of the shards that are complete (their ``_stats.json`` exists).
 
     One listing finds the markers; they are read concurrently (on an object store each is a
     request) and only the fields the run's summary needs are kept, a few dozen bytes per shard.
+    ``known``: stats the caller already holds (what a shard task returned, what the start of the
+    run read), used for the shards whose marker the listing finds instead of reading it again.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -244,10 +247,17 @@ def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int]) -> dict[int, 
 
     def read(shard: int) -> tuple[int, dict[str, Any] | None]:
         stats = read_json(shard_paths(cfg, shard)["stats"])
-        return shard, None if stats is None else {"counts": stats["counts"], "samples": stats["samples"]}
+        return shard, None if stats is None else _summary_fields(stats)
 
+    known = known or {}
+    out = {s: _summary_fields(known[s]) for s in done if s in known}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {s: st for s, st in pool.map(read, sorted(done)) if st is not None}
+        out.update({s: st for s, st in pool.map(read, sorted(s for s in done if s not in known)) if st is not None})
+    return dict(sorted(out.items()))
+
+
+def _summary_fields(stats: dict[str, Any]) -> dict[str, Any]:
+    return {"counts": stats["counts"], "samples": stats["samples"]}
 
 
 def reopen_shard(cfg: ShardWriterConfig, shard: int) -> None:
@@ -293,9 +303,14 @@ def remove_run(cfg: ShardWriterConfig) -> int:
     return len(files)
 
 
-def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``_summary.json`` (counts over all shards) and ``sizes.json`` (tar name -> samples)."""
-    stats = finished_shards(cfg, range(n_shards))
+def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] | None = None,
+                  known: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``_summary.json`` (counts over all shards) and ``sizes.json`` (tar name -> samples).
+
+    The complete shards are those whose marker a listing finds now; ``known`` spares reading the
+    markers whose stats the run already holds (see :func:`finished_shards`).
+    """
+    stats = finished_shards(cfg, range(n_shards), known)
     counts: dict[str, int] = {}
     for st in stats.values():
         for k, v in st["counts"].items():

@@ -88,3 +88,26 @@ def test_reopen_and_summary(tmp_path):
     writer.reopen_shard(cfg, 1)
     assert sorted(writer.finished_shards(cfg, range(3))) == [0]
     assert (tmp_path / "t-000001.tar").exists()  # data stays until the rerun replaces it atomically
+
+
+def test_summary_trusts_the_listing_and_reads_only_markers_it_does_not_hold(tmp_path, monkeypatch):
+    """At the end of a run the driver already holds every shard's stats; on an object store each
+    marker read is a request. The listing still decides which shards are complete."""
+    cfg = ShardWriterConfig(output_dir=str(tmp_path), prefix="t")
+    returned = {}
+    for shard in (0, 1):
+        w = ShardWriter(cfg, shard, expected=2)
+        w.write(_row(shard, 2 * shard))
+        w.write(_row(shard, 2 * shard + 1, "failed" if shard else "ok"))
+        returned[shard] = w.close()
+    reads = []
+    real_read = writer.read_json
+    monkeypatch.setattr(writer, "read_json", lambda path: reads.append(path) or real_read(path))
+    # Shard 0 as its task returned it; shard 1 unknown (read from its marker); shard 2 "known" but
+    # without a marker on disk (a stale belief): not complete.
+    known = {0: returned[0], 2: {"counts": {"ok": 5}, "samples": 5}}
+    summary = writer.write_summary(cfg, 3, known=known)
+    assert summary["counts"] == {"ok": 3, "failed": 1} and summary["shards_complete"] == 2
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"t-000000.tar": 2, "t-000001.tar": 1}
+    assert [p.rsplit("/", 1)[-1] for p in reads] == ["t-000001_stats.json"]
+    assert summary == writer.write_summary(cfg, 3)  # the same as reading every marker
