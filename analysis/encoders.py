@@ -12,8 +12,9 @@ Every encoder has a ``cache_id`` that changes whenever its outputs could change 
 truncation length, precision), which keys the on-disk embedding cache, and a ``describe()`` that
 names the model and the precision it actually runs in, for the report.
 
-:func:`open_encoder` is what the report uses: for the bundled MiniLM the cache id is known without
-loading the model, so a run whose texts are all cached never loads it (see :class:`LazyEncoder`).
+:func:`open_encoder` is what the report uses: for the bundled MiniLM and local ``st:``/``clip:``
+folders the cache id is known without loading the model, so a run whose texts are all cached never
+loads it (see :class:`LazyEncoder`).
 """
 
 from __future__ import annotations
@@ -320,12 +321,18 @@ def _detect_local(path: Path) -> str | None:
     return None
 
 
-def load_encoder(cfg: EncoderConfig) -> TextEncoder:
-    """Build the encoder a spec names; a bare local folder is recognised by its files."""
-    spec = cfg.spec
+def _kind_and_target(spec: str) -> tuple[str, str]:
+    """("minilm" | "st" | "clip" | "", target) of a spec; a bare local folder is recognised by its files."""
     kind, sep, target = spec.partition(":")
     if not sep:
         kind, target = (spec, "") if spec == "minilm" else (_detect_local(Path(spec)) or "", spec)
+    return kind, target
+
+
+def load_encoder(cfg: EncoderConfig) -> TextEncoder:
+    """Build the encoder a spec names; a bare local folder is recognised by its files."""
+    kind, target = _kind_and_target(cfg.spec)
+    spec = cfg.spec
     if kind == "minilm":
         return minilm_encoder(device=cfg.device, max_length=cfg.max_length, dtype=cfg.dtype)
     if kind == "st" and target:
@@ -338,14 +345,43 @@ def load_encoder(cfg: EncoderConfig) -> TextEncoder:
     )
 
 
+def _lazy_local(cfg: EncoderConfig) -> LazyEncoder | None:
+    """A local ``st:`` or ``clip:`` folder's cache id from its config files, without loading it.
+
+    The id is built exactly as the loaded encoder builds it (folder fingerprint, the token limit
+    clamped to the model's own, the precision); where a config does not state the model's limit
+    the model is loaded to find out (None here).
+    """
+    kind, target = _kind_and_target(cfg.spec)
+    path = Path(target).expanduser()
+    if kind not in ("st", "clip") or not path.is_dir():
+        return None
+    try:
+        if kind == "clip":
+            conf = json.loads((path / "config.json").read_text())
+            native = int((conf["text_config"] if conf.get("model_type") == "clip" else conf)["max_position_embeddings"])
+        else:
+            native = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if cfg.max_length is not None and cfg.max_length > native:
+        logger.warning("max_length=%d exceeds %s's maximum %d; using %d", cfg.max_length, target, native, native)
+    max_length = min(cfg.max_length, native) if cfg.max_length is not None else native
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    ident = _model_identity(target)
+    cache_id = f"{kind}:{ident}:max{max_length}:{_dtype_name(dtype)}"
+    name = f"CLIP text tower {target}" if kind == "clip" else f"sentence-transformers {target}"
+    info = {"name": name, "dtype": _dtype_name(dtype), "max_length": max_length, "device": device}
+    return LazyEncoder(cfg, cache_id, max_length, info)
+
+
 def open_encoder(cfg: EncoderConfig) -> TextEncoder:
     """The encoder a report uses: lazy where its cache id can be known without loading (the bundled
-    MiniLM), else loaded now by :func:`load_encoder`."""
-    if cfg.spec == "minilm":
-        lazy = _lazy_minilm(cfg)
-        if lazy is not None:
-            return lazy
-    return load_encoder(cfg)
+    MiniLM, local ``st:`` and ``clip:`` folders), else loaded now by :func:`load_encoder`. A wrong
+    prediction cannot mix caches: the lazy encoder checks it against the loaded model's id."""
+    lazy = _lazy_minilm(cfg) if cfg.spec == "minilm" else _lazy_local(cfg)
+    return lazy if lazy is not None else load_encoder(cfg)
 
 
 def describe_encoder(encoder: TextEncoder) -> dict[str, object]:

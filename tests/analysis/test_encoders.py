@@ -168,6 +168,29 @@ def test_default_minilm_loads_offline_and_separates_topics(tmp_path):
     assert lazy.loaded and lazy.load_seconds > 0
 
 
+@pytest.mark.parametrize("max_length", [None, 8])
+def test_local_clip_and_st_folders_open_lazily_with_the_loaded_models_cache_id(tiny_clip, tmp_path, max_length):
+    """A warm report on a local model folder reads every vector from the cache without loading the
+    model; the predicted cache id, description and vectors are the loaded encoder's."""
+    from analysis.encoders import _bundled_minilm
+
+    path, _, _ = tiny_clip
+    minilm_dir = _bundled_minilm().get_model_path()
+    for spec in (f"clip:{path}", str(path), f"st:{minilm_dir}"):
+        cfg = EncoderConfig(spec=spec, device="cpu", dtype="float32", max_length=max_length)
+        lazy = open_encoder(cfg)
+        assert isinstance(lazy, LazyEncoder) and not lazy.loaded, spec
+        eager = load_encoder(cfg)
+        assert lazy.cache_id == eager.cache_id and lazy.describe() == eager.describe(), spec
+        vecs = eager.encode(CAPTIONS)
+        cache = EmbeddingCache(tmp_path / spec.replace("/", "_"), lazy.cache_id)
+        cache.put([text_key(t) for t in CAPTIONS], vecs)
+        np.testing.assert_array_equal(embed_texts(lazy, CAPTIONS, cache=cache, progress=False), vecs)
+        assert not lazy.loaded
+        np.testing.assert_allclose(lazy.encode(CAPTIONS[:2]), vecs[:2], atol=1e-5)  # a cache miss loads it
+        assert lazy.loaded
+
+
 def test_unknown_encoder_spec_and_dtype():
     with pytest.raises(ValueError, match="unknown encoder 'bert'"):
         load_encoder(EncoderConfig(spec="bert"))
