@@ -17,7 +17,7 @@ scikit-learn K-means, to isolate the clustering; with ``--compare-float32`` the 
 encodes cold in float32, against the default precision (bfloat16 where the CPU has it).
 
 Usage (2-core CPU box): ``.venv/bin/python bench/nmi.py [--corpora ../shared/corpora] [--n 1000]
-[--seeds 0 1 2] [--baseline 141aed4] [--warm-runs 3] [--backends] [--compare-float32]``.
+[--seeds 0 1 2] [--baseline 141aed4] [--warm-runs 3] [--encoder SPEC] [--backends] [--compare-float32]``.
 """
 
 from __future__ import annotations
@@ -135,6 +135,8 @@ def main() -> int:
     p.add_argument("--warm-runs", type=int, default=3, help="warm reports per tree (median kept)")
     p.add_argument("--backends", action="store_true",
                    help="also time the after-tree warm report with faiss and scikit-learn K-means")
+    p.add_argument("--encoder", help="encoder spec for both trees (default: the report's, the bundled MiniLM), "
+                   "e.g. st:<local sentence-transformers folder> or clip:<local CLIP folder>")
     p.add_argument("--compare-float32", action="store_true",
                    help="also encode cold in float32 and compare encode time and NMI with the default precision")
     args = p.parse_args()
@@ -155,7 +157,8 @@ def main() -> int:
             return {"pretrain": [f"{k}={c / v}" for k, v in PRETRAIN.items()],
                     "downstream": [f"{k}={c / v}" for k, v in DOWNSTREAM.items()],
                     "n": args.n, "seeds": args.seeds, "cache_dir": str(tmp / f"cache-{name}"),
-                    "out_dir": str(tmp / f"out-{name}"), "progress": False, **extra}
+                    "out_dir": str(tmp / f"out-{name}"), "progress": False,
+                    **({"encoder": {"spec": args.encoder}} if args.encoder else {}), **extra}
 
         cold = {name: run_report(tree, spec(name)) for name, tree in trees.items()}
         warm_runs: dict[str, list[dict]] = {name: [] for name in trees}
@@ -167,10 +170,12 @@ def main() -> int:
         if args.backends:
             for backend in ("faiss", "sklearn"):
                 extra[backend] = run_report(ROOT, spec("after", cluster={"backend": backend}))
-        fp32 = run_report(ROOT, spec("fp32", encoder={"dtype": "float32"})) if args.compare_float32 else None
+        fp32 = (run_report(ROOT, spec("fp32", encoder={"spec": args.encoder or "minilm", "dtype": "float32"}))
+                if args.compare_float32 else None)
 
     load = os.getloadavg()
-    print(f"## NMI report: {len(PRETRAIN) + len(DOWNSTREAM)} corpora x {args.n} texts x seeds {args.seeds}\n")
+    print(f"## NMI report: {len(PRETRAIN) + len(DOWNSTREAM)} corpora x {args.n} texts x seeds {args.seeds}, "
+          f"encoder {args.encoder or 'minilm'}\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"before = analysis/ at {args.baseline if 'before' in trees else '(unavailable)'}, after = this checkout; "
           f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.")
