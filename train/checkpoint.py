@@ -218,9 +218,16 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Settings added after checkpoints were first written, with the value that reproduces what a run
+# written before them did: such a checkpoint resumes exactly with that value and names it otherwise.
+SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": ""}
+
+
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], safe: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:
     """``key: old -> new`` for each setting that differs between two run configs, except ``safe`` ones."""
     old, new = _flat(saved), _flat(now)
+    for key, value in SETTINGS_ADDED.items():
+        old.setdefault(key, value)
 
     def is_safe(key: str) -> bool:
         return any(key == s or key.startswith(s + ".") for s in safe)

@@ -112,6 +112,20 @@ def test_changed_settings_names_each_difference_and_ignores_reporting_ones():
     assert ckpt.changed_settings(a, b) == ["optim.lr: 5e-06 -> 0.0001", "steps: 0 -> 9"]
 
 
+def test_a_checkpoint_older_than_a_setting_resumes_with_the_behaviour_it_had():
+    """Checkpoints written before ``gather_grad`` existed summed the gathered gradients: they resume
+    exactly with gather_grad=sum and name the change under the new default."""
+    import dataclasses
+
+    from train.loop import TrainConfig
+
+    now = dataclasses.asdict(TrainConfig())
+    saved = {k: v for k, v in now.items() if k != "gather_grad"}
+    saved["model"] = {k: v for k, v in saved["model"].items() if k != "clip_config"}
+    assert ckpt.changed_settings(saved, now) == ["gather_grad: 'sum' -> 'mean'"]
+    assert ckpt.changed_settings(saved, dataclasses.asdict(TrainConfig(gather_grad="sum"))) == []
+
+
 def test_resuming_drops_the_metrics_rows_of_replayed_steps(tmp_path):
     from train.log import RunLogger
 
