@@ -175,6 +175,48 @@ def test_the_guard_is_silent_on_finite_steps_and_updates_happen(synth_shards, sy
     assert not torch.equal(before, model.text_projection.weight.detach())
 
 
+class HostReads:
+    """Records every Python-level read of a tensor's value to the host (``item``, ``float()``,
+    ``bool()``, ``tolist``, ...) while active: on a GPU each is a device sync."""
+
+    NAMES = ("item", "__float__", "__bool__", "__int__", "__index__", "tolist", "numpy")
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch, self.calls = monkeypatch, []
+
+    def __enter__(self):
+        for name in self.NAMES:
+            real = getattr(torch.Tensor, name)
+
+            def spy(tensor, *args, _real=real, _name=name, **kwargs):
+                self.calls.append(_name)
+                return _real(tensor, *args, **kwargs)
+
+            self.monkeypatch.setattr(torch.Tensor, name, spy)
+        return self
+
+    def __exit__(self, *exc):
+        self.monkeypatch.undo()
+
+
+def test_a_guarded_step_reads_nothing_back_to_the_host(synth_shards, synth_tokenizer, monkeypatch):
+    """The CPU stand-in for the gpu test below, run by default: a guarded step (the loop's path on a
+    non-logging step) makes no host read from Python, while the unguarded path does (its finiteness
+    check), which shows the spy sees them."""
+    model = tiny_model(synth_tokenizer)
+    batch = _fixed_batch(synth_shards, synth_tokenizer)
+    opt = build_optimizer(model, OptimConfig())
+    rt, guard = Runtime(0, 1, torch.device("cpu"), "fp32", 32), FiniteGuard(torch.device("cpu"))
+    train_step(model, model, OCLLoss(), batch, opt, step=1, grad_clip=1.0, rt=rt, guard=guard)
+    with HostReads(monkeypatch) as guarded:
+        train_step(model, model, OCLLoss(), batch, opt, step=2, grad_clip=1.0, rt=rt, guard=guard)
+    assert guarded.calls == []
+    with HostReads(monkeypatch) as unguarded:
+        train_step(model, model, OCLLoss(), batch, opt, step=3, grad_clip=1.0, rt=rt)
+    assert unguarded.calls
+    guard.check()
+
+
 @pytest.mark.gpu
 def test_no_host_sync_on_a_guarded_cuda_step(synth_shards, synth_tokenizer):
     """Under CUDA's sync debug mode "error", any device-to-host wait in a non-logging step raises."""
