@@ -51,13 +51,13 @@ def test_a_stalled_run_stops_keeps_its_shards_and_the_rerun_finishes(ray_with_on
     summary = run(cfg)
     n_shards = summary["shards"]
     assert n_shards == 4
-    # Shards go to actor (shard % 2): the even ones were captioned by the actor that started.
+    # Shards go to actor (shard % 2): those of the actor that started are done (Ray picks which one).
     assert summary["shards_complete"] == 2 and summary["this_run"]["shards"] == 2
     missing = summary["this_run"]["failed_shards"]
-    assert sorted(missing) == ["1", "3"]
+    assert sorted(missing) in (["0", "2"], ["1", "3"])
     assert all("stalled: no row finished" in why and "1 of 2 caption actor(s) not started" in why
                for why in missing.values())
-    with pytest.raises(CurationError, match=r"only 2 of 4 shards are complete; e\.g\. shard 1: stalled"):
+    with pytest.raises(CurationError, match=r"only 2 of 4 shards are complete; e\.g\. shard [01]: stalled"):
         check_outcome(summary)
     assert not list(out.glob("*.tmp*")) and not list(out.glob(".*tmp*"))  # the cancelled tasks left nothing
 
