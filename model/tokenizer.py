@@ -67,13 +67,18 @@ def load_tokenizer(path_or_id: str):
     """The CLIP tokenizer of a checkpoint folder or hub id (fast version)."""
     from transformers import CLIPTokenizerFast
 
+    hint = ("give a folder with vocab.json and merges.txt (or tokenizer.json), or a hub id on a machine with "
+            "network access")
     try:
-        return CLIPTokenizerFast.from_pretrained(path_or_id)
+        tokenizer = CLIPTokenizerFast.from_pretrained(path_or_id)
     except OSError as e:
-        raise FileNotFoundError(
-            f"no CLIP tokenizer at {path_or_id!r}: give a folder with vocab.json and merges.txt (or "
-            f"tokenizer.json), or a hub id on a machine with network access"
-        ) from e
+        raise FileNotFoundError(f"no CLIP tokenizer at {path_or_id!r}: {hint}") from e
+    # Where it finds no vocabulary files, transformers 5 builds an empty tokenizer (only the special
+    # tokens) instead of failing; a byte-level BPE always holds the 256 byte symbols.
+    if len(tokenizer) < 256:
+        raise FileNotFoundError(f"no CLIP tokenizer at {path_or_id!r} (no vocabulary found, {len(tokenizer)} "
+                                f"tokens): {hint}")
+    return tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict:

@@ -24,3 +24,10 @@ def test_missing_tokenizer_is_clear(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="vocab.json"):
         load_tokenizer(str(tmp_path / "none"))
+    # An existing folder without vocabulary files, and a hub id that is not available offline:
+    # transformers builds a tokenizer of special tokens only, which must not pass for a CLIP one.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no vocabulary found, \d tokens"):
+        load_tokenizer(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="no CLIP tokenizer at 'nobody/no-such-tokenizer'"):
+        load_tokenizer("nobody/no-such-tokenizer")
