@@ -27,7 +27,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from common.jsonl import JSONLineError, parse_object
+from common.jsonl import parse_object
 
 logger = logging.getLogger(__name__)
 
@@ -214,10 +214,7 @@ def _read_jsonl(path: str, compression: str | None, field: str, name: str) -> It
             yield ""
             continue
         where = f"corpus {name!r}, {path} line {i}"
-        try:
-            record = parse_object(line, where)
-        except JSONLineError as e:
-            raise CorpusError(str(e)) from None
+        record = parse_object(line, where, CorpusError)
         if field not in record:
             keys = sorted(record)
             raise CorpusError(

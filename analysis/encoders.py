@@ -111,6 +111,15 @@ def _model_identity(name_or_path: str) -> str:
     return name_or_path
 
 
+def _folder_cache_id(label: str, name_or_path: str, max_length: int, dtype) -> str:
+    """The cache id of a model named by hub id or folder: the loaded encoders and the lazy
+    prediction (:func:`_lazy_local`) both build it here, so they cannot drift apart."""
+    return f"{label}:{_model_identity(name_or_path)}:max{max_length}:{_dtype_name(dtype)}"
+
+
+_NAMES = {"st": "sentence-transformers {}", "clip": "CLIP text tower {}"}
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -125,7 +134,7 @@ class SentenceTransformerEncoder:
 
         device = resolve_device(device)
         self.device = device
-        self.name = f"sentence-transformers {name_or_path}"
+        self.name = _NAMES["st"].format(name_or_path)
         self.dtype = resolve_dtype(dtype, device)
         try:
             self.model = SentenceTransformer(str(name_or_path), device=device)
@@ -142,8 +151,7 @@ class SentenceTransformerEncoder:
             self.model.max_seq_length = min(max_length, native)
         self.max_length = int(self.model.max_seq_length)
         self.model.to(self.dtype)
-        ident = _model_identity(str(name_or_path))
-        self.cache_id = f"{label}:{ident}:max{self.max_length}:{_dtype_name(self.dtype)}"
+        self.cache_id = _folder_cache_id(label, str(name_or_path), self.max_length, self.dtype)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = self.model.encode(list(texts), batch_size=max(1, len(texts)), convert_to_numpy=True,
@@ -271,8 +279,8 @@ class ClipTextEncoder:
         self.max_length = min(max_length or native, native)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.cache_id = f"clip:{_model_identity(name_or_path)}:max{self.max_length}:{_dtype_name(self.dtype)}"
-        self.name = f"CLIP text tower {name_or_path}"
+        self.cache_id = _folder_cache_id("clip", name_or_path, self.max_length, self.dtype)
+        self.name = _NAMES["clip"].format(name_or_path)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -369,11 +377,9 @@ def _lazy_local(cfg: EncoderConfig) -> LazyEncoder | None:
     max_length = min(cfg.max_length, native) if cfg.max_length is not None else native
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    ident = _model_identity(target)
-    cache_id = f"{kind}:{ident}:max{max_length}:{_dtype_name(dtype)}"
-    name = f"CLIP text tower {target}" if kind == "clip" else f"sentence-transformers {target}"
-    info = {"name": name, "dtype": _dtype_name(dtype), "max_length": max_length, "device": device}
-    return LazyEncoder(cfg, cache_id, max_length, info)
+    info = {"name": _NAMES[kind].format(target), "dtype": _dtype_name(dtype), "max_length": max_length,
+            "device": device}
+    return LazyEncoder(cfg, _folder_cache_id(kind, target, max_length, dtype), max_length, info)
 
 
 def open_encoder(cfg: EncoderConfig) -> TextEncoder:

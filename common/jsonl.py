@@ -11,13 +11,13 @@ class JSONLineError(ValueError):
     """A line that is not one JSON object; the message names where it is and what to do."""
 
 
-def parse_object(line: str | bytes, where: str) -> dict[str, Any]:
-    """The JSON object on ``line``; ``where`` (file and line or byte) leads the error message."""
+def parse_object(line: str | bytes, where: str, error: type[ValueError] = JSONLineError) -> dict[str, Any]:
+    """The JSON object on ``line``; ``where`` (file and line or byte) leads the message of the
+    ``error`` raised otherwise (each reader passes its own error class)."""
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise JSONLineError(f"{where}: not valid JSON ({exc}); fix or remove the line") from None
+        raise error(f"{where}: not valid JSON ({exc}); fix or remove the line") from None
     if not isinstance(record, dict):
-        raise JSONLineError(f"{where}: a {type(record).__name__}, not a JSON object; each line must be one "
-                            "{...} row")
+        raise error(f"{where}: a {type(record).__name__}, not a JSON object; each line must be one {{...}} row")
     return record

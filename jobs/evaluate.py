@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from model.convert import load_checkpoint, load_official_clipvip
+    from model.convert import HeadCountError, load_checkpoint, load_official_clipvip
     from train.evaluate import evaluate_retrieval, format_metrics
-    from train.setup import check_tokenizer_fits
+    from train.setup import ModelInitError, check_tokenizer_fits
     from train.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
     from model.tokenizer import load_tokenizer
 
@@ -60,10 +60,19 @@ def main(argv: list[str] | None = None) -> int:
             model, _ = load_official_clipvip(args.model.split(":", 1)[1], clip_config=args.clip_config)
         else:
             model = load_checkpoint(args.model)
-        tokenizer = load_tokenizer(args.tokenizer)
-        check_tokenizer_fits(model, tokenizer)
+    except HeadCountError as exc:
+        raise UserError(f"--model {args.model}: {exc.detail}; give --clip-config <the transformers CLIP config.json "
+                        "it was built from>") from exc
     except ValueError as exc:  # the loaders name the file and the fix
-        raise UserError(f"--model {args.model}: {exc}".replace("clip_config=", "--clip-config ")) from exc
+        raise UserError(f"--model {args.model}: {exc}") from exc
+    try:
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"--tokenizer {args.tokenizer}: {exc}") from exc
+    try:
+        check_tokenizer_fits(model, tokenizer, "--tokenizer")
+    except ModelInitError as exc:
+        raise UserError(str(exc)) from exc
     size = args.image_size or model.config.image_size
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

@@ -21,6 +21,16 @@ from model.clip_vip import FLAVOURS, CLIPViP, CLIPViPConfig
 logger = logging.getLogger(__name__)
 
 OFFICIAL_PREFIX = "clipmodel."
+
+
+class HeadCountError(ValueError):
+    """A checkpoint whose attention head counts its weights do not determine. ``detail`` says why;
+    the message adds how to give them from Python, and a command names its own option instead."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"{detail}. Pass vision_heads=<n> and text_heads=<n>, or clip_config=<the transformers "
+                         "CLIP config.json it was built from>")
 # Flavours that are OpenAI CLIP architectures, so their head counts are known facts; a checkpoint with
 # their exact shapes is taken to have their heads.
 RELEASED_FLAVOURS = ("B/32", "B/16", "L/14")
@@ -136,12 +146,10 @@ def config_from_state(state: dict[str, torch.Tensor], **overrides) -> CLIPViPCon
         if heads in overrides:
             continue
         if flavour is None:
-            raise ValueError(
+            raise HeadCountError(
                 f"cannot tell the attention heads of this checkpoint (vision width {v_width}, text width {t_width}, "
                 f"{fields['vision_layers']}/{fields['text_layers']} layers): it matches none of the released "
-                f"architectures {RELEASED_FLAVOURS}, and the weights have the same shapes for every head count. Pass "
-                "vision_heads=<n> and text_heads=<n>, or clip_config=<the transformers CLIP config.json it was "
-                "built from>")
+                f"architectures {RELEASED_FLAVOURS}, and the weights have the same shapes for every head count")
         fields[heads] = FLAVOURS[flavour][heads]
     for mlp, width in (("vision_mlp", v_width), ("text_mlp", t_width)):
         if fields[mlp] == 4 * width:

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from common.jsonl import JSONLineError, parse_object
+from common.jsonl import parse_object
 
 REQUIRED = ("key", "path", "text")
 SPAN = ("start", "end")
@@ -157,10 +157,7 @@ def _jsonl_records(part: Part, offset: int) -> Iterator[tuple[int, dict[str, Any
             pos += len(line)
             if not line.strip():
                 continue
-            try:
-                record = parse_object(line, f"manifest part {part.url}, the line at byte {at}")
-            except JSONLineError as exc:
-                raise ManifestError(str(exc)) from None
+            record = parse_object(line, f"manifest part {part.url}, the line at byte {at}", ManifestError)
             yield (at if _seekable(part.url) else -1), record
 
 

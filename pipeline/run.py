@@ -383,7 +383,7 @@ class _Driver:
         self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
                                  cfg.stall_warn_s)
         self.failed_shards: dict[int, str] = {}
-        self.done_stats: dict[int, dict[str, Any]] = {}  # what each finished shard task returned
+        self.done_stats: dict[int, dict[str, Any]] = {}  # summary fields of what each finished task returned
 
     def get(self, ref: Any) -> Any:
         import ray
@@ -457,7 +457,7 @@ class _Driver:
                 try:
                     done = self.get(ref)
                     self.progress.shard_done(done)
-                    self.done_stats[shard] = {"counts": done["counts"], "samples": done["samples"]}
+                    self.done_stats[shard] = writer_mod.summary_fields(done)
                 except (ray.exceptions.RayError, OSError) as exc:
                     # A shard whose task failed after Ray's retries: the others go on, the rerun redoes it.
                     self.failed_shards[shard] = str(exc).strip().splitlines()[-1][:300]

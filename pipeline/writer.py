@@ -247,16 +247,17 @@ def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int],
 
     def read(shard: int) -> tuple[int, dict[str, Any] | None]:
         stats = read_json(shard_paths(cfg, shard)["stats"])
-        return shard, None if stats is None else _summary_fields(stats)
+        return shard, None if stats is None else summary_fields(stats)
 
     known = known or {}
-    out = {s: _summary_fields(known[s]) for s in done if s in known}
+    out = {s: summary_fields(known[s]) for s in done if s in known}
     with ThreadPoolExecutor(max_workers=16) as pool:
         out.update({s: st for s, st in pool.map(read, sorted(s for s in done if s not in known)) if st is not None})
     return dict(sorted(out.items()))
 
 
-def _summary_fields(stats: dict[str, Any]) -> dict[str, Any]:
+def summary_fields(stats: dict[str, Any]) -> dict[str, Any]:
+    """The part of a shard's ``_stats.json`` the run's summary needs: row counts by status and samples."""
     return {"counts": stats["counts"], "samples": stats["samples"]}
 
 

@@ -123,6 +123,28 @@ def curate_manifest(synth_clips, tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
+def tiny_pretrain(synth_shards):
+    """``tiny_pretrain(run_dir, num_workers=0, **changes)``: the TrainConfig of a 6-step CPU pretraining
+    run of the debug model on the synthetic shards, checkpointing every 2 steps, no evaluation."""
+    import dataclasses
+
+    from train.data import ShardDataConfig
+    from train.loop import EvalSection, ModelSection, TrainConfig
+    from train.optim import OptimConfig
+
+    def make(run_dir, num_workers: int = 0, **changes):
+        base = TrainConfig(task="pretrain", run_dir=str(run_dir), steps=6, device="cpu", precision="fp32",
+                           model=ModelSection(flavour="debug"),
+                           data=ShardDataConfig(shards=synth_shards, batch_size=4, num_workers=num_workers,
+                                                num_frames=4, image_size=32, max_text_len=16, shuffle_buffer=4),
+                           optim=OptimConfig(lr=1e-3, warmup_ratio=0.2), eval=EvalSection(every=0, at_start=False),
+                           checkpoint_every=2, log_every=1, tensorboard=False)
+        return dataclasses.replace(base, **changes)
+
+    return make
+
+
+@pytest.fixture()
 def preempt_training(monkeypatch):
     """``preempt_training(step)``: the trainer's ``train_step`` raises KeyboardInterrupt when it reaches
     ``step`` (a preemption mid-step); returns a function that puts the real step back."""

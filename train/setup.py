@@ -46,18 +46,19 @@ class ModelInitError(ValueError):
     """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
 
 
-def check_tokenizer_fits(model, tokenizer) -> None:
-    """Refuse a tokenizer whose ids the model's text embedding cannot take."""
+def check_tokenizer_fits(model, tokenizer, setting: str) -> None:
+    """Refuse a tokenizer whose ids the model's text embedding cannot take; ``setting`` names where
+    the user chose it."""
     if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
-        raise ModelInitError(f"tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does not fit the "
-                             f"model (eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); use the "
-                             "checkpoint's tokenizer")
+        raise ModelInitError(f"{setting}: the tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does "
+                             f"not fit the model (eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); "
+                             "give the checkpoint's tokenizer")
 
 
 def build_model(cfg: TrainConfig, tokenizer):
     """Random (flavour), HF CLIP, official CLIP-ViP or our own checkpoint, per ``model.init``."""
     from model.clip_vip import CLIPViP, get_config
-    from model.convert import from_hf_clip, load_checkpoint, load_official_clipvip
+    from model.convert import HeadCountError, from_hf_clip, load_checkpoint, load_official_clipvip
 
     init, m = cfg.model.init, cfg.model
     kind, _, where = init.partition(":")
@@ -77,12 +78,12 @@ def build_model(cfg: TrainConfig, tokenizer):
                 model, _ = load_official_clipvip(where, clip_config=m.clip_config or None)
             else:
                 model = load_checkpoint(where)
+        except HeadCountError as exc:
+            raise ModelInitError(f"model.init={init!r}: {exc.detail}; set model.clip_config=<the transformers CLIP "
+                                 "config.json it was built from>") from exc
         except ValueError as exc:  # the loaders name the file and what is wrong with it
-            raise ModelInitError(f"model.init={init!r}: {exc}".replace("clip_config=", "model.clip_config=")) from exc
-    try:
-        check_tokenizer_fits(model, tokenizer)
-    except ModelInitError as exc:
-        raise ModelInitError(f"{exc} (model.tokenizer)") from None
+            raise ModelInitError(f"model.init={init!r}: {exc}") from exc
+    check_tokenizer_fits(model, tokenizer, "model.tokenizer")
     model.gradient_checkpointing = m.gradient_checkpointing
     return model
 

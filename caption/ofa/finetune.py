@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, find_bpe_files
 from common.jsonio import strict_json
-from common.jsonl import JSONLineError, parse_object
+from common.jsonl import parse_object
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +146,7 @@ def read_manifest(path: str | Path, text_field: str = "caption") -> list[Caption
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            row = parse_object(line, where)
-        except JSONLineError as exc:
-            raise CaptionDataError(str(exc)) from None
+        row = parse_object(line, where, CaptionDataError)
         media = [k for k in ("image", "video", "path") if row.get(k)]
         if len(media) != 1:
             raise CaptionDataError(f"{where}: give exactly one of 'image' (an image file) or 'video'/'path' (a clip), "

@@ -20,9 +20,8 @@ import pytest
 import torch
 
 from train import checkpoint as ckpt
-from train.data import ShardDataConfig
 from train.optim import OptimConfig, warmup_cosine
-from train.loop import EvalSection, ModelSection, TrainConfig
+from train.loop import TrainConfig
 from train.setup import run
 
 
@@ -150,47 +149,37 @@ def test_strict_json_writes_null_for_non_finite_numbers():
 # ---- through the trainer ------------------------------------------------------------------------
 
 
-def debug_cfg(shards: str, run_dir, **kw) -> TrainConfig:
-    base = TrainConfig(task="pretrain", run_dir=str(run_dir), steps=6, device="cpu", precision="fp32",
-                       model=ModelSection(flavour="debug"),
-                       data=ShardDataConfig(shards=shards, batch_size=4, num_workers=0, num_frames=4, image_size=32,
-                                            max_text_len=16, shuffle_buffer=4),
-                       optim=OptimConfig(lr=1e-3, warmup_ratio=0.2),
-                       eval=EvalSection(every=0, at_start=False), checkpoint_every=2, log_every=1, tensorboard=False)
-    return dataclasses.replace(base, **kw)
-
-
 def _train_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if json.loads(line)["kind"] == "train"]
 
 
-def test_resume_refuses_changed_settings_then_replays_without_duplicate_rows(synth_shards, tmp_path,
+def test_resume_refuses_changed_settings_then_replays_without_duplicate_rows(tiny_pretrain, tmp_path,
                                                                            preempt_training):
     restore = preempt_training(4)
     with pytest.raises(KeyboardInterrupt):
-        run(debug_cfg(synth_shards, tmp_path))
+        run(tiny_pretrain(tmp_path))
     restore()
     assert _train_steps(tmp_path) == [1, 2, 3]  # the checkpoint is at step 2: step 3 will run again
     before = {name: (tmp_path / name).read_text() for name in ("config.json", "metrics.jsonl")}
 
-    changed = debug_cfg(synth_shards, tmp_path, resume=True, steps=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.2),
-                        data=dataclasses.replace(debug_cfg(synth_shards, tmp_path).data, batch_size=2))
+    changed = tiny_pretrain(tmp_path, resume=True, steps=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.2),
+                        data=dataclasses.replace(tiny_pretrain(tmp_path).data, batch_size=2))
     with pytest.raises(ckpt.CheckpointError) as err:
         run(changed)
     for difference in ("data.batch_size: 4 -> 2", "optim.lr: 0.001 -> 0.0005", "steps: 6 -> 8", "--resume-changed"):
         assert difference in str(err.value)
     assert {name: (tmp_path / name).read_text() for name in before} == before  # refused before writing
 
-    run(debug_cfg(synth_shards, tmp_path, resume=True))
+    run(tiny_pretrain(tmp_path, resume=True))
     assert _train_steps(tmp_path) == [1, 2, 3, 4, 5, 6]  # step 3 once, from the resumed run
     final = _strict_json(tmp_path / "final_metrics.json")
     assert final["best"] == {"value": None, "step": 0}  # no evaluation: -inf in memory, null on disk
 
 
-def test_resume_changed_continues_with_the_new_lr_and_step_count(synth_shards, tmp_path):
-    run(debug_cfg(synth_shards, tmp_path, steps=4))
-    longer = debug_cfg(synth_shards, tmp_path, steps=6, resume=True, optim=OptimConfig(lr=5e-4, warmup_ratio=0.2))
+def test_resume_changed_continues_with_the_new_lr_and_step_count(tiny_pretrain, tmp_path):
+    run(tiny_pretrain(tmp_path, steps=4))
+    longer = tiny_pretrain(tmp_path, steps=6, resume=True, optim=OptimConfig(lr=5e-4, warmup_ratio=0.2))
     with pytest.raises(ckpt.CheckpointError, match="steps: 4 -> 6"):
         run(longer)
     result = run(dataclasses.replace(longer, resume_changed=True))

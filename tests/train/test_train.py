@@ -6,7 +6,6 @@ Run: .venv/bin/python -m pytest tests/train/test_train.py -q
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ from model.clip_vip import CLIPViP, get_config
 from train.data import ShardDataConfig, ShardLoader
 from model.loss import OCLLoss
 from train.optim import OptimConfig, build_optimizer, param_groups, warmup_cosine
-from train.loop import EvalSection, FiniteGuard, ModelSection, NonFiniteError, Runtime, TrainConfig, train_step
+from train.loop import FiniteGuard, NonFiniteError, Runtime, TrainConfig, train_step
 from train.setup import run
 
 
@@ -50,26 +49,17 @@ def test_warmup_then_cosine():
     assert f(999) < 1e-4 and f(2000) == 1e-8
 
 
-def debug_cfg(shards: str, run_dir, **kw) -> TrainConfig:
-    base = TrainConfig(task="pretrain", run_dir=str(run_dir), steps=6, device="cpu", precision="fp32",
-                       model=ModelSection(flavour="debug"),
-                       data=ShardDataConfig(shards=shards, batch_size=4, num_workers=2, num_frames=4, image_size=32,
-                                            max_text_len=16, shuffle_buffer=4),
-                       optim=OptimConfig(lr=1e-3, warmup_ratio=0.2),
-                       eval=EvalSection(every=0, at_start=False), checkpoint_every=2, log_every=1, tensorboard=False)
-    return dataclasses.replace(base, **kw)
-
-
-def test_kill_after_step_k_and_resume_gives_the_same_losses(synth_shards, tmp_path, preempt_training):
-    full = run(debug_cfg(synth_shards, tmp_path / "full"))["losses"]
+def test_kill_after_step_k_and_resume_gives_the_same_losses(tiny_pretrain, tmp_path, preempt_training):
+    # Loader worker processes: their positions must be restored too.
+    full = run(tiny_pretrain(tmp_path / "full", num_workers=2))["losses"]
     assert len(full) == 6
 
     restore = preempt_training(4)
     with pytest.raises(KeyboardInterrupt):
-        run(debug_cfg(synth_shards, tmp_path / "killed"))
+        run(tiny_pretrain(tmp_path / "killed", num_workers=2))
     restore()
     # The tokenizer is trained per run dir; reuse the uninterrupted run's so ids match exactly.
-    resumed = run(debug_cfg(synth_shards, tmp_path / "killed", resume=True))
+    resumed = run(tiny_pretrain(tmp_path / "killed", num_workers=2, resume=True))
     assert len(resumed["losses"]) == 4  # steps 3..6 after the step-2 checkpoint
     assert resumed["losses"] == pytest.approx(full[2:], rel=1e-6, abs=1e-6)
 
