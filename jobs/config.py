@@ -357,7 +357,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, base: T | None = None, 
             kwargs[name] = from_dict(tp, value, getattr(current, name), here, root)
         else:
             kwargs[name] = parse_value(value, tp, here, getattr(current, name))
-    return dataclasses.replace(current, **kwargs)
+    try:
+        return dataclasses.replace(current, **kwargs)
+    except ValueError as exc:  # a section's own check (__post_init__) of values that parsed but do not fit
+        raise ConfigError(str(exc)) from exc
 
 
 def to_dict(obj: Any) -> Any:

@@ -127,6 +127,12 @@ def test_curate_config_errors_flow_through_the_dispatcher(tmp_path, capsys):
     _, line = clipvip(["curate", "--set", "writer.samples_per_shard=abc",
                        "--set", f"writer.output_dir={tmp_path / 'out'}"], capsys)
     assert "writer.samples_per_shard: 'abc' is not an integer" in line
+    # Values of the right type that a section's own check refuses: one line too, never a traceback.
+    for setting, words in (("stall_timeout_s=-1", "stall_timeout_s=-1.0 must be >= 0"),
+                           ("max_failed_fraction=2", "max_failed_fraction=2.0 must be between 0 and 1"),
+                           ("caption.placement=foo", "caption.placement='foo' must be auto, actors or inline")):
+        _, line = clipvip(["curate", "--set", setting, "--set", f"writer.output_dir={tmp_path / 'out'}"], capsys)
+        assert words in line, line
     assert not (tmp_path / "out").exists()
 
 
