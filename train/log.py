@@ -101,13 +101,15 @@ Series = dict[str, tuple[list[int], list[float]]]  # label -> (steps, values)
 
 def plot_loss_panels(panels: list[tuple[str, Series]], out_png: Path, ylabel: str = "loss") -> Path:
     """Loss against step, one panel per (title, series) side by side, saved as one PNG. Every loss
-    picture the project draws (a training run's ``loss_curve.png``, the demo report's ``loss_curves.png``) goes through here."""
+    picture the project draws goes through here: a training run's ``loss_curve.png`` and the demo
+    report's ``loss_curves.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels) + 2 * (len(panels) == 1), 4), squeeze=False)
+    width = 7 if len(panels) == 1 else 5 * len(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
         for label, (steps, values) in series.items():
             ax.plot(steps, values, label=label)
