@@ -66,7 +66,7 @@ def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, placement: s
     own shard; captions run inside each shard task (``inline``) or in one actor (``actors``)."""
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
-    from pipeline.stages import CaptionConfig
+    from pipeline.caption_service import CaptionConfig
     from pipeline.writer import ShardWriterConfig
 
     out = Path(tempfile.mkdtemp(prefix="bench_curate_"))

@@ -81,8 +81,8 @@ def child(manifest: str, out: str, per_shard: int, cpus: int) -> dict:
     from pipeline.writer import ShardWriterConfig
 
     cfg = CurateConfig(manifest=ManifestConfig(path=manifest),
-                       # min_side: the clips are 16 px; batch_size: rows per decode round trip.
-                       frames=FrameConfig(min_side=16, batch_size=64),
+                       # min_side: the clips are 16 px.
+                       frames=FrameConfig(min_side=16),
                        writer=ShardWriterConfig(output_dir=out, samples_per_shard=per_shard),
                        ray=RayConfig(num_cpus=cpus), progress_every_s=30.0)
     init_ray(cfg.ray)

@@ -43,12 +43,13 @@ class HFCaptioner:
     """Caption images with a transformers image-to-text model, batched, with fixed decode settings."""
 
     def __init__(self, model: str, *, device: str = "auto", settings: DecodeSettings | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", batch_size: int | None = None):
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         self.name = f"hf:{model}"
         self.model_id = model
+        self.batch_size = batch_size  # images per forward pass; None: all images of a call in one
         self.settings = settings or DecodeSettings()
         self.device = resolve_device(device)
         if dtype == "auto":
@@ -67,7 +68,11 @@ class HFCaptioner:
         self.weights = weights_sha256(local) if local.is_dir() else {}
 
     def generate(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
-        """One caption per image, same order."""
+        """One caption per image, same order, in forward passes of at most ``batch_size`` images."""
+        step = self.batch_size or max(len(images), 1)
+        return [text for i in range(0, len(images), step) for text in self._generate(images[i:i + step])]
+
+    def _generate(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
         import torch
 
         if not images:

@@ -98,7 +98,7 @@ def curate(cfg, out: Path, data: dict, caption_model: str, results: dict) -> str
     from pipeline.frames import FrameConfig
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
-    from pipeline.stages import CaptionConfig
+    from pipeline.caption_service import CaptionConfig
     from pipeline.writer import ShardWriterConfig
 
     shard_dir = out / "shards"
@@ -106,7 +106,7 @@ def curate(cfg, out: Path, data: dict, caption_model: str, results: dict) -> str
     curate_cfg = CurateConfig(
         manifest=ManifestConfig(path=str(data["pretrain_manifest"])),
         frames=FrameConfig(short_side=cfg.short_side),
-        caption=CaptionConfig(model=caption_model, batch_size=16, decode=DecodeSettings()),
+        caption=CaptionConfig(model=caption_model, batch_size=8, decode=DecodeSettings()),
         writer=ShardWriterConfig(output_dir=str(shard_dir), prefix="train", samples_per_shard=per_shard),
         ray=RayConfig(num_cpus=cfg.ray_num_cpus),
         progress_every_s=5.0,

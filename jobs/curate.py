@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,25 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         ray.init(address=cfg.ray.address, runtime_env=runtime_env())
-    summary = run(cfg)  # writes config.json and _run.json beside the shards once the inputs are valid
-    print(summary_table(summary))
+    # `ray job stop` and schedulers send SIGTERM: unwind like Ctrl-C, so the caption replicas are
+    # deleted and finished shards stay finished.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
+        summary = run(cfg)  # writes config.json and _run.json beside the shards once the inputs are valid
+        print(summary_table(summary))
         check_outcome(summary)
     except CurationError as exc:
         print(f"clipvip curate: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("clipvip curate: interrupted; finished shards are kept: rerun the same command to finish the rest",
+              file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -71,8 +71,6 @@ class FrameConfig:
     reencode: bool = True
     min_side: int = 32  # px; a source whose displayed short side is smaller fails its row
     timeout_s: float = 60.0  # a decode that hangs longer is killed and counted as failed
-    num_cpus: float = 1.0  # per decode task (Ray)
-    batch_size: int = 8  # rows per decode task call (Ray)
 
     def __post_init__(self) -> None:
         if self.target_fps <= 0:

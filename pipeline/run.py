@@ -12,10 +12,11 @@
    rows, shard size, frame and caption settings). A rerun with a different fingerprint is
    refused, naming the difference, unless ``writer.overwrite`` removes the old run first; a
    rerun with the same one resumes. Nothing is written before steps 1-4 pass.
-5. One ``process_shard`` task per unfinished shard (``pipeline/shard_task.py``), at most
-   ``writer.max_in_flight`` at a time. Each writes its shard's files on its worker and returns a
-   summary. Finished shards (marker present) are skipped; ``retry_failed`` reopens those with
-   failed rows.
+5. The caption replicas start (GPU layout, ``pipeline/caption_service.py``), then one
+   ``process_shard`` task per unfinished shard (``pipeline/shard_task.py``), at most
+   ``writer.max_in_flight`` at a time (``pipeline/driver.py``). Each writes its shard's files on
+   its worker and returns a summary. Finished shards (marker present) are skipped;
+   ``retry_failed`` reopens those with failed rows.
 6. ``_summary.json`` and ``sizes.json`` from the markers; ``check_outcome`` raises when shards
    are missing or more than ``max_failed_fraction`` of the rows failed.
 """
@@ -26,7 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
 import time
 from collections import Counter
 from typing import Any
@@ -36,10 +36,9 @@ from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
 from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig
+from pipeline.caption_service import CaptionConfig
+from pipeline.driver import Driver, describe_demand, free_resources
 from pipeline.plan import Plan, plan_manifest
-from pipeline.shard_task import CaptionActor, ProgressCounter, ShardJob, process_shard
-from pipeline import manifest as manifest_mod
-from pipeline.stages import CaptionConfig, build_stages, check_graph
 from pipeline.writer import ShardWriterConfig
 from shards import format as fmt
 
@@ -47,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
 # FrameConfig fields that do not change what is written (where and how fast it runs).
-_FRAME_RUNTIME_FIELDS = ("decode_threads", "timeout_s", "num_cpus", "batch_size")
+_FRAME_RUNTIME_FIELDS = ("decode_threads", "timeout_s")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -143,11 +142,6 @@ def _task_demand(cfg: CurateConfig) -> dict[str, float]:
     return {k: v for k, v in demand.items() if v}
 
 
-def _actor_demand(cfg: CurateConfig) -> dict[str, float]:
-    c = cfg.caption
-    return {k: v for k, v in {"CPU": c.num_cpus, "GPU": c.num_gpus, **c.resources}.items() if v}
-
-
 def _fits(node: dict[str, float], demand: dict[str, float]) -> int:
     """How many of ``demand`` one node can host at once (a demand of nothing: one per CPU)."""
     if not demand:
@@ -155,8 +149,19 @@ def _fits(node: dict[str, float], demand: dict[str, float]) -> int:
     return int(min(node.get(k, 0.0) / v for k, v in demand.items()))
 
 
-def _describe(demand: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(demand.items()))
+def _after_replicas(nodes: list[dict[str, float]], demand: dict[str, float], count: int) -> list[dict[str, float]]:
+    """The nodes' resources once ``count`` replicas of ``demand`` are placed (first fit): shard
+    tasks are counted on what is left, so they never hold the CPUs a replica needs."""
+    left = [dict(n) for n in nodes]
+    if not any(demand.values()):
+        return left
+    for _ in range(count):
+        node = next((n for n in left if _fits(n, demand) >= 1), None)
+        if node is None:
+            break
+        for k, v in demand.items():
+            node[k] = node.get(k, 0.0) - v
+    return left
 
 
 def alive_nodes() -> list[dict[str, float]]:
@@ -174,18 +179,20 @@ def check_cluster(cfg: CurateConfig) -> int:
     have = Counter()
     for n in nodes:
         have.update(n)
-    offer = _describe({k: v for k, v in have.items() if not k.startswith("node:") and "memory" not in k})
+    offer = describe_demand({k: v for k, v in have.items() if not k.startswith("node:") and "memory" not in k})
     task = _task_demand(cfg)
+    if cfg.caption.uses_actors:
+        nodes = _after_replicas(nodes, cfg.caption.replica_demand(), cfg.caption.concurrency)
     slots = sum(_fits(n, task) for n in nodes)
     if cfg.ray.check_resources and slots == 0:
-        raise SetupError(f"no node can run a shard task, which needs {_describe(task)} (writer.num_cpus, "
+        raise SetupError(f"no node can run a shard task, which needs {describe_demand(task)} (writer.num_cpus, "
                          f"writer.resources); the cluster offers {offer}. Lower them or add nodes that offer them")
     if cfg.caption.uses_actors and cfg.ray.check_resources:
-        actor = _actor_demand(cfg)
-        room = sum(_fits(n, actor) for n in nodes)
+        actor = cfg.caption.replica_demand()
+        room = sum(_fits(n, actor) for n in alive_nodes())
         if room < cfg.caption.concurrency:
             raise SetupError(
-                f"caption.concurrency={cfg.caption.concurrency} actors each needing {_describe(actor)} "
+                f"caption.concurrency={cfg.caption.concurrency} actors each needing {describe_demand(actor)} "
                 f"(caption.num_gpus, num_cpus, resources) do not fit: the cluster has room for {room} "
                 f"(it offers {offer}). Lower caption.concurrency or caption.num_gpus, or add nodes; on a "
                 "CPU-only cluster set caption.num_gpus=0")
@@ -195,8 +202,17 @@ def check_cluster(cfg: CurateConfig) -> int:
 def model_problem(spec: str) -> str | None:
     """Why the caption model at ``spec`` cannot be read here, or None (run on a caption node)."""
     backend, _, target = spec.partition(":")
-    if backend not in ("hf", "ofa") or not target:
-        return f"caption.model={spec!r} must be 'ofa:<converted checkpoint dir>' or 'hf:<path or hub id>'"
+    if backend not in ("hf", "ofa", "py") or not target:
+        return (f"caption.model={spec!r} must be 'ofa:<converted checkpoint dir>', 'hf:<path or hub id>' or "
+                "'py:<module>:<Class>'")
+    if backend == "py":
+        from caption.registry import python_class
+
+        try:
+            python_class(target)
+        except ValueError as exc:
+            return str(exc)
+        return None
     looks_local = backend == "ofa" or target.startswith(("/", "."))
     if "://" in target:
         import fsspec
@@ -220,7 +236,7 @@ def probe_model(cfg: CurateConfig, give_up_s: float = 300.0) -> None:
     """
     import ray
 
-    demand = _actor_demand(cfg) if cfg.caption.uses_actors else _task_demand(cfg)
+    demand = cfg.caption.replica_demand() if cfg.caption.uses_actors else _task_demand(cfg)
     probe = ray.remote(model_problem).options(num_cpus=0, num_gpus=demand.get("GPU", 0),
                                               resources={k: v for k, v in demand.items() if k not in ("CPU", "GPU")})
     ref = probe.remote(cfg.caption.model)
@@ -231,20 +247,13 @@ def probe_model(cfg: CurateConfig, give_up_s: float = 300.0) -> None:
         if limit and waited > limit:
             ray.cancel(ref, force=True)
             raise SetupError(f"no node could check caption.model within {limit:.0f} s (needs "
-                             f"{_describe(demand)}); is a caption node up?")
+                             f"{describe_demand(demand)}); is a caption node up?")
         if waited >= cfg.stall_warn_s:
             logger.warning("0 rows in the last %.0f s; waiting for a node that can run the caption stage (needs %s) "
-                           "to check caption.model; free now: %s", waited, _describe(demand), _free())
+                           "to check caption.model; free now: %s", waited, describe_demand(demand), free_resources())
     problem = ray.get(ref)
     if problem:
         raise SetupError(problem)
-
-
-def _free() -> dict[str, float]:
-    import ray
-
-    return {k: round(v, 2) for k, v in ray.available_resources().items()
-            if not k.startswith("node:") and "memory" not in k}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +264,8 @@ def fingerprint(cfg: CurateConfig, plan: Plan) -> dict[str, Any]:
     """What decides this run's outputs; equal fingerprints may share an output folder."""
     frames = {k: v for k, v in dataclasses.asdict(cfg.frames).items() if k not in _FRAME_RUNTIME_FIELDS}
     caption = {"model": cfg.caption.model, "decode": dataclasses.asdict(cfg.caption.decode) if cfg.caption.model else None}
+    if cfg.caption.model and cfg.caption.options:
+        caption["options"] = cfg.caption.options
     return {"format": RUN_FORMAT,
             "manifest": {"parts": len(plan.parts), "rows": plan.n_rows, "digest": plan.digest},
             "samples_per_shard": cfg.writer.samples_per_shard, "prefix": cfg.writer.prefix,
@@ -280,7 +291,9 @@ def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
     base = cfg.output_dir.rstrip("/")
     existing = writer_mod.read_json(f"{base}/{fmt.RUN_FILE}")
     if cfg.overwrite and existing != fp:
-        removed = writer_mod.remove_run(cfg)
+        # The old run's shards go whatever their prefix: its own is in its fingerprint.
+        old_prefix = (existing or {}).get("prefix")
+        removed = writer_mod.remove_run(cfg, extra_prefixes=[old_prefix] if isinstance(old_prefix, str) else [])
         if removed:
             logger.info("writer.overwrite: removed %d file(s) of a different earlier run in %s", removed, base)
         return
@@ -314,167 +327,6 @@ def plan_shards(cfg: CurateConfig, n_shards: int) -> tuple[list[int], dict[int, 
     return [s for s in range(n_shards) if s not in finished], finished
 
 
-class Progress:
-    """Rows, failures and shards so far; logs at a fixed cadence and says what a stalled run waits for."""
-
-    def __init__(self, total_rows: int, total_shards: int, every_s: float, stall_s: float):
-        self.total_rows, self.total_shards = total_rows, total_shards
-        self.every_s, self.stall_s = every_s, stall_s
-        self.t0 = self.last_log = self.last_change = time.monotonic()
-        self.rows = self.failed = self.shards = 0
-        self.status: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-
-    @property
-    def rate(self) -> float:
-        return self.rows / max(time.monotonic() - self.t0, 1e-9)
-
-    def rows_seen(self, rows: int, failed: int) -> None:
-        if rows != self.rows:
-            self.last_change = time.monotonic()
-        self.rows, self.failed = max(self.rows, rows), max(self.failed, failed)
-
-    @property
-    def idle_s(self) -> float:
-        return time.monotonic() - self.last_change
-
-    def shard_done(self, stats: dict[str, Any]) -> None:
-        self.last_change = time.monotonic()
-        self.shards += 1
-        self.status.update(stats["counts"])
-        self.errors.update(stats.get("failures", {}))
-
-    def due(self) -> bool:
-        return time.monotonic() - self.last_log >= self.every_s
-
-    def log(self, waiting: str) -> None:
-        self.last_log = time.monotonic()
-        logger.info("%d/%d rows, %.1f clips/s, %d failed, %d/%d shards written", self.rows, self.total_rows,
-                    self.rate, self.failed, self.shards, self.total_shards)
-        idle = time.monotonic() - self.last_change
-        if idle >= self.stall_s:
-            logger.warning("0 rows in the last %.0f s; %s", idle, waiting)
-
-
-class _Driver:
-    """The bookkeeping of one run's tasks and actors, all of it metadata."""
-
-    def __init__(self, cfg: CurateConfig, plan: Plan, todo: list[int], slots: int, stats: dict[str, int]):
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        self.cfg, self.plan, self.todo, self.stats = cfg, plan, todo, stats
-        self.job = ShardJob(manifest=cfg.manifest, frames=cfg.frames, caption=cfg.caption, writer=cfg.writer,
-                            base_dir=os.getcwd())
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        self.counter = ray.remote(ProgressCounter).options(num_cpus=0, scheduling_strategy=here).remote()
-        self.actors: list[Any] = []
-        self.actor_ready: dict[Any, int] = {}
-        if cfg.caption.uses_actors:
-            c = cfg.caption
-            cls = ray.remote(CaptionActor).options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, resources=c.resources,
-                                                   max_restarts=-1, max_task_retries=-1)
-            self.actors = [cls.remote(c) for _ in range(c.concurrency)]
-            self.actor_ready = {a.ready.remote(): i for i, a in enumerate(self.actors)}
-        self.task = ray.remote(process_shard).options(num_cpus=cfg.writer.num_cpus, resources=cfg.writer.resources,
-                                                      num_gpus=_task_demand(cfg).get("GPU", 0), max_retries=3)
-        # Twice what can run at once keeps every slot fed without a queue of specs in the driver.
-        self.max_in_flight = cfg.writer.max_in_flight or min(2 * slots, 4096)
-        self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
-                                 cfg.stall_warn_s)
-        self.failed_shards: dict[int, str] = {}
-        self.done_stats: dict[int, dict[str, Any]] = {}  # summary fields of what each finished task returned
-
-    def get(self, ref: Any) -> Any:
-        import ray
-
-        value = ray.get(ref)
-        self.stats["bytes_received"] = self.stats.get("bytes_received", 0) + len(pickle.dumps(value))
-        self.stats["objects_received"] = self.stats.get("objects_received", 0) + 1
-        return value
-
-    def submit(self, shard: int) -> Any:
-        actor = self.actors[shard % len(self.actors)] if self.actors else None
-        return self.task.remote(self.job, shard, self.plan.slices(shard), self.plan.shard_rows(shard), actor,
-                                self.counter)
-
-    def waiting_for(self, pending: dict[Any, int]) -> str:
-        import ray
-
-        if self.actor_ready:
-            done, _ = ray.wait(list(self.actor_ready), num_returns=len(self.actor_ready), timeout=0)
-            for ref in done:
-                self.actor_ready.pop(ref)
-        free = _free()
-        parts = [f"waiting for {len(pending)} shard task(s)"]
-        if self.actor_ready:
-            parts.append(f"{len(self.actor_ready)} of {len(self.actors)} caption actor(s) not started "
-                         f"(each needs {_describe(_actor_demand(self.cfg))})")
-        return "; ".join(parts) + f"; free now: {free}"
-
-    def poll_progress(self, pending: dict[Any, int]) -> None:
-        import ray
-
-        ref = self.counter.snapshot.remote()
-        ready, _ = ray.wait([ref], timeout=5.0)
-        if ready:
-            self.progress.rows_seen(*self.get(ref))
-        self.progress.log(self.waiting_for(pending))
-
-    def give_up(self, pending: dict[Any, int], unsent: list[int]) -> None:
-        """Stop a stalled run: cancel its shard tasks (their temporary files are removed at the end)
-        and record why each unfinished shard is missing. Finished shards stay as they are."""
-        import ray
-
-        why = (f"stalled: no row finished in {self.progress.idle_s:.0f} s (stall_timeout_s); "
-               f"{self.waiting_for(pending)}")
-        logger.error("giving up: %s; %d shard(s) left for the rerun", why, len(pending) + len(unsent))
-        for ref, shard in pending.items():
-            ray.cancel(ref, force=True)
-            self.failed_shards[shard] = why
-        for shard in unsent:
-            self.failed_shards[shard] = why
-        pending.clear()
-
-    def run(self) -> Progress:
-        import ray
-
-        queue = iter(self.todo)
-        pending: dict[Any, int] = {}
-        more = True
-        while more or pending:
-            while more and len(pending) < self.max_in_flight:
-                shard = next(queue, None)
-                if shard is None:
-                    more = False
-                    break
-                pending[self.submit(shard)] = shard
-            if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(self.cfg.progress_every_s, 5.0))
-            for ref in ready:
-                shard = pending.pop(ref)
-                try:
-                    done = self.get(ref)
-                    self.progress.shard_done(done)
-                    self.done_stats[shard] = writer_mod.summary_fields(done)
-                except (ray.exceptions.RayError, OSError) as exc:
-                    # A shard whose task failed after Ray's retries: the others go on, the rerun redoes it.
-                    self.failed_shards[shard] = str(exc).strip().splitlines()[-1][:300]
-                    logger.error("shard %d failed: %s", shard, self.failed_shards[shard])
-            if self.progress.due():
-                self.poll_progress(pending)
-                if self.cfg.stall_timeout_s and pending and self.progress.idle_s >= self.cfg.stall_timeout_s:
-                    self.give_up(pending, list(queue))
-                    more = False
-        snap = self.counter.snapshot.remote()
-        self.progress.rows_seen(*self.get(snap))
-        for actor in self.actors:
-            ray.kill(actor)
-        ray.kill(self.counter)
-        return self.progress
-
-
 def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, Any]:
     """Curate ``cfg.manifest`` into shards; returns the dataset summary (also ``_summary.json``).
 
@@ -482,7 +334,6 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     ``objects_received``.
     """
     stats = stats if stats is not None else {}
-    check_graph(manifest_mod.OUTPUTS, build_stages(cfg.caption), writer_mod.INPUTS)
     cfg = resolve_paths(cfg)
     init_ray(cfg.ray)
     slots = check_cluster(cfg)
@@ -495,34 +346,89 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     check_fingerprint(cfg.writer, fp)
     # Inputs are valid: from here on the run writes.
     base = cfg.writer.output_dir.rstrip("/")
-    stale = writer_mod.remove_stale_temp_files(cfg.writer)
+    scratch = writer_mod.scratch_dir(cfg.writer.output_dir, cfg.writer.prefix)
+    stale = writer_mod.remove_stale_temp_files(cfg.writer) + clear_scratch_on_every_node(scratch)
     if stale:
         logger.info("removed %d temporary file(s) left by an interrupted run", stale)
-    writer_mod.write_atomic(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
-    writer_mod.write_atomic(f"{base}/config.json", strict_dumps(cfg, indent=1, sort_keys=True, default=str).encode())
+    write_run_file(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
+    write_run_file(f"{base}/config.json", strict_dumps(cfg, indent=1, sort_keys=True, default=str).encode())
     todo, kept = plan_shards(cfg, plan.n_shards)
     logger.info("%d shard(s) to process, %d already complete", len(todo), len(kept))
     t0 = time.monotonic()
     progress, failed_shards, known = None, {}, dict(kept)
     if todo:
-        driver = _Driver(cfg, plan, todo, slots, stats)
+        driver = Driver(cfg, plan, todo, slots, stats, base_dir=os.getcwd(), task_demand=_task_demand(cfg))
         progress = driver.run()
         failed_shards = driver.failed_shards
         known.update(driver.done_stats)
-        logger.info("%d rows at %.1f clips/s, %d failed, %d shards written", progress.rows, progress.rate,
-                    progress.failed, progress.shards)
+        logger.info("%d rows at %.1f clips/s, %d failed, %d shards written%s", progress.rows, progress.rate,
+                    progress.failed, progress.shards, progress.caption_line())
     wall = time.monotonic() - t0
-    # A task lost with its node can leave a temporary file behind even when Ray's retry finished
-    # the shard: nothing final refers to it, so it goes now rather than at the next run.
+    # A task lost with its node can leave temporary files behind even when Ray's retry finished
+    # the shard: nothing final refers to them, so they go now rather than at the next run.
     writer_mod.remove_stale_temp_files(cfg.writer)
+    clear_scratch_on_every_node(scratch)
     rows = sum(progress.status.values()) if progress else 0
-    return writer_mod.write_summary(cfg.writer, plan.n_shards, extra={
-        "this_run": {"rows": rows, "shards": len(todo) - len(failed_shards), "skipped_shards": len(kept),
-                     "failed_shards": {str(k): v for k, v in sorted(failed_shards.items())[:20]},
-                     "wall_s": round(wall, 3), "clips_per_s": round(rows / wall, 3) if wall and rows else None,
-                     "failures": dict(progress.errors.most_common(10)) if progress else {}},
-        "caption_model": cfg.caption.model, "max_failed_fraction": cfg.max_failed_fraction,
-    }, known=known)
+    try:
+        return writer_mod.write_summary(cfg.writer, plan.n_shards, extra={
+            "this_run": {"rows": rows, "shards": len(todo) - len(failed_shards), "skipped_shards": len(kept),
+                         "failed_shards": {str(k): v for k, v in sorted(failed_shards.items())[:20]},
+                         "wall_s": round(wall, 3), "clips_per_s": round(rows / wall, 3) if wall and rows else None,
+                         "failures": dict(progress.errors.most_common(10)) if progress else {},
+                         "caption_replicas": _replica_summary(progress)},
+            "caption_model": cfg.caption.model, "max_failed_fraction": cfg.max_failed_fraction,
+        }, known=known)
+    except OSError as exc:
+        raise CurationError(f"the shards are written, but the run's summary could not be ({_os_reason(exc)}); "
+                            "free space and rerun the same command, which only rewrites the summary") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def write_run_file(path: str, data: bytes) -> None:
+    """A run file (fingerprint, config), whole or not at all; a full or read-only disk is one line."""
+    try:
+        writer_mod.write_atomic(path, data)
+    except OSError as exc:
+        raise CurationError(f"cannot write {path} ({_os_reason(exc)}); free space or fix the permissions of "
+                            "writer.output_dir, then rerun the same command") from None
+
+
+def clear_scratch_on_every_node(scratch: str, timeout_s: float = 30.0) -> int:
+    """Remove this run's local scratch folder on every live node; returns the files removed.
+
+    Shard tasks build files bound for an object store there; one killed with its raylet (the
+    machine still up) leaves its partial files behind, which nothing else would ever delete.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    refs = [ray.remote(writer_mod.clear_scratch).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False)).remote(scratch)
+        for n in ray.nodes() if n.get("Alive")]
+    done, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in late:
+        ray.cancel(ref, force=True)
+    removed = 0
+    for ref in done:
+        try:
+            removed += ray.get(ref)
+        except ray.exceptions.RayError as exc:  # a node that died meanwhile: its files died with it
+            logger.debug("scratch clean-up on a node failed: %s", exc)
+    return removed
+
+
+def _replica_summary(progress: Any) -> list[dict[str, Any]]:
+    """Per caption replica: node, frames, batches, mean batch and busy seconds (for the summary file)."""
+    out = []
+    for r in (progress.replicas if progress else []):
+        out.append({"node_id": r["node_id"], "frames": r["frames"], "batches": r["batches"],
+                    "mean_batch": round(r["frames"] / max(r["batches"], 1), 2), "busy_s": round(r["busy_s"], 3),
+                    "full_batches": r["full_batches"], "shared_batches": r["shared_batches"]})
+    return out
 
 
 def check_outcome(summary: dict[str, Any]) -> None:

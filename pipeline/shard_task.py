@@ -1,37 +1,54 @@
-"""One input shard, start to finish, inside one Ray worker: read rows -> stages -> shard files.
+"""One input shard, start to finish, inside one Ray worker: manifest rows -> records -> shard files.
 
-``process_shard`` is the unit of work of a curation run. It reads its rows from the manifest
-parts (``pipeline/manifest.py``), runs them through the stages in chunks of
-``frames.batch_size`` rows, and streams each finished row into the shard's ``ShardWriter``,
-which writes the tar, the status parquet and the ``_stats.json`` marker straight to
-``output_dir``. The driver gets back a summary of a few hundred bytes.
+``process_shard`` is the unit of work of a curation run. Each clip travels as one
+``ClipRecord`` (``pipeline/record.py``) through three steps, one record at a time, and reaches
+the shard's ``ShardWriter`` in manifest order:
 
-Captioning runs in one of two places (``caption.placement``):
+1. read: the shard's rows from the manifest parts (``pipeline/manifest.py``);
+2. decode: empty subtitles fail; the middle frame (JPEG) and the training copy (H.264) come from a
+   crash-isolated decode child (``pipeline/decode_worker.py``);
+3. caption (``pipeline/caption_service.py``): each middle frame goes to the caption replicas
+   shared by every shard task (GPU layout), or to the task's own captioner (CPU layout), or
+   captioning is off.
 
-- actors: the task sends each chunk's keys and JPEG bytes (``CAPTION_INPUTS``, never the clips)
-  to a caption actor and decodes the next chunk while the actor works, so decode and caption
-  overlap. The actor is chosen by shard number, spreading shards over the pool.
-- inline: the task loads the captioner once per worker process and captions its own frames
-  (CPU-only clusters, where an actor would only add a copy).
+The writer streams each finished record into the tar, then writes the status parquet and the
+``_stats.json`` marker straight to ``output_dir``; the driver gets back a summary of a few
+hundred bytes. If the task dies (worker or node lost), Ray runs it again from the start: the
+shard's files are only final once its marker is written, so a retry removes the partial files of
+the earlier attempt and rewrites them.
 
-If the task dies (worker or node lost), Ray runs it again from the start: the shard's files are
-only final once its marker is written, so a retry simply rewrites them.
+Which setting sizes what:
+
+==================================  ===========================================================
+setting                             sizes
+==================================  ===========================================================
+``writer.samples_per_shard``        rows per shard task
+``writer.max_in_flight``            shard tasks submitted at once (0: twice the CPU slots)
+``caption.batch_size``              frames per ``generate`` call, wherever the captioner runs
+``caption.batch_wait_s``            how long a replica waits for a batch to fill
+``caption.max_in_flight_per_task``  frames one shard task has at the replicas at once
+``caption.concurrency``             caption replicas (``max_concurrency``: the autoscaling cap)
+==================================  ===========================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
-from typing import Any, Iterator
+import os
+import tempfile
+import time
+import uuid
+from typing import Any, Iterable, Iterator
 
-import pandas as pd
-
-from pipeline import stages
+from pipeline import caption_service
+from pipeline.caption_service import CaptionConfig
+from pipeline.decode_worker import DecoderProcess
 from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig, read_rows, resolve_local
 from pipeline.plan import Slice
-from pipeline.stages import CaptionConfig
+from pipeline.record import ClipRecord
 from pipeline.writer import ShardWriter, ShardWriterConfig
 
 logger = logging.getLogger(__name__)
@@ -46,121 +63,128 @@ class ShardJob:
     caption: CaptionConfig
     writer: ShardWriterConfig
     base_dir: str  # relative local clip paths resolve here (the directory the run started from)
+    service: str = ""  # the caption application's name when captions go to the replicas
+    scratch: str = ""  # this run's local temporary folder on every node (writer.scratch_dir)
 
 
-_CAPTIONERS: dict[str, stages.CaptionStage] = {}
-
-
-def _inline_captioner(cfg: CaptionConfig) -> stages.CaptionStage:
-    """One captioner per worker process, loaded on first use and kept for later shards."""
-    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
-    if key not in _CAPTIONERS:
-        _CAPTIONERS[key] = stages.CaptionStage(cfg)
-    return _CAPTIONERS[key]
-
-
-def _rows(job: ShardJob, slices: list[Slice], shard: int) -> Iterator[dict[str, Any]]:
+def records(job: ShardJob, slices: list[Slice], shard: int) -> Iterator[ClipRecord]:
+    """Step 1: the shard's rows, in manifest order, as records."""
     import ray
 
     for sl in slices:
         checkpoints = ray.get(sl.checkpoints) if isinstance(sl.checkpoints, ray.ObjectRef) else sl.checkpoints
         for row in read_rows(sl.part, job.manifest, sl.start, sl.end, checkpoints, sl.first_row, shard):
-            if not row["member"]:
-                row["path"] = resolve_local(row["path"], job.base_dir)
-            yield row
+            rec = ClipRecord.from_row(row)
+            if not rec.member:
+                rec.path = resolve_local(rec.path, job.base_dir)
+            yield rec
 
 
-def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[pd.DataFrame]:
-    chunk: list[dict[str, Any]] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) == size:
-            yield pd.DataFrame(chunk)
-            chunk = []
-    if chunk:
-        yield pd.DataFrame(chunk)
+# One decode child per worker process, reused across tasks (started lazily, restarted after a crash).
+_DECODERS: dict[FrameConfig, DecoderProcess] = {}
 
 
-def _decode(job: ShardJob, batch: pd.DataFrame) -> pd.DataFrame:
-    batch = stages.check_text(batch)
-    batch = stages.decode_clips(batch, job.frames)
-    return batch.drop(columns=["member"])  # the source bytes are done with once decoded
+def decoded(job: ShardJob, recs: Iterable[ClipRecord]) -> Iterator[ClipRecord]:
+    """Step 2: middle frame and training copy of every ok record; failures become the record's status."""
+    if job.frames not in _DECODERS:
+        _DECODERS[job.frames] = DecoderProcess(job.frames)
+    decoder = _DECODERS[job.frames]
+    for rec in recs:
+        if rec.ok and not rec.text.strip():
+            rec.fail("empty text: the manifest's subtitle text is empty for this row")
+        if rec.ok:
+            t0 = time.perf_counter()
+            with _local_copy(rec, job.scratch) as path:
+                out, reason = decoder.decode(path, rec.start, rec.end)
+            rec.decode_s = time.perf_counter() - t0
+            if out is None:
+                rec.fail(reason)
+            else:
+                rec.jpg, rec.mp4, rec.clip = out.jpg, out.mp4, out.meta()
+        rec.member = b""  # the source bytes are done with once decoded
+        yield rec
 
 
-def _merge(batch: pd.DataFrame, captioned: pd.DataFrame) -> pd.DataFrame:
-    return batch.assign(**{c: captioned[c].to_numpy() for c in stages.CAPTION_OUTPUTS})
+@contextlib.contextmanager
+def _local_copy(rec: ClipRecord, scratch: str):
+    """The clip's path, or a temporary file holding its bytes when it came out of a tar."""
+    if not rec.member:
+        yield rec.path
+        return
+    if scratch:
+        os.makedirs(scratch, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"clip-{rec.key}-", suffix=".mp4", dir=scratch or None)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(rec.member)
+        yield tmp
+    finally:
+        os.unlink(tmp)
+
+
+def captioned(job: ShardJob, recs: Iterable[ClipRecord]) -> Iterator[ClipRecord]:
+    """Step 3: the caption step this run uses; records leave in the order they came."""
+    if not job.caption.model:
+        return caption_service.no_captions(recs)
+    if job.service:
+        return caption_service.service_captions(recs, job.caption, job.service)
+    return caption_service.inline_captions(recs, job.caption)
 
 
 def process_shard(job: ShardJob, shard: int, slices: list[Slice], expected: int,
-                  caption_actor: Any = None, progress: Any = None) -> dict[str, Any]:
+                  progress: Any = None) -> dict[str, Any]:
     """Curate one shard and write its files; returns its stats (counts, failures, who wrote it)."""
-    writer = ShardWriter(job.writer, shard, expected)
+    attempt = uuid.uuid4().hex[:12]
+    writer = ShardWriter(job.writer, shard, expected, scratch=job.scratch)
+    reporter = _Reporter(progress, shard, attempt)
     try:
-        chunks = (_decode(job, b) for b in _chunks(_rows(job, slices, shard), job.frames.batch_size))
-        for batch in _captioned(job, chunks, caption_actor):
-            for row in batch.to_dict("records"):
-                writer.write(row)
-            if progress is not None:
-                progress.add.remote(len(batch), int((batch["status"] != "ok").sum()))
-        return writer.close()
+        for rec in captioned(job, decoded(job, records(job, slices, shard))):
+            writer.write(rec)
+            reporter.row(rec.ok)
+        stats = writer.close()
+        reporter.flush()
+        return stats
     except BaseException:
         writer.abort()
         raise
 
 
-def _captioned(job: ShardJob, chunks: Iterator[pd.DataFrame], actor: Any) -> Iterator[pd.DataFrame]:
-    """Each decoded chunk with its captions; with an actor, one chunk is captioned while the next decodes."""
-    cfg = job.caption
-    if not cfg.model:
-        for batch in chunks:
-            yield batch.assign(caption="", caption_info=stages.caption_off_info(), caption_s=0.0)
-        return
-    if actor is None:
-        captioner = _inline_captioner(cfg)
-        for batch in chunks:
-            yield _merge(batch, captioner(batch[list(stages.CAPTION_INPUTS)]))
-        return
-    import ray
+class _Reporter:
+    """Tells the run's progress actor how many rows this attempt at the shard has finished, at most
+    once a second (the counts are cumulative, so a retried shard replaces its earlier attempt's)."""
 
-    pending: tuple[pd.DataFrame, Any] | None = None
-    for batch in chunks:
-        ref = actor.caption.remote(caption_request(batch))
-        if pending is not None:
-            yield _merge(pending[0], ray.get(pending[1]))
-        pending = (batch, ref)
-    if pending is not None:
-        yield _merge(pending[0], ray.get(pending[1]))
+    def __init__(self, progress: Any, shard: int, attempt: str) -> None:
+        self.progress, self.shard, self.attempt = progress, shard, attempt
+        self.rows = self.failed = 0
+        self.sent = time.monotonic()
+
+    def row(self, ok: bool) -> None:
+        self.rows += 1
+        self.failed += not ok
+        if time.monotonic() - self.sent >= 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.progress is not None:
+            self.progress.report.remote(self.shard, self.attempt, self.rows, self.failed)
+        self.sent = time.monotonic()
 
 
-def caption_request(batch: pd.DataFrame) -> pd.DataFrame:
-    """What a caption actor is sent: its declared inputs (keys, JPEG bytes, status), nothing else."""
-    return batch[list(stages.CAPTION_INPUTS)]
-
-
-class CaptionActor:
-    """The caption stage as a Ray actor: ``caption(batch)`` takes ``CAPTION_INPUTS`` only."""
-
-    def __init__(self, cfg: CaptionConfig) -> None:
-        self.stage = stages.CaptionStage(cfg)
-
-    def ready(self) -> bool:
-        return True
-
-    def caption(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return self.stage(batch)
-
-
-class ProgressCounter:
-    """A tiny actor on the driver's node that shard tasks tell how many rows they finished."""
+class RunProgress:
+    """A tiny actor on the driver's node: rows finished per shard (each shard counted once, however
+    many attempts it took) and the caption replicas' own counters."""
 
     def __init__(self) -> None:
-        self.rows = 0
-        self.failed = 0
+        self.shards: dict[int, tuple[str, int, int]] = {}  # shard -> (attempt, rows, failed)
+        self.replicas: dict[str, dict[str, Any]] = {}
 
-    def add(self, rows: int, failed: int) -> None:
-        self.rows += rows
-        self.failed += failed
+    def report(self, shard: int, attempt: str, rows: int, failed: int) -> None:
+        self.shards[shard] = (attempt, rows, failed)
 
-    def snapshot(self) -> tuple[int, int]:
-        return self.rows, self.failed
+    def replica(self, stats: dict[str, Any]) -> None:
+        self.replicas[stats["replica"]] = stats
 
+    def snapshot(self) -> tuple[int, int, list[dict[str, Any]]]:
+        """(rows, failed rows, each replica's latest counters)."""
+        return (sum(r for _, r, _ in self.shards.values()), sum(f for _, _, f in self.shards.values()),
+                list(self.replicas.values()))

@@ -19,6 +19,7 @@ rows' bytes, never a whole shard.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,13 +34,11 @@ from typing import Any, Iterable
 
 import fsspec
 
+from pipeline.record import ClipRecord
 from shards import format as fmt
 
 logger = logging.getLogger(__name__)
 
-# What the writer reads from each row.
-INPUTS = ("key", "path", "text", "extra", "shard", "row", "status", "error", "jpg", "mp4", "clip", "caption",
-          "caption_info")
 TMP_MARK = fmt.TMP_MARK
 
 
@@ -95,16 +94,50 @@ def put_file(local_path: str, path: str) -> None:
         os.unlink(local_path)
 
 
-def local_temp(path: str) -> str:
+def local_temp(path: str, scratch: str = "") -> str:
     """Where to build a file bound for ``path``: beside it when local (same file system, so the
-    rename is atomic), in the local temporary folder otherwise."""
+    rename is atomic), else in ``scratch`` (this run's local temporary folder, see
+    :func:`scratch_dir`) or the local temporary folder. The name starts with the final file's
+    name, so a retry can find and remove what an earlier attempt left."""
+    base = path.rstrip("/").rsplit("/", 1)[-1]
     if is_local(path):
         _, p = _fs(path)
         os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
         return f"{p}{TMP_MARK}{uuid.uuid4().hex[:8]}"
-    fd, tmp = tempfile.mkstemp(prefix="clipvip-", suffix=TMP_MARK.strip("."))
+    if scratch:
+        os.makedirs(scratch, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{base}{TMP_MARK}", dir=scratch or None)
     os.close(fd)
     return tmp
+
+
+def scratch_dir(output_dir: str, prefix: str) -> str:
+    """The local temporary folder, on every node, of the run writing ``output_dir``: shard tasks
+    build files bound for an object store there, and the run clears it on every node at its start
+    and end (a task killed with its node leaves its partial files there, not in the output)."""
+    import hashlib
+
+    run = hashlib.blake2b(f"{output_dir.rstrip('/')}\n{prefix}".encode(), digest_size=6).hexdigest()
+    return os.path.join(tempfile.gettempdir(), f"clipvip-run-{run}")
+
+
+def remove_partial_shard(cfg: ShardWriterConfig, shard: int, scratch: str = "") -> int:
+    """Delete what an earlier attempt at ``shard`` left half-written (here, in the output folder or
+    this node's scratch folder); returns how many files went."""
+    import glob as globlib
+
+    name = shard_name(cfg.prefix, shard)
+    places = [globlib.escape(os.path.join(scratch, name)) + "*"] if scratch else []
+    if is_local(cfg.output_dir):
+        _, root = _fs(cfg.output_dir)
+        places.append(globlib.escape(os.path.join(root, name)) + f"*{TMP_MARK}*")
+    removed = 0
+    for pattern in places:
+        for path in globlib.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
+    return removed
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -128,16 +161,14 @@ def read_json(path: str) -> dict[str, Any] | None:
         return None
 
 
-def sample_members(row: dict[str, Any]) -> list[tuple[str, bytes]]:
-    """The members of one ok row's sample, in the shard format's order."""
-    clip = json.loads(row["clip"]) if row.get("clip") else {}
-    caption_info = json.loads(row["caption_info"]) if row.get("caption_info") else {"model": ""}
-    meta = {"key": row["key"], "path": row["path"], **clip,
-            "duration": round(clip["end"] - clip["start"], 6) if clip else None, "caption": caption_info}
-    extra = row.get("extra") or {}
-    meta = fmt.merge_passthrough(meta, json.loads(extra) if isinstance(extra, str) else extra)
-    return fmt.sample_members(row["key"], mp4=bytes(row["mp4"]), jpg=bytes(row["jpg"]), subtitle=row["text"],
-                              caption=row.get("caption") or "", meta=meta)
+def sample_members(rec: ClipRecord) -> list[tuple[str, bytes]]:
+    """The members of one ok record's sample, in the shard format's order."""
+    clip = rec.clip or {}
+    meta = {"key": rec.key, "path": rec.path, **clip,
+            "duration": round(clip["end"] - clip["start"], 6) if clip else None,
+            "caption": rec.caption_info or {"model": ""}}
+    meta = fmt.merge_passthrough(meta, rec.extra or {})
+    return fmt.sample_members(rec.key, mp4=rec.mp4, jpg=rec.jpg, subtitle=rec.text, caption=rec.caption, meta=meta)
 
 
 def worker_identity() -> dict[str, Any]:
@@ -160,13 +191,16 @@ class ShardWriter:
     independent of scheduling. ``abort`` removes the temporary files of an unfinished shard.
     """
 
-    def __init__(self, cfg: ShardWriterConfig, shard: int, expected: int):
-        self.cfg, self.shard, self.expected = cfg, shard, expected
+    def __init__(self, cfg: ShardWriterConfig, shard: int, expected: int, scratch: str = ""):
+        self.cfg, self.shard, self.expected, self.scratch = cfg, shard, expected, scratch
         self.paths = shard_paths(cfg, shard)
+        removed = remove_partial_shard(cfg, shard, scratch)
+        if removed:
+            logger.info("shard %d: removed %d partial file(s) of an earlier attempt", shard, removed)
         self.started = time.time()
         self.status: list[tuple[str, int, str, str]] = []
         self.timings = Counter()
-        self.tmp = local_temp(self.paths["tar"])
+        self.tmp = local_temp(self.paths["tar"], scratch)
         self._file = open(self.tmp, "wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
         self.bytes_written = 0
@@ -175,19 +209,19 @@ class ShardWriter:
     def complete(self) -> bool:
         return len(self.status) >= self.expected
 
-    def write(self, row: dict[str, Any]) -> None:
-        """Add one processed row (any status); ok rows become a sample."""
-        if int(row["shard"]) != self.shard:
-            raise ValueError(f"row {row['key']} of shard {row['shard']} sent to shard {self.shard}")
-        if self.status and int(row["row"]) <= self.status[-1][1]:
-            raise ValueError(f"shard {self.shard}: row {row['row']} arrived after row {self.status[-1][1]}")
-        if row["status"] == fmt.STATUS_OK:
-            for name, data in sample_members(row):
+    def write(self, rec: ClipRecord) -> None:
+        """Add one finished record (any status); ok records become a sample."""
+        if rec.shard != self.shard:
+            raise ValueError(f"row {rec.key} of shard {rec.shard} sent to shard {self.shard}")
+        if self.status and rec.row <= self.status[-1][1]:
+            raise ValueError(f"shard {self.shard}: row {rec.row} arrived after row {self.status[-1][1]}")
+        if rec.ok:
+            for name, data in sample_members(rec):
                 fmt.add_member(self._tar, name, data)
                 self.bytes_written += len(data)
-        self.status.append((row["key"], int(row["row"]), row["status"], row["error"]))
-        for t in ("decode_s", "caption_s"):
-            self.timings[t] += float(row.get(t) or 0.0)
+        self.status.append((rec.key, rec.row, rec.status, rec.error))
+        self.timings["decode_s"] += rec.decode_s
+        self.timings["caption_s"] += rec.caption_s
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Finish the tar, write the status parquet, then the stats marker; return the stats."""
@@ -199,7 +233,7 @@ class ShardWriter:
         self._file.close()
         put_file(self.tmp, self.paths["tar"])
         table = pd.DataFrame(self.status, columns=list(fmt.STATUS_COLUMNS))
-        tmp = local_temp(self.paths["parquet"])
+        tmp = local_temp(self.paths["parquet"], self.scratch)
         table.to_parquet(tmp, index=False)
         put_file(tmp, self.paths["parquet"])
         counts = {k: int(v) for k, v in table["status"].value_counts().items()}
@@ -280,28 +314,41 @@ def remove_stale_temp_files(cfg: ShardWriterConfig) -> int:
     return len(stale)
 
 
-def run_files(cfg: ShardWriterConfig) -> list[str]:
-    """Every file this writer's runs put in ``output_dir`` (shards of ``prefix`` and run files)."""
+def run_files(cfg: ShardWriterConfig, extra_prefixes: Iterable[str] = ()) -> list[str]:
+    """Every file a run put in ``output_dir``: run files, temporary files and the shards of
+    ``cfg.prefix`` and of ``extra_prefixes`` (an earlier run's own prefix)."""
     fs, root = _fs(cfg.output_dir)
     if not fs.exists(root):
         return []
     names = {fmt.RUN_FILE, fmt.SUMMARY_FILE, fmt.SIZES_FILE, "config.json"}
+    prefixes = {cfg.prefix, *extra_prefixes}
     out = []
     for p in fs.ls(root, detail=False):
         base = p.rsplit("/", 1)[-1]
         parsed = fmt.parse_shard_file(base)
-        if base in names or TMP_MARK in base or (parsed and parsed[0] == cfg.prefix):
+        if base in names or TMP_MARK in base or (parsed and parsed[0] in prefixes):
             out.append(p)
     return out
 
 
-def remove_run(cfg: ShardWriterConfig) -> int:
+def remove_run(cfg: ShardWriterConfig, extra_prefixes: Iterable[str] = ()) -> int:
     """Delete an earlier run's shards and run files (``writer.overwrite``); returns how many."""
     fs, _ = _fs(cfg.output_dir)
-    files = run_files(cfg)
+    files = run_files(cfg, extra_prefixes)
     for p in files:
         fs.rm(p)
     return len(files)
+
+
+def clear_scratch(scratch: str) -> int:
+    """Delete a run's local scratch folder (see :func:`scratch_dir`); returns the files it held."""
+    import shutil
+
+    if not os.path.isdir(scratch):
+        return 0
+    n = sum(len(files) for _, _, files in os.walk(scratch))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return n
 
 
 def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] | None = None,
@@ -320,6 +367,11 @@ def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] |
     summary = {"shards": n_shards, "shards_complete": len(stats), "rows": sum(counts.values()),
                "samples": sum(sizes.values()), "counts": counts, **(extra or {})}
     base = cfg.output_dir.rstrip("/")
+    # The old summary goes first: a failure between the two writes then leaves no summary rather
+    # than one that disagrees with sizes.json.
+    fs, p = _fs(f"{base}/{fmt.SUMMARY_FILE}")
+    if fs.exists(p):
+        fs.rm(p)
     write_atomic(f"{base}/{fmt.SIZES_FILE}", json.dumps(sizes, indent=1).encode())
     write_atomic(f"{base}/{fmt.SUMMARY_FILE}", json.dumps(summary, indent=1, default=str).encode())
     return summary

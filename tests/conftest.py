@@ -53,6 +53,7 @@ def write_test_shards(manifest: Path, out_dir: Path, per_shard: int = 4, prefix:
     import json
 
     from pipeline.frames import FrameConfig, process_clip
+    from pipeline.record import ClipRecord
     from pipeline.writer import ShardWriter, ShardWriterConfig, write_summary
 
     rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
@@ -64,10 +65,10 @@ def write_test_shards(manifest: Path, out_dir: Path, per_shard: int = 4, prefix:
         for i, row in enumerate(chunk):
             out = process_clip(row["path"], row.get("start"), row.get("end"), FrameConfig())
             extra = {k: v for k, v in row.items() if k not in ("key", "path", "text", "start", "end")}
-            writer.write({"key": row["key"], "path": row["path"], "text": row["text"], "extra": extra,
-                          "shard": s, "row": s * per_shard + i, "status": "ok", "error": "", "jpg": out.jpg,
-                          "mp4": out.mp4, "clip": json.dumps(out.meta()), "caption": row["caption_gt"],
-                          "caption_info": json.dumps({"model": "", "note": "caption_gt of the synthetic clip"})})
+            writer.write(ClipRecord(key=row["key"], path=row["path"], text=row["text"], extra=extra, shard=s,
+                                    row=s * per_shard + i, jpg=out.jpg, mp4=out.mp4, clip=out.meta(),
+                                    caption=row["caption_gt"],
+                                    caption_info={"model": "", "note": "caption_gt of the synthetic clip"}))
         writer.close()
     write_summary(cfg, n_shards)
     return str(out_dir / f"{prefix}-{{000000..{n_shards - 1:06d}}}.tar")
@@ -163,3 +164,107 @@ def preempt_training(monkeypatch):
 
     return arm
 
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackCluster:
+    """A multi-node Ray cluster on 127.0.0.1 (``ray.cluster_utils.Cluster``), each node its own raylet
+    with its own temp folder, as separate machines would have; the head has a dashboard for
+    ``JobSubmissionClient`` and notices a dead node ~2 s after its raylet stops answering."""
+
+    ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node on 127.0.0.1, never the external address
+           "RAY_AUTH_MODE": "disabled",  # a throwaway head that only this test talks to
+           "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def __init__(self, head_cpus: int = 1) -> None:
+        import functools
+        import tempfile
+        from unittest import mock
+
+        import ray._common.utils
+        import ray._private.utils
+        from ray.cluster_utils import Cluster
+
+        self._saved = {k: os.environ.get(k) for k in self.ENV}
+        os.environ.update(self.ENV)
+        # Unix socket paths are limited to ~107 bytes: keep session folders short.
+        self.temp_dir = tempfile.mkdtemp(prefix="rlc", dir="/tmp")
+        self.dirs = [self.temp_dir]
+        self.port = _free_port()
+        # Cluster records the head's address in ``ray_current_cluster``, by default in /tmp/ray where
+        # any other Ray user on the machine keeps theirs (and removes it at shutdown): keep it in this
+        # cluster's own temp folder instead. The job supervisor looks for it there; without it, Ray
+        # falls back to any GCS process on the machine, which may be somebody else's cluster.
+        write = functools.partial(ray._private.utils.write_ray_address, temp_dir=self.temp_dir)
+        self._reset = functools.partial(ray._common.utils.reset_ray_address, temp_dir=self.temp_dir)
+        with mock.patch.object(ray._private.utils, "write_ray_address", write), \
+                mock.patch.object(ray._common.utils, "reset_ray_address", self._reset):
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": head_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                "dashboard_port": self.port,
+                # Free ports, not Ray's defaults: another Ray head on this machine may hold those.
+                "gcs_server_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+                "temp_dir": self.temp_dir,
+                "_system_config": {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
+                                   "health_check_failure_threshold": 3}})
+        assert ray._private.utils.read_ray_address(self.temp_dir) == self.cluster.head_node.gcs_address
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def add_node(self, num_cpus: int, resources: dict[str, float]):
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="rlw", dir="/tmp")
+        self.dirs.append(d)
+        return self.cluster.add_node(num_cpus=num_cpus, resources=dict(resources), temp_dir=d)
+
+    def kill_raylet(self, node) -> None:
+        """SIGKILL a node's raylet, as a lost machine's would stop: its workers notice and exit."""
+        import signal
+
+        raylet = node.all_processes["raylet"][0].process
+        os.kill(raylet.pid, signal.SIGKILL)
+        raylet.wait()
+
+    def shutdown(self) -> None:
+        import shutil
+        from unittest import mock
+
+        import ray._common.utils
+
+        with mock.patch.object(ray._common.utils, "reset_ray_address", self._reset):
+            self.cluster.shutdown()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture()
+def loopback_cluster():
+    """``loopback_cluster(head_cpus)`` -> a LoopbackCluster, shut down after the test."""
+    made: list[LoopbackCluster] = []
+
+    def make(head_cpus: int = 1) -> LoopbackCluster:
+        made.append(LoopbackCluster(head_cpus))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.shutdown()

@@ -15,7 +15,7 @@ from caption.protocol import DecodeSettings
 from pipeline.decode_worker import CRASH_ENV
 from pipeline.manifest import ManifestConfig
 from pipeline.run import CurateConfig, RayConfig, run
-from pipeline.stages import CaptionConfig, Stage, build_stages, check_graph
+from pipeline.caption_service import CaptionConfig
 from pipeline.writer import ShardWriterConfig
 
 EXPECTED_FAILURES = {"broken_zero_byte": "InvalidDataError", "broken_truncated": "InvalidDataError",
@@ -43,17 +43,6 @@ def _cfg(manifest, out, **writer) -> CurateConfig:
 
 def _statuses(out) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in sorted(out.glob("t-*.parquet"))], ignore_index=True)
-
-
-def test_graph_check_rejects_unproduced_columns():
-    from pipeline.manifest import OUTPUTS
-    from pipeline.writer import INPUTS
-
-    check_graph(OUTPUTS, build_stages(CaptionConfig()), INPUTS)
-    check_graph(OUTPUTS, build_stages(CaptionConfig(model="hf:x")), INPUTS)
-    bad = [Stage(name="needs_jpg", inputs=("jpg",), outputs=())]
-    with pytest.raises(ValueError, match=r"stage 'needs_jpg' reads column\(s\) \['jpg'\]"):
-        check_graph(("key",), bad, ())
 
 
 def test_curate_with_captions_failures_and_resume(local_ray, curate_manifest, tmp_path):
@@ -145,20 +134,19 @@ class KillOnce:
         self._thread.join()
 
 
-@pytest.mark.parametrize("target", ["decode task", "captioner actor"])
+@pytest.mark.parametrize("target", ["decode task", "caption replica"])
 def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path, target):
-    """SIGKILL a worker mid-batch: Ray retries the batch; every key lands once, no row turns into a failure."""
+    """SIGKILL a shard task's worker or a caption replica mid-run: Ray reruns the task, Serve restarts the
+    replica and the frames it held are sent again; every key lands once, no row turns into a failure."""
     from demo.tiny_hf import write_debug_model
-    from pipeline.frames import FrameConfig
 
     cfg = _cfg(curate_manifest, tmp_path / "out")
-    cfg = dataclasses.replace(cfg, frames=FrameConfig(batch_size=2))
-    if target == "captioner actor":
+    if target == "caption replica":
         model = write_debug_model(tmp_path / "blip")
         cfg = dataclasses.replace(cfg, caption=CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4,
                                                              placement="actors",
                                                              decode=DecodeSettings(beam=2, max_new_tokens=5)))
-        fragments = ("CaptionActor.caption",)  # the actor while it processes a batch
+        fragments = ("ServeReplica", "CaptionReplica")  # a replica of the caption service
     else:
         fragments = ("process_shard",)  # a running shard task (decodes, then writes its shard)
     with KillOnce(*fragments) as killer:

@@ -15,7 +15,7 @@ import webdataset as wds
 from pipeline.manifest import ManifestConfig, ManifestError
 from pipeline.errors import CurationError, SetupError
 from pipeline.run import CurateConfig, RayConfig, check_outcome, resolve_paths, run
-from pipeline.stages import CaptionConfig
+from pipeline.caption_service import CaptionConfig
 from pipeline.writer import ShardWriterConfig
 
 

@@ -1,75 +1,86 @@
-"""A run that cannot finish stops on its own: the caption pool asks for two actors on a custom
-resource the cluster holds once (an autoscaler that never delivers the second caption node), so
-the shards routed to the missing actor wait for ever. ``stall_timeout_s`` ends the run: finished
-shards are kept, the missing ones are named with what the run waited for, the run reports itself
-incomplete, and a rerun the cluster can serve finishes them with every key exactly once.
+"""A run whose caption replicas are all gone stops on its own, and a node that joins later serves.
+
+A two-node loopback cluster (``ray.cluster_utils.Cluster``): the head runs the driver and the shard
+tasks; one node offers the custom resource ``captioner`` that the only caption replica asks for.
+Mid-run that node dies (its processes killed, as a lost machine's are). No other node can host the
+replica, so no frame can be captioned: the run logs what it waits for (the missing replica and
+what it needs) and ``stall_timeout_s`` ends it. Shards finished before the loss are kept as they
+are; the rerun, once a new caption node has joined, finishes the rest with every key exactly once.
 
 Run: ``.venv/bin/python -m pytest tests/pipeline/test_run_stall.py -q``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
+import threading
+import time
 
 import pandas as pd
 import pytest
 import webdataset as wds
 
-from caption.protocol import DecodeSettings
+from pipeline.caption_service import CaptionConfig
 from pipeline.errors import CurationError
 from pipeline.manifest import ManifestConfig
 from pipeline.run import CurateConfig, RayConfig, check_outcome, run
-from pipeline.stages import CaptionConfig
 from pipeline.writer import ShardWriterConfig
 
 
-@pytest.fixture(scope="module")
-def ray_with_one_caption_slot():
+@pytest.fixture()
+def two_nodes(loopback_cluster):
     import ray
 
-    ray.init(num_cpus=2, resources={"captioner": 1}, include_dashboard=False)
-    yield
+    c = loopback_cluster(head_cpus=2)
+    caption_node = c.add_node(num_cpus=0, resources={"captioner": 1})
+    ray.init(address=c.address)
+    yield c, caption_node
     ray.shutdown()
 
 
-def test_a_stalled_run_stops_keeps_its_shards_and_the_rerun_finishes(ray_with_one_caption_slot, synth_clips,
-                                                                    tmp_path):
-    from demo.tiny_hf import write_debug_model
-
-    model = write_debug_model(tmp_path / "blip")
+def test_a_run_without_replicas_stops_keeps_its_shards_and_a_joining_node_finishes_it(two_nodes, synth_clips,
+                                                                                     tmp_path, caplog):
+    c, caption_node = two_nodes
     out = tmp_path / "out"
-    caption = CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4, placement="actors", num_gpus=0,
-                            num_cpus=0, resources={"captioner": 1}, concurrency=2,
-                            decode=DecodeSettings(beam=1, max_new_tokens=4))
+    caption = CaptionConfig(model="py:bench.sim_gpu:SimulatedGPU", placement="actors", resources={"captioner": 1},
+                            batch_size=4, batch_wait_s=0.2, options={"a": 0.3, "b": 0.0})
     cfg = CurateConfig(manifest=ManifestConfig(path=str(synth_clips)), caption=caption,
-                       writer=ShardWriterConfig(output_dir=str(out), prefix="t", samples_per_shard=6),
-                       # As on an autoscaling cluster: start although the second actor has no room yet.
-                       ray=RayConfig(num_cpus=2, check_resources=False),
-                       # Long enough for the first actor to load its model on a loaded box before any row.
-                       progress_every_s=1.0, stall_warn_s=2.0, stall_timeout_s=20.0)
-    summary = run(cfg)
-    n_shards = summary["shards"]
-    assert n_shards == 4
-    # Shards go to actor (shard % 2): those of the actor that started are done (Ray picks which one).
-    assert summary["shards_complete"] == 2 and summary["this_run"]["shards"] == 2
-    missing = summary["this_run"]["failed_shards"]
-    assert sorted(missing) in (["0", "2"], ["1", "3"])
-    assert all("stalled: no row finished" in why and "1 of 2 caption actor(s) not started" in why
-               for why in missing.values())
-    with pytest.raises(CurationError, match=r"only 2 of 4 shards are complete; e\.g\. shard [01]: stalled"):
-        check_outcome(summary)
-    assert not list(out.glob("*.tmp*")) and not list(out.glob(".*tmp*"))  # the cancelled tasks left nothing
+                       writer=ShardWriterConfig(output_dir=str(out), prefix="t", samples_per_shard=4),
+                       ray=RayConfig(check_resources=False), progress_every_s=1.0, stall_warn_s=2.0,
+                       stall_timeout_s=20.0)
 
-    # The cluster can serve one actor: the rerun (same fingerprint) does only the missing shards.
+    def lose_the_caption_node() -> None:
+        deadline = time.time() + 300
+        while not list(out.glob("t-*_stats.json")) and time.time() < deadline:
+            time.sleep(0.05)
+        c.kill_raylet(caption_node)
+
+    killer = threading.Thread(target=lose_the_caption_node, daemon=True)
+    killer.start()
+    with caplog.at_level(logging.WARNING, logger="pipeline.driver"):
+        summary = run(cfg)
+    killer.join()
+    n_shards = summary["shards"]
+    assert n_shards == 6 and 1 <= summary["shards_complete"] < n_shards
+    missing = summary["this_run"]["failed_shards"]
+    assert missing and all("stalled: no row finished" in why for why in missing.values())
+    waiting = "0 of 1 replica(s) running, 1 waiting for a node with captioner=1"
+    assert all(waiting in why for why in missing.values()), missing
+    assert any(waiting in r.getMessage() and "0 rows in the last" in r.getMessage() for r in caplog.records)
+    with pytest.raises(CurationError, match=r"shards are complete; e\.g\. shard \d: stalled"):
+        check_outcome(summary)
+    assert not list(out.glob("*.tmp*"))  # the cancelled tasks left nothing
+
+    # A caption node joins: the rerun (same fingerprint) does only the missing shards.
+    c.add_node(num_cpus=0, resources={"captioner": 1})
     done = {p.name: p.stat().st_mtime_ns for p in out.glob("t-*.tar")}
-    rerun = dataclasses.replace(cfg, caption=dataclasses.replace(caption, concurrency=1))
-    again = run(rerun)
+    again = run(cfg)
     check_outcome(again)
-    assert again["this_run"]["shards"] == 2 and again["shards_complete"] == 4
+    assert again["this_run"]["shards"] == len(missing) and again["shards_complete"] == n_shards
     assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in out.glob("t-*.tar")) if n in done} == done
     keys = [json.loads(line)["key"] for line in synth_clips.read_text().splitlines()]
     table = pd.concat([pd.read_parquet(p) for p in sorted(out.glob("t-*.parquet"))], ignore_index=True)
-    assert sorted(table["key"]) == sorted(keys)
+    assert sorted(table["key"]) == sorted(keys) and set(table["status"]) == {"ok"}
     samples = list(wds.WebDataset(sorted(str(p) for p in out.glob("t-*.tar")), shardshuffle=False))
     assert sorted(s["__key__"] for s in samples) == sorted(keys) and all(s["caption.txt"] for s in samples)

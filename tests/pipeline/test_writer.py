@@ -11,17 +11,21 @@ import pytest
 import webdataset as wds
 
 from pipeline import writer
+from pipeline.record import ClipRecord
 from pipeline.writer import ShardWriter, ShardWriterConfig
 
 
-def _row(shard: int, row: int, status: str = "ok") -> dict:
+def _row(shard: int, row: int, status: str = "ok") -> ClipRecord:
     ok = status == "ok"
-    return {"key": f"s{shard}r{row}", "path": f"/v/{row}.mp4", "text": f"sub {row}", "shard": shard, "row": row,
-            "status": status, "error": "" if ok else "InvalidDataError: bad", "extra": json.dumps({"color": "red"}),
-            "jpg": b"\xff\xd8jpg" if ok else b"", "mp4": b"mp4" * 3 if ok else b"",
-            "clip": json.dumps({"start": 1.0, "end": 3.0, "fps": 3.0}) if ok else "",
-            "caption": f"caption {shard} {row}" if ok else "", "caption_info": json.dumps({"model": "hf:x"}),
-            "decode_s": 0.01}
+    rec = ClipRecord(key=f"s{shard}r{row}", path=f"/v/{row}.mp4", text=f"sub {row}", shard=shard, row=row,
+                     extra={"color": "red"}, decode_s=0.01, caption_info={"model": "hf:x"})
+    if ok:
+        rec.jpg, rec.mp4 = b"\xff\xd8jpg", b"mp4" * 3
+        rec.clip = {"start": 1.0, "end": 3.0, "fps": 3.0}
+        rec.caption = f"caption {shard} {row}"
+    else:
+        rec.fail("InvalidDataError: bad")
+    return rec
 
 
 def test_names_are_zero_padded_from_the_input_shard():

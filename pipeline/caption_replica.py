@@ -1,0 +1,64 @@
+"""One captioner as a Ray Serve replica: the GPU end of the caption stage (``pipeline/caption_service.py``).
+
+Each request is one middle frame. Serve's ``@serve.batch`` hands the frames waiting at this
+replica to ``_generate`` together, up to ``caption.batch_size`` of them, after at most
+``caption.batch_wait_s``; the captioner runs in a thread, so the replica keeps accepting the next
+batch's frames meanwhile. The replica counts what it did (batches, frames, busy seconds, how many
+shard tasks shared each batch) and reports it to the run's progress actor after every batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any
+
+import ray
+from ray import serve
+
+from pipeline.caption_service import CaptionConfig, caption_jpegs, load
+
+
+class CaptionReplica:
+    """Load the captioner once; ``caption((task id, jpeg))`` -> (caption, captioner seconds per frame)."""
+
+    def __init__(self, cfg: CaptionConfig, progress: Any = None) -> None:
+        self.captioner, self.info = load(cfg)
+        self._generate.set_max_batch_size(cfg.batch_size)
+        self._generate.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        self.batch_size = cfg.batch_size
+        self.progress = progress
+        ctx = ray.get_runtime_context()
+        self.stats: dict[str, Any] = {
+            "replica": ctx.get_actor_id(), "node_id": ctx.get_node_id(), "batches": 0, "frames": 0, "busy_s": 0.0,
+            "first_start": None, "last_end": None, "full_batches": 0, "shared_batches": 0}
+        self.recent: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)  # (frames, tasks) per batch
+
+    def describe(self) -> dict[str, Any]:
+        """The ``caption_info`` every sample records (model, checkpoint hash, decode settings)."""
+        return self.info
+
+    async def caption(self, frame: tuple[str, bytes]) -> tuple[str, float]:
+        return await self._generate(frame)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.1)  # sizes set from the config in __init__
+    async def _generate(self, frames: list[tuple[str, bytes]]) -> list[tuple[str, float]]:
+        start = time.time()
+        texts = await asyncio.to_thread(caption_jpegs, self.captioner, [jpg for _, jpg in frames])
+        end = time.time()
+        self._count(start, end, len(frames), len({task for task, _ in frames}))
+        return [(text, (end - start) / len(frames)) for text in texts]
+
+    def _count(self, start: float, end: float, frames: int, tasks: int) -> None:
+        st = self.stats
+        st["batches"] += 1
+        st["frames"] += frames
+        st["busy_s"] += end - start
+        st["first_start"] = st["first_start"] or start
+        st["last_end"] = end
+        st["full_batches"] += frames >= self.batch_size
+        st["shared_batches"] += tasks > 1
+        self.recent.append((frames, tasks))
+        if self.progress is not None:  # one small fire-and-forget call per batch
+            self.progress.replica.remote({**st, "recent": list(self.recent)})
