@@ -256,9 +256,9 @@ class LoopbackCluster:
                 os.environ[k] = v
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def loopback_cluster():
-    """``loopback_cluster(head_cpus)`` -> a LoopbackCluster, shut down after the test."""
+    """``loopback_cluster(head_cpus)`` -> a LoopbackCluster, shut down after the test module."""
     made: list[LoopbackCluster] = []
 
     def make(head_cpus: int = 1) -> LoopbackCluster:

@@ -42,6 +42,7 @@ import pytest
 import webdataset as wds
 
 from jobs.curate import REPO_ROOT
+from pipeline.writer import scratch_dir
 
 BUCKET = "clipvip-curate"
 PREFIX = "s"
@@ -178,12 +179,16 @@ def test_killed_run_on_s3_resumes_exactly_once(s3, s3_manifest, tmp_path):
     done_at_kill = sum(n.endswith("_stats.json") for n in at_kill)
     assert done_at_kill < n_shards, "the kill did not land mid-run"
     assert "_summary.json" not in at_kill
-    # Whatever the kill left: final names only (files are built locally and uploaded whole).
+    # Whatever the kill left: final names only (files are built locally and uploaded whole). The
+    # shard tasks killed mid-shard left their partial tars in this node's scratch folder.
     assert not [n for n in at_kill if ".tmp" in n]
+    scratch = Path(scratch_dir(f"s3://{BUCKET}/killed", PREFIX))
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(f"{PREFIX}-")], "no partial file to clean"
 
     resumed = _curate(config, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out.decode(errors="replace")[-3000:]
     summary = _check_bucket(client, "killed", keys, tmp_path)
+    assert not scratch.exists()  # the resumed run cleared every node's scratch folder
     assert summary["this_run"]["skipped_shards"] >= done_at_kill
     assert summary["this_run"]["shards"] + summary["this_run"]["skipped_shards"] == n_shards

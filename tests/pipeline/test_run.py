@@ -4,7 +4,9 @@ data, resume and retry. Run: ``.venv/bin/python -m pytest tests/pipeline/test_ru
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 
 import pandas as pd
@@ -12,10 +14,10 @@ import pytest
 import webdataset as wds
 
 from caption.protocol import DecodeSettings
+from pipeline.caption_service import CaptionConfig
 from pipeline.decode_worker import CRASH_ENV
 from pipeline.manifest import ManifestConfig
 from pipeline.run import CurateConfig, RayConfig, run
-from pipeline.caption_service import CaptionConfig
 from pipeline.writer import ShardWriterConfig
 
 EXPECTED_FAILURES = {"broken_zero_byte": "InvalidDataError", "broken_truncated": "InvalidDataError",
@@ -36,8 +38,9 @@ def local_ray():
 
 
 def _cfg(manifest, out, **writer) -> CurateConfig:
+    writer = {"prefix": "t", **writer}
     return CurateConfig(manifest=ManifestConfig(path=str(manifest)),
-                        writer=ShardWriterConfig(output_dir=str(out), prefix="t", samples_per_shard=7, **writer),
+                        writer=ShardWriterConfig(output_dir=str(out), samples_per_shard=7, **writer),
                         ray=RayConfig(num_cpus=2), progress_every_s=1.0)
 
 
@@ -93,10 +96,11 @@ def test_caption_off_is_recorded(local_ray, synth_clips, tmp_path):
 class KillOnce:
     """Background thread: SIGKILL the first Ray worker process whose title matches, once."""
 
-    def __init__(self, *fragments: str, exclude: tuple[str, ...] = ("IDLE", "__init__")) -> None:
+    def __init__(self, *fragments: str, exclude: tuple[str, ...] = ("IDLE", "__init__"), after_s: float = 0.0) -> None:
         import threading
 
         self.fragments, self.exclude, self.killed = fragments, exclude, []
+        self.after_s = after_s  # kill a process only once it has matched for this long
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -117,9 +121,12 @@ class KillOnce:
         import signal
         import time
 
+        seen: dict[int, float] = {}
         while not self._stop.is_set() and not self.killed:
             for pid, title in self._ray_workers().items():
                 if all(f in title for f in self.fragments) and not any(e in title for e in self.exclude):
+                    if time.monotonic() - seen.setdefault(pid, time.monotonic()) < self.after_s:
+                        continue
                     os.kill(pid, signal.SIGKILL)
                     self.killed.append(title)
                     return
@@ -135,7 +142,7 @@ class KillOnce:
 
 
 @pytest.mark.parametrize("target", ["decode task", "caption replica"])
-def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path, target):
+def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path, target, caplog):
     """SIGKILL a shard task's worker or a caption replica mid-run: Ray reruns the task, Serve restarts the
     replica and the frames it held are sent again; every key lands once, no row turns into a failure."""
     from demo.tiny_hf import write_debug_model
@@ -149,9 +156,14 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path,
         fragments = ("ServeReplica", "CaptionReplica")  # a replica of the caption service
     else:
         fragments = ("process_shard",)  # a running shard task (decodes, then writes its shard)
-    with KillOnce(*fragments) as killer:
+    # A shard task dies once it has reported some rows: its retry's rows must not count twice.
+    with KillOnce(*fragments, after_s=1.5 if target == "decode task" else 0.0) as killer, \
+            caplog.at_level(logging.INFO, logger="pipeline.run"):
         summary = run(cfg)
     assert killer.killed, f"no worker matching {fragments} was seen running"
+    final = [r.getMessage() for r in caplog.records if " rows at " in r.getMessage()]
+    n_rows = len(curate_manifest.read_text().splitlines())
+    assert final and final[-1].startswith(f"{n_rows} rows at "), final
     keys = [json.loads(line)["key"] for line in curate_manifest.read_text().splitlines()]
     table = _statuses(tmp_path / "out")
     assert sorted(table["key"]) == sorted(keys)
@@ -159,3 +171,45 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path,
     assert summary["counts"] == {"ok": len(keys) - len(EXPECTED_FAILURES), "failed": len(EXPECTED_FAILURES)}
     samples = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "out").glob("t-*.tar")), shardshuffle=False))
     assert sorted(s["__key__"] for s in samples) == sorted(set(keys) - set(EXPECTED_FAILURES))
+
+
+def test_overwrite_removes_the_old_run_whatever_its_prefix(local_ray, synth_clips, tmp_path):
+    out = tmp_path / "out"
+    run(_cfg(synth_clips, out))
+    assert list(out.glob("t-*.tar"))
+    renamed = _cfg(synth_clips, out, prefix="part", overwrite=True)
+    summary = run(renamed)
+    assert summary["shards_complete"] == summary["shards"]
+    assert not list(out.glob("t-*")), "the old run's shards survived the overwrite"
+    keys = [json.loads(line)["key"] for line in synth_clips.read_text().splitlines()]
+    samples = list(wds.WebDataset(sorted(str(p) for p in out.glob("*.tar")), shardshuffle=False))
+    assert sorted(s["__key__"] for s in samples) == sorted(keys)  # every key once in the folder
+
+
+@pytest.mark.parametrize("which", ["_run.json", "_summary.json"])
+def test_a_full_disk_while_writing_run_files_is_one_line(local_ray, synth_clips, tmp_path, monkeypatch, capsys,
+                                                         which):
+    from jobs.curate import main
+    from pipeline import writer
+
+    out = tmp_path / "out"
+    if which == "_summary.json":
+        run(_cfg(synth_clips, out))  # a finished run: the rerun only rewrites the summary
+    real = writer.write_atomic
+
+    def full(path, data):
+        if path.endswith(which):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real(path, data)
+
+    monkeypatch.setattr(writer, "write_atomic", full)
+    code = main(["--set", f"manifest.path={synth_clips}", "--set", f"writer.output_dir={out}",
+                 "--set", "writer.prefix=t", "--set", "writer.samples_per_shard=7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]
+    assert which in err[0] and "rerun the same command" in err[0]
+    if which == "_summary.json":
+        # No summary rather than one that disagrees with sizes.json.
+        assert not (out / "_summary.json").exists() and (out / "sizes.json").exists()
+    else:
+        assert not list(out.glob("t-*"))  # nothing ran without its fingerprint

@@ -28,7 +28,7 @@ from pipeline.run import CurateConfig, RayConfig, check_outcome, run
 from pipeline.writer import ShardWriterConfig
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def two_nodes(loopback_cluster):
     import ray
 
