@@ -12,14 +12,16 @@ rates within 1%. At 8 images per call (what a shard task sent before the caption
 would caption 30 images/s.
 
 Use it as ``caption.model = "py:bench.sim_gpu:SimulatedGPU"`` with ``caption.options`` such as
-``{time_scale = 10, spy_dir = "/tmp/spy"}``. With ``spy_dir`` every call appends one line
-``<pid> <n images>`` to ``<spy_dir>/<pid>.calls`` and, while it runs, keeps a file
+``{time_scale = 10, spy_dir = "/tmp/spy"}``. With ``spy_dir``, while a call runs, it keeps a file
 ``<spy_dir>/busy-<pid>`` holding the Ray actor name and node id of the replica it runs in, one
-per line. ``fail_load`` makes the constructor raise that message (a model that cannot load).
+per line; each call appends ``<pid> <n images> <start>`` to ``<spy_dir>/<pid>.calls`` when it
+starts and ``<pid> <n images> <start> <end>`` (Unix seconds) to ``<spy_dir>/<pid>.done`` when it
+ends. ``fail_load`` makes the constructor raise that message (a model that cannot load).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Sequence
@@ -44,31 +46,41 @@ class SimulatedGPU:
     name = "simulated-gpu"
 
     def __init__(self, *, device: str = "cpu", settings: Any = None, batch_size: int | None = None,
-                 a: float = OFA_LARGE_H100_A, b: float = OFA_LARGE_H100_B, time_scale: float = 1.0,
-                 spy_dir: str = "", fail_load: str = "") -> None:
-        if fail_load:
-            raise RuntimeError(fail_load)
-        self.a, self.b, self.time_scale = float(a), float(b), float(time_scale)
+                 **options: Any) -> None:
+        # Settings given here win over those in CLIPVIP_SIM_GPU (JSON), which serves checkouts whose
+        # caption config cannot pass options to a captioner.
+        opts = {**json.loads(os.environ.get("CLIPVIP_SIM_GPU", "{}")), **options}
+        unknown = set(opts) - {"a", "b", "time_scale", "spy_dir", "fail_load"}
+        if unknown:
+            raise ValueError(f"SimulatedGPU: unknown option(s) {sorted(unknown)}")
+        if opts.get("fail_load"):
+            raise RuntimeError(opts["fail_load"])
+        self.a = float(opts.get("a", OFA_LARGE_H100_A))
+        self.b = float(opts.get("b", OFA_LARGE_H100_B))
+        self.time_scale = float(opts.get("time_scale", 1.0))
         self.batch_size = batch_size
-        self.spy_dir = spy_dir
-        if spy_dir:
-            os.makedirs(spy_dir, exist_ok=True)
+        self.spy_dir = str(opts.get("spy_dir", ""))
+        if self.spy_dir:
+            os.makedirs(self.spy_dir, exist_ok=True)
 
     def generate(self, images: Sequence[Image.Image]) -> list[str]:
         busy = ""
+        start = time.time()
         if self.spy_dir:
             busy = os.path.join(self.spy_dir, f"busy-{os.getpid()}")
             with open(busy + ".tmp", "w") as f:
                 f.write("\n".join(_where()))
             os.replace(busy + ".tmp", busy)
             with open(os.path.join(self.spy_dir, f"{os.getpid()}.calls"), "a") as f:
-                f.write(f"{os.getpid()} {len(images)}\n")
+                f.write(f"{os.getpid()} {len(images)} {start:.6f}\n")
         try:
             time.sleep(self.time_scale * (self.a + self.b * len(images)))
             return [pixel_caption(im) for im in images]
         finally:
             if busy:
                 os.unlink(busy)
+                with open(os.path.join(self.spy_dir, f"{os.getpid()}.done"), "a") as f:
+                    f.write(f"{os.getpid()} {len(images)} {start:.6f} {time.time():.6f}\n")
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "py", "name": self.name, "a": self.a, "b": self.b, "time_scale": self.time_scale}

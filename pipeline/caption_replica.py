@@ -1,8 +1,8 @@
 """One captioner as a Ray Serve replica: the GPU end of the caption stage (``pipeline/caption_service.py``).
 
-Each request is one middle frame. Serve's ``@serve.batch`` hands the frames waiting at this
-replica to ``_generate`` together, up to ``caption.batch_size`` of them, after at most
-``caption.batch_wait_s``; the captioner runs in a thread, so the replica keeps accepting the next
+Each request is a few middle frames of one shard task. Serve's ``@serve.batch`` hands the
+requests waiting at this replica to ``_generate`` together, up to ``caption.batch_size`` frames
+in all, after at most ``caption.batch_wait_s``; the captioner runs in a thread, so the replica keeps accepting the next
 batch's frames meanwhile. The replica counts what it did (batches, frames, busy seconds, how many
 shard tasks shared each batch) and reports it to the run's progress actor after every batch.
 """
@@ -21,7 +21,7 @@ from pipeline.caption_service import CaptionConfig, caption_jpegs, load
 
 
 class CaptionReplica:
-    """Load the captioner once; ``caption((task id, jpeg))`` -> (caption, captioner seconds per frame)."""
+    """Load the captioner once; ``caption((task id, jpegs))`` -> [(caption, captioner seconds per frame)]."""
 
     def __init__(self, cfg: CaptionConfig, progress: Any = None) -> None:
         self.captioner, self.info = load(cfg)
@@ -39,16 +39,24 @@ class CaptionReplica:
         """The ``caption_info`` every sample records (model, checkpoint hash, decode settings)."""
         return self.info
 
-    async def caption(self, frame: tuple[str, bytes]) -> tuple[str, float]:
-        return await self._generate(frame)
+    async def caption(self, request: tuple[str, list[bytes]]) -> list[tuple[str, float]]:
+        """(sending task id, JPEG frames) -> (caption, captioner seconds per frame) for each frame."""
+        return await self._generate(request)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.1)  # sizes set from the config in __init__
-    async def _generate(self, frames: list[tuple[str, bytes]]) -> list[tuple[str, float]]:
+    # Batch sizes are set from the config in __init__; a batch is counted in frames, not requests.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.1, batch_size_fn=lambda reqs: sum(len(r[1]) for r in reqs))
+    async def _generate(self, requests: list[tuple[str, list[bytes]]]) -> list[list[tuple[str, float]]]:
+        frames = [jpg for _, jpgs in requests for jpg in jpgs]
         start = time.time()
-        texts = await asyncio.to_thread(caption_jpegs, self.captioner, [jpg for _, jpg in frames])
+        texts = await asyncio.to_thread(caption_jpegs, self.captioner, frames)
         end = time.time()
-        self._count(start, end, len(frames), len({task for task, _ in frames}))
-        return [(text, (end - start) / len(frames)) for text in texts]
+        self._count(start, end, len(frames), len({task for task, _ in requests}))
+        per = (end - start) / len(frames)
+        out, i = [], 0
+        for _, jpgs in requests:
+            out.append([(text, per) for text in texts[i:i + len(jpgs)]])
+            i += len(jpgs)
+        return out
 
     def _count(self, start: float, end: float, frames: int, tasks: int) -> None:
         st = self.stats

@@ -3,24 +3,25 @@
 Two layouts (``caption.placement``):
 
 - ``actors`` (GPU clusters): a Ray Serve application of ``caption.concurrency`` replicas, each
-  holding one captioner on its GPU. Every shard task sends each decoded middle frame to the
-  application as one request, as soon as it is decoded. Serve's request batching
-  (``@serve.batch``) gathers the frames waiting at a replica, from however many shard tasks sent
-  them, into one ``generate`` call of up to ``caption.batch_size`` frames, waiting at most
-  ``caption.batch_wait_s`` for a batch to fill. Serve routes each request to a live replica,
+  holding one captioner on its GPU. Every shard task sends its decoded middle frames to the
+  application as they are decoded, ``caption.frames_per_request`` to a request. Serve's request
+  batching (``@serve.batch``) gathers the requests waiting at a replica, from however many shard
+  tasks sent them, into one ``generate`` call of up to ``caption.batch_size`` frames, waiting at
+  most ``caption.batch_wait_s`` for a batch to fill. Serve routes each request to a live replica,
   restarts a replica whose process or node died (wherever the cluster has room, a node that
   joins later included), and with ``caption.max_concurrency`` above ``concurrency`` adds
   replicas while frames queue. Requests in flight on a replica that dies fail with
   ``RayActorError``: the shard task sends them again (``caption.max_attempts`` in all), so they
-  are captioned by another replica. Each caption comes back as the reply to its own request,
-  so it can only ever be attached to the frame it was made from.
+  are captioned by another replica. Each caption comes back in the reply to the request that
+  carried its frame, in the frame's place, so it can only ever be attached to that frame.
 - ``inline`` (CPU-only clusters): each shard task loads the captioner itself, once per worker
   process, and captions its own frames in batches of ``caption.batch_size``.
 
-Backpressure: a shard task has at most ``caption.max_in_flight_per_task`` frames at the service
-(it decodes the next clip only below that), and a replica takes at most two batches of
-requests at once (``max_ongoing_requests``); the rest wait in the callers' request routers. So
-the frames in flight are bounded by the number of shard tasks, never by the size of the run.
+Backpressure: a shard task holds at most ``caption.max_in_flight_per_task`` records between
+decode and write (it decodes the next clip only below that), and a replica takes at most
+``caption.batch_size`` requests at once (``max_ongoing_requests``); the rest wait in the callers'
+request routers. So the frames in flight are bounded by the number of shard tasks and replicas,
+never by the size of the run.
 """
 
 from __future__ import annotations
@@ -66,14 +67,15 @@ class CaptionConfig:
     num_cpus: float = 0.0
     # Custom Ray resources a node must offer to host a replica, e.g. {"captioner": 1}.
     resources: dict[str, float] = dataclasses.field(default_factory=dict)
-    max_in_flight_per_task: int = 64  # frames one shard task may have at the service at once
+    frames_per_request: int = 16  # actors: frames a shard task sends in one request (many requests fill a batch)
+    max_in_flight_per_task: int = 64  # records one shard task holds between decode and write
     max_attempts: int = 3  # sends of one frame when the replicas holding it die; then its row fails
     decode: DecodeSettings = dataclasses.field(default_factory=DecodeSettings)
 
     def __post_init__(self) -> None:
         if self.placement not in ("auto", "actors", "inline"):
             raise ValueError(f"caption.placement={self.placement!r} must be auto, actors or inline")
-        for name in ("concurrency", "batch_size", "max_in_flight_per_task", "max_attempts"):
+        for name in ("concurrency", "batch_size", "frames_per_request", "max_in_flight_per_task", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"caption.{name}={getattr(self, name)} must be >= 1")
         if self.max_concurrency and self.max_concurrency < self.concurrency:
@@ -166,10 +168,12 @@ def inline_captions(records: Iterable[ClipRecord], cfg: CaptionConfig) -> Iterat
 # actors: the shard task's side of the Serve application (the replica is pipeline/caption_replica.py)
 
 
-@dataclasses.dataclass
-class _Sent:
-    rec: ClipRecord
-    response: Any = None  # the DeploymentResponse of the frame's latest send; None once settled
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """Frames of one shard task sent together: one Serve request, answered with one caption each."""
+
+    recs: list[ClipRecord]
+    response: Any = None  # the DeploymentResponse of the latest send; None once settled
     attempts: int = 0
 
 
@@ -195,26 +199,39 @@ def _lost_replica(exc: BaseException) -> bool:
 def service_captions(records: Iterable[ClipRecord], cfg: CaptionConfig, app: str) -> Iterator[ClipRecord]:
     """Caption through the Serve application ``app``; records come out in order, each with its own caption.
 
-    Every ok record's frame is sent as soon as the record arrives (the next clip decodes while
-    the service works). Finished records at the head of the queue leave at once; at most
-    ``cfg.max_in_flight_per_task`` records are held. A send lost with its replica is sent again,
-    up to ``cfg.max_attempts`` sends in all; then the row fails with the reason.
+    Frames go out ``cfg.frames_per_request`` at a time (fewer when the task must wait, and at its
+    end): one request per frame would cost the replicas more CPU in request handling than the
+    captioner spends on small images. The next clips decode while the service works; finished
+    records at the head of the queue leave at once, and at most ``cfg.max_in_flight_per_task``
+    records are held. A request lost with its replica is sent again, up to ``cfg.max_attempts``
+    sends in all; then its rows fail with the reason.
     """
     import uuid
 
     handle, info = _handle(app, cfg)
     task = uuid.uuid4().hex[:12]  # lets the replicas count how many tasks share a batch
-    queue: collections.deque[_Sent] = collections.deque()
+    per_request = min(cfg.frames_per_request, cfg.batch_size)
+    queue: collections.deque[ClipRecord] = collections.deque()  # every record, in row order
+    waiting: dict[int, _Request | None] = {}  # id(record) -> its request (None: not sent yet), until captioned
+    unsent: list[ClipRecord] = []
 
-    def send(item: _Sent) -> None:
-        item.response = handle.caption.remote((task, item.rec.jpg))
-        item.attempts += 1
+    def send(req: _Request) -> None:
+        req.response = handle.caption.remote((task, [r.jpg for r in req.recs]))
+        req.attempts += 1
 
-    def settle(item: _Sent, wait: bool) -> bool:
-        """Whether ``item`` is final; with ``wait``, blocks until it is."""
-        while item.response is not None:
+    def send_unsent() -> None:
+        if unsent:
+            req = _Request(list(unsent))
+            for rec in unsent:
+                waiting[id(rec)] = req
+            send(req)
+            unsent.clear()
+
+    def settle(req: _Request, wait: bool) -> bool:
+        """Whether ``req`` is answered (or given up); with ``wait``, blocks until it is."""
+        while req.response is not None:
             try:
-                text, seconds = item.response.result(timeout_s=30.0 if wait else 0.0)
+                answers = req.response.result(timeout_s=30.0 if wait else 0.0)
             except TimeoutError:
                 if not wait:
                     return False
@@ -222,38 +239,59 @@ def service_captions(records: Iterable[ClipRecord], cfg: CaptionConfig, app: str
             except Exception as exc:  # noqa: BLE001 - only a lost replica is retried; the rest re-raise
                 if not _lost_replica(exc):
                     raise
-                if item.attempts >= cfg.max_attempts:
-                    item.response = None
-                    item.rec.fail(f"caption: the replica holding this frame died, {item.attempts} times "
-                                  f"(caption.max_attempts); last: {type(exc).__name__}")
-                    return True
-                logger.warning("caption replica lost with the frame of %s in flight (%s); sending it again",
-                               item.rec.key, type(exc).__name__)
-                send(item)
-                resend_lost(item)
+                if req.attempts >= cfg.max_attempts:
+                    req.response = None
+                    for rec in req.recs:
+                        rec.fail(f"caption: the replica holding this frame died, {req.attempts} times "
+                                 f"(caption.max_attempts); last: {type(exc).__name__}")
+                    break
+                logger.warning("a caption replica was lost with %d frame(s) of this task in flight (%s); "
+                               "sending them again", len(req.recs), type(exc).__name__)
+                send(req)
+                resend_lost(req)
                 if not wait:
                     return False
                 continue
-            item.response = None
-            set_caption(item.rec, text, seconds, info)
+            req.response = None
+            for rec, (text, seconds) in zip(req.recs, answers, strict=True):
+                set_caption(rec, text, seconds, info)
+        for rec in req.recs:
+            waiting.pop(id(rec), None)
         return True
 
-    def resend_lost(skip: _Sent) -> None:
-        """A replica died: frames it held fail together, so send theirs again now, not when they reach the head."""
-        for other in queue:
+    def resend_lost(skip: _Request) -> None:
+        """A replica died: requests it held fail together, so send them again now, not when they reach the head."""
+        for other in {id(r): r for r in waiting.values() if r is not None}.values():
             if other is not skip and other.response is not None:
                 settle(other, wait=False)
 
+    def final(rec: ClipRecord, wait: bool) -> bool:
+        """Whether ``rec`` has its caption (or its failure); with ``wait``, sends and blocks until it has."""
+        if id(rec) not in waiting:
+            return True
+        if waiting[id(rec)] is None:  # not sent yet
+            if not wait:
+                return False
+            send_unsent()
+        return settle(waiting[id(rec)], wait)
+
+    def ready(wait: bool) -> Iterator[ClipRecord]:
+        """The records at the head of the queue that are final (with ``wait``: all of them, in order)."""
+        while queue and final(queue[0], wait):
+            yield queue.popleft()
+
     for rec in records:
-        item = _Sent(rec)
+        queue.append(rec)
         if rec.ok:
-            send(item)
-        queue.append(item)
-        while queue and settle(queue[0], wait=len(queue) >= cfg.max_in_flight_per_task):
-            yield queue.popleft().rec
-    while queue:
-        settle(queue[0], wait=True)
-        yield queue.popleft().rec
+            unsent.append(rec)
+            waiting[id(rec)] = None  # held until its request is made
+            if len(unsent) >= per_request:
+                send_unsent()
+        yield from ready(wait=False)
+        while len(queue) >= cfg.max_in_flight_per_task:  # backpressure: decode no further until the head is done
+            final(queue[0], wait=True)
+            yield from ready(wait=False)
+    yield from ready(wait=True)
 
 
 # Serve logs every request at INFO; a run of 100M frames would log 100M lines.
@@ -277,14 +315,15 @@ def deploy(cfg: CaptionConfig, app: str, progress: Any = None) -> None:
     options: dict[str, Any] = {
         "name": DEPLOYMENT,
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)},
-        # One batch on the GPU and the next one filling; further requests wait in the callers' routers.
-        "max_ongoing_requests": 2 * cfg.batch_size,
+        # Serve counts requests here, not frames: batch_size requests always fill a batch, and bound
+        # a replica's frames to batch_size * frames_per_request. Further requests wait in the callers.
+        "max_ongoing_requests": cfg.batch_size,
         "graceful_shutdown_timeout_s": 5.0,
     }
     if cfg.max_concurrency > cfg.concurrency:
         options["autoscaling_config"] = {"min_replicas": cfg.concurrency, "initial_replicas": cfg.concurrency,
                                          "max_replicas": cfg.max_concurrency,
-                                         "target_ongoing_requests": cfg.batch_size}
+                                         "target_ongoing_requests": 2 * -(-cfg.batch_size // cfg.frames_per_request)}
     else:
         options["num_replicas"] = cfg.concurrency
     _run(serve.deployment(CaptionReplica, **options).bind(cfg, progress), name=app, route_prefix=None,

@@ -113,6 +113,13 @@ class Driver:
                                                       num_gpus=task_demand.get("GPU", 0), max_retries=3)
         # Twice what can run at once keeps every slot fed without a queue of specs in the driver.
         self.max_in_flight = cfg.writer.max_in_flight or min(2 * slots, 4096)
+        c = cfg.caption
+        if self.app and slots * c.max_in_flight_per_task < 2 * c.concurrency * c.batch_size:
+            # Full batches need a batch on each GPU and the next one waiting: frames the shard tasks hold.
+            logger.warning("%d shard task(s) at once holding at most %d frames each cannot keep %d replica(s) in "
+                           "full batches of %d: raise caption.max_in_flight_per_task to %d or run more shard tasks",
+                           slots, c.max_in_flight_per_task, c.concurrency, c.batch_size,
+                           -(-2 * c.concurrency * c.batch_size // slots))
         self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
                                  cfg.stall_warn_s)
         self.failed_shards: dict[int, str] = {}

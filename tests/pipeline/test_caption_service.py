@@ -75,7 +75,7 @@ def _calls(spy: Path) -> list[int]:
 def test_generate_gets_caption_batch_size_frames_from_several_shard_tasks(local_ray, manifest, tmp_path):
     spy = tmp_path / "spy"
     # One replica at 0.4 s per call: frames of all four running shard tasks pile up meanwhile.
-    cfg = _cfg(manifest, tmp_path / "out", batch_size=8, batch_wait_s=0.5, concurrency=1,
+    cfg = _cfg(manifest, tmp_path / "out", batch_size=8, batch_wait_s=0.5, concurrency=1, frames_per_request=2,
                options={"a": 0.4, "b": 0.0, "spy_dir": str(spy)})
     summary = run(cfg)
     check_outcome(summary)
@@ -92,7 +92,7 @@ def test_a_replica_killed_mid_batch_loses_and_mixes_up_nothing(local_ray, manife
     import ray
 
     spy = tmp_path / "spy"
-    cfg = _cfg(manifest, tmp_path / "out", batch_size=4, batch_wait_s=0.2, concurrency=2,
+    cfg = _cfg(manifest, tmp_path / "out", batch_size=4, batch_wait_s=0.2, concurrency=2, frames_per_request=2,
                options={"a": 0.6, "b": 0.0, "spy_dir": str(spy)})
     killed: list[str] = []
 

@@ -127,3 +127,97 @@ def test_py_backend_builds_a_users_class_and_names_what_is_missing():
         load_captioner("py:bench.sim_gpu:Nope")
     with pytest.raises(ValueError, match="py:<module>:<Class>"):
         load_captioner("py:bench.sim_gpu")
+
+
+class _LostReplica(Exception):
+    """Stands in for Ray's RayActorError: the client retries on the exception's class name."""
+
+
+_LostReplica.__name__ = "RayActorError"
+
+
+class _Replicas:
+    """A handle whose requests are answered when the test says so, and whose replica can "die"."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+        self.answered = 0  # requests answered so far
+        self.dead: set[int] = set()  # requests that fail as lost with their replica
+
+    @property
+    def caption(self):
+        return self
+
+    def remote(self, request):
+        _, jpgs = request
+        self.sent.append(list(jpgs))
+        return _Response(self, len(self.sent) - 1, jpgs)
+
+
+class _Response:
+    def __init__(self, replicas: _Replicas, index: int, jpgs: list[bytes]) -> None:
+        self.replicas, self.index, self.jpgs = replicas, index, jpgs
+
+    def result(self, timeout_s=None):
+        if self.index in self.replicas.dead:
+            self.replicas.dead.discard(self.index)
+            raise _LostReplica("the actor died unexpectedly")
+        if self.index >= self.replicas.answered:
+            if timeout_s == 0.0:
+                raise TimeoutError
+            self.replicas.answered = self.index + 1  # a blocking wait: the service catches up
+        return [(j.decode().upper(), 0.5) for j in self.jpgs]
+
+
+def _records(n: int, failed: tuple[int, ...] = ()) -> list[ClipRecord]:
+    out = []
+    for i in range(n):
+        rec = ClipRecord(key=f"k{i}", path="", text="t", extra={}, shard=0, row=i, jpg=f"frame {i}".encode())
+        if i in failed:
+            rec.fail("decode failed")
+        out.append(rec)
+    return out
+
+
+def test_service_client_keeps_order_holds_a_bounded_window_and_resends_lost_frames(monkeypatch):
+    replicas = _Replicas()
+    monkeypatch.setattr(caption_service, "_handle", lambda app, cfg: (replicas, {"model": "m"}))
+    cfg = CaptionConfig(model="m", placement="actors", frames_per_request=3, max_in_flight_per_task=7)
+    held = []
+
+    def source():
+        for rec in _records(20, failed=(4,)):
+            held.append(rec.row)
+            yield rec
+
+    replicas.dead = {1}  # the replica holding the second request dies
+    out = []
+    for rec in caption_service.service_captions(source(), cfg, "app"):
+        out.append(rec)
+        assert len(held) - len(out) <= cfg.max_in_flight_per_task  # never more records held than the window
+    assert [r.row for r in out] == list(range(20))
+    for r in out:
+        assert (r.status, r.caption) == (("failed", "") if r.row == 4 else ("ok", f"FRAME {r.row}"))
+    assert all(len(req) <= 3 for req in replicas.sent)
+    assert sum(len(req) for req in replicas.sent) == 19 + 3  # the lost request went out twice
+    assert replicas.sent[1] in replicas.sent[2:]
+
+
+def test_service_client_fails_rows_whose_replicas_keep_dying(monkeypatch):
+    replicas = _Replicas()
+    monkeypatch.setattr(caption_service, "_handle", lambda app, cfg: (replicas, {"model": "m"}))
+    cfg = CaptionConfig(model="m", placement="actors", frames_per_request=2, max_attempts=2)
+
+    real_remote = replicas.remote
+
+    def remote(request):  # every send of frames 0 and 1 lands on a replica that dies
+        response = real_remote(request)
+        if request[1][0] == b"frame 0":
+            replicas.dead.add(response.index)
+        return response
+
+    replicas.remote = remote
+    out = list(caption_service.service_captions(iter(_records(4)), cfg, "app"))
+    assert [r.status for r in out] == ["failed", "failed", "ok", "ok"]
+    assert "died, 2 times (caption.max_attempts)" in out[0].error
+    assert [r.caption for r in out[2:]] == ["FRAME 2", "FRAME 3"]
