@@ -108,7 +108,8 @@ class Driver:
                         describe_demand(cfg.caption.replica_demand()), cfg.caption.batch_size)
         self.job = ShardJob(manifest=cfg.manifest, frames=cfg.frames, caption=cfg.caption, writer=cfg.writer,
                             base_dir=base_dir, service=self.app,
-                            scratch=writer_mod.scratch_dir(cfg.writer.output_dir, cfg.writer.prefix))
+                            scratch=writer_mod.scratch_dir(cfg.writer.output_dir, cfg.writer.prefix),
+                            log_level=logging.getLogger().getEffectiveLevel())
         self.task = ray.remote(process_shard).options(num_cpus=cfg.writer.num_cpus, resources=cfg.writer.resources,
                                                       num_gpus=task_demand.get("GPU", 0), max_retries=3)
         # Twice what can run at once keeps every slot fed without a queue of specs in the driver.

@@ -65,6 +65,7 @@ class ShardJob:
     base_dir: str  # relative local clip paths resolve here (the directory the run started from)
     service: str = ""  # the caption application's name when captions go to the replicas
     scratch: str = ""  # this run's local temporary folder on every node (writer.scratch_dir)
+    log_level: int = logging.INFO  # the driver's; Ray streams what workers log to the driver's output
 
 
 def records(job: ShardJob, slices: list[Slice], shard: int) -> Iterator[ClipRecord]:
@@ -134,6 +135,7 @@ def captioned(job: ShardJob, recs: Iterable[ClipRecord]) -> Iterator[ClipRecord]
 def process_shard(job: ShardJob, shard: int, slices: list[Slice], expected: int,
                   progress: Any = None) -> dict[str, Any]:
     """Curate one shard and write its files; returns its stats (counts, failures, who wrote it)."""
+    _worker_logging(job.log_level)
     attempt = uuid.uuid4().hex[:12]
     writer = ShardWriter(job.writer, shard, expected, scratch=job.scratch)
     reporter = _Reporter(progress, shard, attempt)
@@ -143,10 +145,23 @@ def process_shard(job: ShardJob, shard: int, slices: list[Slice], expected: int,
             reporter.row(rec.ok)
         stats = writer.close()
         reporter.flush()
+        logger.info("shard %d written: %d rows, %d failed, %.1f s", shard, stats["rows"],
+                    stats["rows"] - stats["samples"], stats["timings"]["shard_wall_s"])
         return stats
     except BaseException:
         writer.abort()
         raise
+
+
+def _worker_logging(level: int) -> None:
+    """A Ray worker's root logger has no handler: give it one like the driver's, once per process."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_clipvip", False) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._clipvip = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 class _Reporter:
