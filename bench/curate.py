@@ -7,7 +7,8 @@ writing; the pipeline is ``pipeline.run.run`` on a local Ray with the same numbe
 writing real shards. Ray start-up and a short warm-up run are excluded (a cluster is up before a job starts);
 The pipeline's planning (manifest scan tasks, key check) for the measured run is included.
 
-Run: ``.venv/bin/python -m bench.curate [--clips-dir runs/bench_clips] [-n 200] [--cpus 2]``
+Run: ``.venv/bin/python -m bench.curate [--clips-dir runs/bench_clips] [-n 200] [--cpus 2]``; with
+``--ofa-batches 8,64`` it times the pipeline with a tiny OFA captioning inline at each ``caption.batch_size``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,6 @@ def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, placement: s
     try:
         actor_cpus = 0.5 if placement == "actors" else 1.0
         cfg = CurateConfig(manifest=ManifestConfig(path=str(manifest)),
-                           frames=FrameConfig(batch_size=batch),
                            caption=CaptionConfig(model=model, device="cpu", batch_size=batch, num_cpus=actor_cpus,
                                                  placement=placement, decode=SETTINGS),
                            # With one actor holding half a CPU, shard tasks take the rest of the cores.
@@ -98,6 +98,27 @@ def ray_pipeline(manifest: Path, cpus: int, model: str, batch: int, placement: s
         shutil.rmtree(out, ignore_errors=True)
 
 
+def ofa_batches(manifest: Path, args: argparse.Namespace, batches: list[int]) -> int:
+    """Pipeline clips/s with the tiny OFA (random weights, 64 px) captioning inline at each batch size."""
+    import ray
+
+    from demo.tiny_ofa import write_tiny_ofa
+
+    model_dir = Path(tempfile.mkdtemp(prefix="bench_ofa_"))
+    model = f"ofa:{write_tiny_ofa(model_dir)}"
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    rates = {}
+    for b in batches:
+        # Shards of 2 * batch rows, so each shard task makes whole calls of caption.batch_size frames.
+        rates[b] = ray_pipeline(manifest, args.cpus, model, b, "inline", per_shard=max(args.per_shard, 2 * b))
+        print(f"tiny OFA inline, caption.batch_size {b:>4}: {rates[b]:7.1f} clips/s", flush=True)
+    lo, hi = batches[0], batches[-1]
+    print(f"caption.batch_size {hi} / {lo}: {rates[hi] / rates[lo]:.2f}x clips/s")
+    ray.shutdown()
+    shutil.rmtree(model_dir, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import ray
 
@@ -111,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--only-caption", action="store_true", help="skip the caption-off comparison")
     p.add_argument("--per-shard", type=int, default=50, help="writer.samples_per_shard of the pipeline run")
+    p.add_argument("--ofa-batches", default="", help="instead: the pipeline with a tiny OFA captioning inline at "
+                   "these caption.batch_size values, e.g. 8,64, and their ratio")
     args = p.parse_args(argv)
     manifest = bench_clips(args.clips_dir, args.n)
+    if args.ofa_batches:
+        return ofa_batches(manifest, args, [int(b) for b in args.ofa_batches.split(",")])
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     model_dir = Path(tempfile.mkdtemp(prefix="bench_blip_"))
     from demo.tiny_hf import write_debug_model

@@ -1,4 +1,5 @@
-"""One captioner as a Ray Serve replica: the GPU end of the caption stage (``pipeline/caption_service.py``).
+"""One captioner as a Ray Serve replica, and the application of them: the GPU end of the caption
+stage (``pipeline/caption_service.py`` holds its config and the shard tasks' side).
 
 Each request is a few middle frames of one shard task. Serve's ``@serve.batch`` hands the
 requests waiting at this replica to ``_generate`` together, up to ``caption.batch_size`` frames
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from typing import Any
 
 import ray
 from ray import serve
 
-from pipeline.caption_service import CaptionConfig, caption_jpegs, load
+from pipeline.caption_service import DEPLOYMENT, CaptionConfig, caption_jpegs, load
 
 
 class CaptionReplica:
@@ -70,3 +72,36 @@ class CaptionReplica:
         self.recent.append((frames, tasks))
         if self.progress is not None:  # one small fire-and-forget call per batch
             self.progress.replica.remote({**st, "recent": list(self.recent)})
+
+
+# Serve logs every request at INFO; a run of 100M frames would log 100M lines.
+_QUIET = {"log_level": "WARNING", "enable_access_log": False}
+
+
+def deploy(cfg: CaptionConfig, app: str, progress: Any = None) -> None:
+    """Start (or update in place) the caption application ``app``.
+
+    The call returns at once, while replicas start: a cluster still growing (autoscaling, a GPU
+    node that joins later) places them when it can, and shard tasks start decoding meanwhile.
+    Serve runs without its HTTP proxy: shard tasks call the replicas through deployment handles.
+    """
+    from ray.serve.api import _run  # serve.run waits for every replica; a growing cluster cannot promise that
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(proxy_location="Disabled", logging_config=_QUIET)
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)},
+        # Serve counts requests here, not frames: batch_size requests always fill a batch, and bound
+        # a replica's frames to batch_size * frames_per_request. Further requests wait in the callers.
+        "max_ongoing_requests": cfg.batch_size,
+        "graceful_shutdown_timeout_s": 5.0,
+    }
+    if cfg.max_concurrency > cfg.concurrency:
+        options["autoscaling_config"] = {"min_replicas": cfg.concurrency, "initial_replicas": cfg.concurrency,
+                                         "max_replicas": cfg.max_concurrency,
+                                         "target_ongoing_requests": 2 * -(-cfg.batch_size // cfg.frames_per_request)}
+    else:
+        options["num_replicas"] = cfg.concurrency
+    _run(serve.deployment(CaptionReplica, **options).bind(cfg, progress), name=app, route_prefix=None,
+         logging_config=_QUIET, _blocking=False)

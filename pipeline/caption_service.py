@@ -294,42 +294,6 @@ def service_captions(records: Iterable[ClipRecord], cfg: CaptionConfig, app: str
     yield from ready(wait=True)
 
 
-# Serve logs every request at INFO; a run of 100M frames would log 100M lines.
-_QUIET = {"log_level": "WARNING", "enable_access_log": False}
-
-
-def deploy(cfg: CaptionConfig, app: str, progress: Any = None) -> None:
-    """Start (or update in place) the caption application ``app``.
-
-    The call returns at once, while replicas start: a cluster still growing (autoscaling, a GPU
-    node that joins later) places them when it can, and shard tasks start decoding meanwhile.
-    Serve runs without its HTTP proxy: shard tasks call the replicas through deployment handles.
-    """
-    from ray import serve
-    from ray.serve.api import _run  # serve.run waits for every replica; a growing cluster cannot promise that
-
-    from pipeline.caption_replica import CaptionReplica
-
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    serve.start(proxy_location="Disabled", logging_config=_QUIET)
-    options: dict[str, Any] = {
-        "name": DEPLOYMENT,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": dict(cfg.resources)},
-        # Serve counts requests here, not frames: batch_size requests always fill a batch, and bound
-        # a replica's frames to batch_size * frames_per_request. Further requests wait in the callers.
-        "max_ongoing_requests": cfg.batch_size,
-        "graceful_shutdown_timeout_s": 5.0,
-    }
-    if cfg.max_concurrency > cfg.concurrency:
-        options["autoscaling_config"] = {"min_replicas": cfg.concurrency, "initial_replicas": cfg.concurrency,
-                                         "max_replicas": cfg.max_concurrency,
-                                         "target_ongoing_requests": 2 * -(-cfg.batch_size // cfg.frames_per_request)}
-    else:
-        options["num_replicas"] = cfg.concurrency
-    _run(serve.deployment(CaptionReplica, **options).bind(cfg, progress), name=app, route_prefix=None,
-         logging_config=_QUIET, _blocking=False)
-
-
 @dataclasses.dataclass(kw_only=True, frozen=True)
 class ServiceState:
     """How the caption application stands: replicas running, wanted, and Serve's status."""

@@ -102,7 +102,9 @@ class Driver:
         self.app = ""
         if cfg.caption.uses_actors:
             self.app = caption_service.app_name(cfg.writer.output_dir, cfg.writer.prefix)
-            caption_service.deploy(cfg.caption, self.app, self.counter)
+            from pipeline.caption_replica import deploy  # Ray Serve is imported only for this layout
+
+            deploy(cfg.caption, self.app, self.counter)
             logger.info("caption service %s: %d replica(s) of %s, each needing %s, batches of up to %d frames",
                         self.app, cfg.caption.concurrency, cfg.caption.model,
                         describe_demand(cfg.caption.replica_demand()), cfg.caption.batch_size)
