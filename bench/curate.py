@@ -113,7 +113,28 @@ def ofa_batches(manifest: Path, args: argparse.Namespace, batches: list[int]) ->
         rates[b] = ray_pipeline(manifest, args.cpus, model, b, "inline", per_shard=max(args.per_shard, 2 * b))
         print(f"tiny OFA inline, caption.batch_size {b:>4}: {rates[b]:7.1f} clips/s", flush=True)
     lo, hi = batches[0], batches[-1]
-    print(f"caption.batch_size {hi} / {lo}: {rates[hi] / rates[lo]:.2f}x clips/s")
+    print(f"caption.batch_size {hi} / {lo}: {rates[hi] / rates[lo]:.2f}x clips/s (whole pipeline: decode, "
+          "re-encode, caption, write)")
+    # The captioner alone on the same middle frames, one thread, as a replica would call it.
+    import io
+
+    import torch
+    from PIL import Image
+
+    from caption.registry import load_captioner
+
+    torch.set_num_threads(1)
+    frames = [Image.open(io.BytesIO(process_clip(json.loads(line)["path"], None, None, FrameConfig()).jpg)).convert("RGB")
+              for line in manifest.read_text().splitlines()]
+    alone = {}
+    for b in batches:
+        cap = load_captioner(model, device="cpu", settings=SETTINGS, batch_size=b)
+        cap.generate(frames[:b])  # warm-up
+        t0 = time.perf_counter()
+        cap.generate(frames)
+        alone[b] = len(frames) / (time.perf_counter() - t0)
+        print(f"tiny OFA alone, batch {b:>4}: {alone[b]:7.1f} frames/s", flush=True)
+    print(f"captioner alone, batch {hi} / {lo}: {alone[hi] / alone[lo]:.2f}x frames/s")
     ray.shutdown()
     shutil.rmtree(model_dir, ignore_errors=True)
     return 0

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT = "CaptionReplica"
 # Errors that mean "the replica holding this request is gone", never "this frame is bad".
-_LOST_REPLICA = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "RequestCancelledError")
+_LOST_REPLICA = ("RayActorError", "ActorDiedError", "ActorUnavailableError")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
