@@ -192,7 +192,7 @@ def check_cluster(cfg: CurateConfig) -> int:
         room = sum(_fits(n, actor) for n in alive_nodes())
         if room < cfg.caption.concurrency:
             raise SetupError(
-                f"caption.concurrency={cfg.caption.concurrency} actors each needing {describe_demand(actor)} "
+                f"caption.concurrency={cfg.caption.concurrency} replicas each needing {describe_demand(actor)} "
                 f"(caption.num_gpus, num_cpus, resources) do not fit: the cluster has room for {room} "
                 f"(it offers {offer}). Lower caption.concurrency or caption.num_gpus, or add nodes; on a "
                 "CPU-only cluster set caption.num_gpus=0")

@@ -189,7 +189,7 @@ def _curate(args: list[str], timeout: float = 180) -> subprocess.CompletedProces
 @pytest.mark.parametrize("case, fragment", [
     ("missing manifest", "manifest {tmp}/nope.jsonl does not exist"),
     ("duplicate key", "duplicate key 'clip000001'"),
-    ("gpus", "caption.concurrency=1 actors each needing CPU=1, GPU=1"),
+    ("gpus", "caption.concurrency=1 replicas each needing GPU=1"),
     ("typo", "did you mean 'writer.samples_per_shard'"),
 ])
 def test_user_errors_are_one_line_and_exit_2(synth_clips, tmp_path, case, fragment):
@@ -212,7 +212,7 @@ def test_user_errors_are_one_line_and_exit_2(synth_clips, tmp_path, case, fragme
 
 
 def test_a_stalled_run_says_what_it_waits_for(synth_clips, tmp_path):
-    """Caption actors that cannot start (a GPU the machine lacks, resource check off, as on an
+    """Caption replicas that cannot start (a GPU the machine lacks, resource check off, as on an
     autoscaling cluster): progress lines keep coming and name what is missing."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "jobs.curate", "--set", f"manifest.path={synth_clips}",
@@ -236,4 +236,4 @@ def test_a_stalled_run_says_what_it_waits_for(synth_clips, tmp_path):
         proc.wait()
     stall = [s for s in seen if "0 rows in the last" in s]
     assert stall, "".join(seen[-20:])
-    assert "waiting for a node that can run the caption stage (needs CPU=1, GPU=1)" in stall[0]
+    assert "waiting for a node that can run the caption stage (needs GPU=1)" in stall[0]
