@@ -27,6 +27,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
+from common.errors import UserError
 from common.jsonl import parse_object
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ _FORMATS = {
 _DEFAULT_FIELD = {"txt": None, "jsonl": "text", "csv": "text", "tsv": "text", "parquet": "text", "wds": "subtitle"}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus cannot be used; the message names the corpus, the file and the fix."""
 
 

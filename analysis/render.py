@@ -19,6 +19,7 @@ import numpy as np
 
 from analysis.plots import nmi_heatmap, projection_scatter
 from analysis.report import NMIReport, PairGap
+from common.errors import UserError
 from common.files import replace_dir, temp_dir_beside
 
 TIMING_ORDER = ("read", "load_encoder", "encode", "cluster", "score", "bootstrap", "project", "total")
@@ -28,7 +29,7 @@ EXTRA_FILES = ("config.json",)
 ROLE_MARK = {"pretrain": "P", "downstream": "D", "other": ""}
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     """The output folder cannot take the report; the message names the folder and the fix."""
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from common.errors import UserError
 
-class JSONLineError(ValueError):
+
+class JSONLineError(UserError):
     """A line that is not one JSON object; the message names where it is and what to do."""
 
 

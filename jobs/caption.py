@@ -21,7 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import cli_main, offline_defaults, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -140,28 +141,26 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     offline_defaults()
     _check(args)
-    try:
-        if args.action == "convert-ofa":
-            from caption.ofa.checkpoint import convert_fairseq_checkpoint
+    # The captioner and checkpoint loaders raise common.errors.UserError naming the file and the
+    # problem (a corrupt image, a refused or foreign checkpoint, a model spec without a backend);
+    # cli_main prints it as one line. Anything else is a bug and keeps its traceback.
+    if args.action == "convert-ofa":
+        from caption.ofa.checkpoint import convert_fairseq_checkpoint
 
-            out = convert_fairseq_checkpoint(args.checkpoint, args.out_dir, args.bpe_dir)
-            logger.info("converted %s -> %s", args.checkpoint, out)
-            if args.bpe_dir is None:
-                logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt (or vocab.json and merges.txt) "
-                               "into %s before captioning", out)
-            return 0
-        if args.action == "images":
-            return _caption_images(args)
-        if args.action == "finetune":
-            return _finetune(args)
-        from demo.tiny_ofa import write_tiny_ofa
-
-        logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
+        out = convert_fairseq_checkpoint(args.checkpoint, args.out_dir, args.bpe_dir)
+        logger.info("converted %s -> %s", args.checkpoint, out)
+        if args.bpe_dir is None:
+            logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt (or vocab.json and merges.txt) "
+                           "into %s before captioning", out)
         return 0
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        # The captioner and checkpoint loaders name the file and the problem in these (a corrupt
-        # image, a refused or foreign checkpoint, a model spec without a backend).
-        raise UserError(f"{args.action}: {exc}") from exc
+    if args.action == "images":
+        return _caption_images(args)
+    if args.action == "finetune":
+        return _finetune(args)
+    from demo.tiny_ofa import write_tiny_ofa
+
+    logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
+    return 0
 
 
 if __name__ == "__main__":

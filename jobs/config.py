@@ -20,10 +20,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file, key or value the user must fix; the message names it and says how."""
 
 

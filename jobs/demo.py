@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs import config as config_io
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import cli_main, offline_defaults, setup_logging
 from demo.config import VARIANTS, DemoConfig, small
 
 logger = logging.getLogger("clipvip.demo")

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import cli_main, offline_defaults, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.convert import HeadCountError, load_checkpoint, load_official_clipvip
     from train.evaluate import evaluate_retrieval, format_metrics
-    from train.setup import ModelInitError, check_tokenizer_fits
+    from train.setup import check_tokenizer_fits
     from train.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
     from model.tokenizer import load_tokenizer
 
@@ -63,16 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except HeadCountError as exc:
         raise UserError(f"--model {args.model}: {exc.detail}; give --clip-config <the transformers CLIP config.json "
                         "it was built from>") from exc
-    except ValueError as exc:  # the loaders name the file and the fix
+    except UserError as exc:  # the loaders name the file and the fix
         raise UserError(f"--model {args.model}: {exc}") from exc
     try:
         tokenizer = load_tokenizer(args.tokenizer)
-    except (ValueError, OSError) as exc:
+    except UserError as exc:
         raise UserError(f"--tokenizer {args.tokenizer}: {exc}") from exc
-    try:
-        check_tokenizer_fits(model, tokenizer, "--tokenizer")
-    except ModelInitError as exc:
-        raise UserError(str(exc)) from exc
+    check_tokenizer_fits(model, tokenizer, "--tokenizer")
     size = args.image_size or model.config.image_size
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

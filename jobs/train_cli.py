@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs import train_configs
-from jobs.common import UserError, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import offline_defaults, setup_logging
 from jobs.config import load
 from train.loop import TrainConfig
 

@@ -37,6 +37,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from common.errors import UserError
 from common.jsonl import parse_object
 
 REQUIRED = ("key", "path", "text")
@@ -61,7 +62,7 @@ class ManifestConfig:
     subtitle_field: str = "txt"  # wds input: the member ("txt") or "json:<field>" holding the subtitle
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """The manifest cannot be processed; the message names the part, row, column and fix."""
 
 

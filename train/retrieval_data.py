@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.errors import UserError
 from common.jsonl import parse_object
 from train.video import DecodeError, decode_video_file, preprocess
 
@@ -68,7 +69,7 @@ def _resolve_video(row: dict[str, Any], video_root: str, where: str) -> str:
     if "video" in row:
         return str(row["video"])
     if "clip_name" not in row:
-        raise ValueError(f"{where}: row has neither 'video' nor 'clip_name' (keys {sorted(row)})")
+        raise UserError(f"{where}: row has neither 'video' nor 'clip_name' (keys {sorted(row)})")
     base = f"{video_root.rstrip('/')}/{row['clip_name']}" if video_root else str(row["clip_name"])
     if Path(base).suffix.lower() in EXTENSIONS:
         return base
@@ -81,7 +82,7 @@ def _resolve_video(row: dict[str, Any], video_root: str, where: str) -> str:
 def load_manifest(path: str, dataset: str, video_root: str = "") -> list[VideoEntry]:
     """Read a retrieval manifest; paragraph datasets get their sentences joined into one text."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown retrieval dataset {dataset!r}: choose one of {DATASETS}")
+        raise UserError(f"unknown retrieval dataset {dataset!r}: choose one of {DATASETS}")
     import fsspec
 
     entries = []
@@ -95,12 +96,12 @@ def load_manifest(path: str, dataset: str, video_root: str = "") -> list[VideoEn
             texts = [text] if isinstance(text, str) else list(text or [])
             texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
             if not texts:
-                raise ValueError(f"{where}: no text for this video; every row needs 'text' (a string or a list)")
+                raise UserError(f"{where}: no text for this video; every row needs 'text' (a string or a list)")
             if dataset in PARAGRAPH_DATASETS:
                 texts = [" ".join(texts)]
             entries.append(VideoEntry(_resolve_video(row, video_root, where), tuple(texts)))
     if not entries:
-        raise ValueError(f"manifest {path} has no rows")
+        raise UserError(f"manifest {path} has no rows")
     return entries
 
 
@@ -181,7 +182,7 @@ class FinetuneLoader:
         self.rank, self.world_size = rank, world_size
         self.per_epoch = len(dataset) // (cfg.batch_size * world_size)
         if self.per_epoch == 0:
-            raise ValueError(f"{len(dataset)} videos cannot fill one global batch of {cfg.batch_size} x {world_size} "
+            raise UserError(f"{len(dataset)} videos cannot fill one global batch of {cfg.batch_size} x {world_size} "
                              f"ranks; lower batch_size")
         self.state = dict(state or {"epoch": 0, "batch": 0})
         self._it = None

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from common.errors import UserError
 from train import checkpoint as ckpt
 from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
                          train_loop)
@@ -42,7 +43,7 @@ def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
     return load_tokenizer(str(out))
 
 
-class ModelInitError(ValueError):
+class ModelInitError(UserError):
     """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
 
 
@@ -81,7 +82,7 @@ def build_model(cfg: TrainConfig, tokenizer):
         except HeadCountError as exc:
             raise ModelInitError(f"model.init={init!r}: {exc.detail}; set model.clip_config=<the transformers CLIP "
                                  "config.json it was built from>") from exc
-        except ValueError as exc:  # the loaders name the file and what is wrong with it
+        except UserError as exc:  # the loaders name the file and what is wrong with it
             raise ModelInitError(f"model.init={init!r}: {exc}") from exc
     check_tokenizer_fits(model, tokenizer, "model.tokenizer")
     model.gradient_checkpointing = m.gradient_checkpointing

@@ -26,6 +26,7 @@ from caption.ofa.preprocess import normalize, resize_batch
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, embedding_mismatch, strip_punctuation
 from caption.protocol import DecodeSettings
 from common.device import resolve_device
+from common.errors import MissingInputError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +68,11 @@ def load_ofa(target: str | Path, bpe_dir: str | Path | None = None) -> OFAFiles:
         cfg, state, meta = read_fairseq_checkpoint(path)
         weights, bpe = path, Path(bpe_dir) if bpe_dir else _find_bpe_dir(path)
     else:
-        raise FileNotFoundError(f"OFA model {str(target)!r} is neither a converted directory nor a checkpoint file")
+        raise MissingInputError(f"OFA model {str(target)!r} is neither a converted directory nor a checkpoint file")
     tokenizer = OFATokenizer(bpe, num_codes=int(meta.get("num_codes", 8192)), num_bins=int(meta.get("num_bins", 1000)))
     mismatch = embedding_mismatch(tokenizer, cfg.vocab_size)
     if mismatch:
-        raise ValueError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
+        raise UserError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
     return OFAFiles(cfg, state, meta, tokenizer, weights, bpe)
 
 
@@ -119,7 +120,7 @@ class OFACaptioner:
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         if precision not in _DTYPES:
-            raise ValueError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
+            raise UserError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
         self.precision = precision
         self.settings = settings or DecodeSettings()
         if cfg.flavour == "huge" and self.settings == DecodeSettings():

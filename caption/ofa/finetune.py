@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, find_bpe_files
+from common.errors import UserError
 from common.jsonio import strict_json
 from common.jsonl import parse_object
 
@@ -110,7 +111,7 @@ class CaptionFinetuneConfig:
     log_every: int = 10
 
 
-class CaptionDataError(ValueError):
+class CaptionDataError(UserError):
     """A manifest row, shard sample or image that cannot become a training pair; names where."""
 
 

@@ -13,6 +13,7 @@ import torch
 
 from caption.ofa.config import OFAConfig
 from caption.ofa.positions import image_rel_buckets, token_rel_buckets
+from common.errors import UserError
 
 # official regex -> port template; first match wins. The three token-embedding names are one
 # tensor in OFA (share_all_embeddings + tied output projection); all three must be equal.
@@ -72,7 +73,7 @@ def official_to_port(official: dict[str, torch.Tensor], cfg: OFAConfig, port_sha
     """Map an official state dict onto the port's keys, strictly.
 
     Raises:
-        ValueError: naming unknown official keys, port keys left unfilled, shape mismatches, untied
+        UserError: naming unknown official keys, port keys left unfilled, shape mismatches, untied
             embeddings, or bucket buffers that differ from the port's.
     """
     present = [k for k in _TIED if k in official]
@@ -96,11 +97,11 @@ def official_to_port(official: dict[str, torch.Tensor], cfg: OFAConfig, port_sha
             unknown.append(f"{key} (-> {name})")
             continue
         if tuple(value.shape) != tuple(port_shapes[name]):
-            raise ValueError(f"checkpoint key {key} has shape {tuple(value.shape)}, the port's {name} expects {tuple(port_shapes[name])}")
+            raise UserError(f"checkpoint key {key} has shape {tuple(value.shape)}, the port's {name} expects {tuple(port_shapes[name])}")
         port[name] = value
     missing = sorted(set(port_shapes) - set(port))
     if unknown or missing:
-        raise ValueError(
+        raise UserError(
             "OFA checkpoint does not match the port: "
             + (f"unexpected keys {unknown[:20]}{' ...' if len(unknown) > 20 else ''}; " if unknown else "")
             + (f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; " if missing else "")
