@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from common.errors import MissingInputError, UserError
+from common.files import write_safetensors
 from common.safe_pickle import UnsafeCheckpointError, restricted_load  # noqa: F401 - re-exported for callers
 from model.clip_vip import FLAVOURS, CLIPViP, CLIPViPConfig
 
@@ -196,13 +198,11 @@ def load_official_clipvip(path: str | Path, clip_config: str | Path | None = Non
 
 def save_checkpoint(model: CLIPViP, out_dir: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (fp32 or the model's dtype) to ``out_dir``."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model.config), indent=2) + "\n")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+    write_safetensors({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
     return out
 
 

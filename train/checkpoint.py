@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.files import atomic_write_text, replace_dir, temp_dir_beside
+from common.errors import UserError
+from common.files import atomic_write_text, replace_dir, temp_dir_beside, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _TENSOR, _TUPLE, _DICT, _FLOAT, _NDARRAY = "__tensor__", "__tuple__", "__dict__"
 _TAGS = {_TENSOR, _TUPLE, _DICT, _FLOAT, _NDARRAY}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be resumed from as asked; the message names it and the way out."""
 
 
@@ -125,11 +126,9 @@ def _owning(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:
     """Write ``state`` as ``state.json`` + ``state.safetensors`` in ``folder``."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     doc = {"format": FORMAT, "version": VERSION, "state": _encode(state, "", tensors)}
-    save_file(_owning(tensors), str(folder / STATE_TENSORS))
+    write_safetensors(_owning(tensors), folder / STATE_TENSORS)
     (folder / STATE_JSON).write_text(json.dumps(doc, allow_nan=False) + "\n")
 
 

@@ -20,6 +20,8 @@ import torch
 from caption.ofa.config import OFAConfig, config_from_fairseq_args
 from caption.ofa.keymap import official_to_port
 from caption.ofa.model import OFAModel
+from common.errors import MissingInputError, UserError
+from common.files import write_safetensors
 from common.safe_pickle import UnsafeCheckpointError, restricted_load  # noqa: F401 - one allow-list for every .pt read
 
 WEIGHTS_FILE = "model.safetensors"
@@ -90,11 +92,9 @@ def build_model(cfg: OFAConfig, state: dict[str, torch.Tensor] | None = None, de
 
 def save_converted(out_dir: str | Path, cfg: OFAConfig, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (``{"model": cfg, "meta": meta}``)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+    write_safetensors({k: v.contiguous() for k, v in state.items()}, out / WEIGHTS_FILE)
     (out / CONFIG_FILE).write_text(json.dumps({"model": cfg.to_json(), "meta": meta}, indent=2) + "\n")
     return out
 
