@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--beam", type=int, default=5)
     img.add_argument("--max-new-tokens", type=int, default=16)
     img.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
+    img.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                     help="ofa: weights and activations (auto: fp16 on GPU as the official scripts, fp32 on CPU)")
     img.add_argument("--out", type=Path, default=None, help="also write JSON lines here")
 
     ft = sub.add_parser("finetune", help="fine-tune an OFA captioner on (image, caption) pairs (OFA caption stage 1)")
@@ -76,15 +78,14 @@ def _caption_images(args: argparse.Namespace) -> int:
     from caption.registry import load_captioner
 
     images = [load_image(p) for p in args.images]
-    kwargs = {}
+    kwargs, names = {}, {}
     if args.model.startswith("ofa:"):
-        if args.batch_size:
-            kwargs["batch_size"] = args.batch_size
-        if args.bpe_dir:
-            kwargs["bpe_dir"] = args.bpe_dir
+        kwargs = {k: v for k, v in (("batch_size", args.batch_size), ("bpe_dir", args.bpe_dir),
+                                    ("precision", args.precision)) if v}
+        names = {"names": [str(p) for p in args.images]}  # an image left without a caption is named by its file
     settings = DecodeSettings(beam=args.beam, max_new_tokens=args.max_new_tokens)
     captioner = load_captioner(args.model, device=args.device, settings=settings, **kwargs)
-    captions = captioner.generate(images)
+    captions = captioner.generate(images, **names)
     meta = captioner.describe()
     lines = [json.dumps({"path": str(p), "caption": c, "captioner": meta}) for p, c in zip(args.images, captions)]
     for p, c in zip(args.images, captions):

@@ -452,13 +452,14 @@ def train(cfg: CaptionFinetuneConfig) -> Finetuned:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step trains at (the scheduler moves on below)
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
                 nlls.append(float(result["nll"].detach()))
                 if step % cfg.log_every == 0 or step in (1, total):
                     record = {"step": step, "loss": losses[-1], "nll": nlls[-1], "grad_norm": float(grad_norm),
-                              "lr": scheduler.get_last_lr()[0], "tokens": int(result["tokens"])}
+                              "lr": lr, "tokens": int(result["tokens"])}
                     log.write(json.dumps(record) + "\n")
                     logger.info("step %d/%d loss %.4f nll %.4f", step, total, losses[-1], nlls[-1])
     finally:

@@ -48,6 +48,13 @@ IGNORED: list[str] = [
 _TIED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN equal to NaN: one shared tensor saved three times holds its NaNs
+    (if any) in the same places, and ``torch.equal`` would call such copies different. Whether the
+    weights are finite is checked separately, and named as NaN or inf."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def port_name(official: str) -> str | None:
     """The port key for an official key, ``None`` for an ignored key; ``KeyError`` if nothing matches."""
     if any(re.fullmatch(p, official) for p in IGNORED):
@@ -78,11 +85,11 @@ def official_to_port(official: dict[str, torch.Tensor], cfg: OFAConfig, port_sha
     """
     present = [k for k in _TIED if k in official]
     for key in present[1:]:
-        if official[key].shape != official[present[0]].shape or not torch.equal(official[key], official[present[0]]):
-            raise ValueError(f"{key} differs from {present[0]}; the OFA port needs shared token embeddings")
+        if not _same_values(official[key], official[present[0]]):
+            raise UserError(f"{key} differs from {present[0]}; the OFA port needs shared token embeddings")
     for key, want in expected_buffers(cfg).items():
         if key in official and (official[key].shape != want.shape or not torch.equal(official[key].long(), want)):
-            raise ValueError(f"checkpoint buffer {key} differs from the port's relative-position buckets")
+            raise UserError(f"checkpoint buffer {key} differs from the port's relative-position buckets")
     port: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, value in official.items():
