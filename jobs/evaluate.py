@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--ties", default="official", choices=("official", "optimistic"),
-                   help="exact score ties: 'official' counts every tied position, as the official code and the "
-                        "papers' tables do; 'optimistic' ranks a query by the candidates strictly better")
+                   help="'official' is the official evaluation (float32 scores, every tied position counted), as "
+                        "the papers' tables; 'optimistic' scores in float64 and ranks a query by the candidates "
+                        "strictly better")
     p.add_argument("--out", help="write the metrics JSON here")
     args = p.parse_args(argv)
     setup_logging()
