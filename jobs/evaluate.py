@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(args: argparse.Namespace) -> None:
     """The inputs exist and the numbers make sense, before any model is loaded (UserError otherwise)."""
-    from jobs.train_cli import checkpoint_dir_problems, manifest_problems
+    from train.inputs import checkpoint_dir_problems, manifest_problems
 
     problems = []
     if args.model.startswith("clipvip:"):

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from common.errors import UserError
 from common.jsonl import parse_object
+from train.checks import not_one_of, out_of_range
 from train.video import DecodeError, decode_video_file, preprocess
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ class RetrievalDataConfig:
     batch_size: int = 16
     num_workers: int = 4
     seed: int = 42
+
+    def problems(self, section: str) -> list[str]:
+        """An unknown dataset, sizes below 1 (a negative worker count), each named; empty when none."""
+        p = not_one_of(f"{section}.dataset", self.dataset, DATASETS)
+        p += [q for name in ("batch_size", "num_frames", "image_size", "max_text_len")
+              for q in out_of_range(f"{section}.{name}", getattr(self, name), 1)]
+        return p + out_of_range(f"{section}.num_workers", self.num_workers, 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,15 +62,15 @@ def build_model(cfg: TrainConfig, tokenizer):
     from model.convert import HeadCountError, from_hf_clip, load_checkpoint, load_official_clipvip
 
     init, m = cfg.model.init, cfg.model
-    kind, _, where = init.partition(":")
+    kind, where = m.init_source()
     if not init:
         extra = {"temporal_init_std": m.temporal_init_std}
         if m.logit_scale_init is not None:
             extra["logit_scale_init"] = m.logit_scale_init
         model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
                                    attention=m.attention, **extra))
-    elif kind not in ("hf", "clipvip", "ckpt"):
-        raise ModelInitError(f"model.init={init!r}: use '', 'hf:<path>', 'clipvip:<file.pt>' or 'ckpt:<model dir>'")
+    elif m.init_problem():
+        raise ModelInitError(m.init_problem())
     else:
         try:
             if kind == "hf":
@@ -176,11 +176,13 @@ class TrainingRun:
     # -- steps ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Runtime and checks; nothing is written before a resume is known to fit."""
+        """Checks, then the runtime; nothing is written before the config, its inputs and a resume
+        are known to fit (:meth:`train.loop.TrainConfig.check`, :func:`resume_state`)."""
         from train.log import strict_dumps
         from train.tasks import warn_ignored
 
         cfg = self.cfg
+        cfg.check()
         self.rt = rt = setup_distributed(cfg.device)
         rt.precision = cfg.precision
         rt.image_size = self.task.data(cfg).image_size
