@@ -196,19 +196,13 @@ def train_command(job: str, run_cfg) -> str:
     changed field."""
     import shlex
 
+    from common.dicts import differences
+    from common.jsonio import strict_json
     from jobs import train_configs
-    from jobs.config import to_dict
 
     name = "debug" if job == "pretrain" else "debug_finetune"
-
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    base, new = flat(to_dict(train_configs.get(name))), flat(to_dict(run_cfg))
-    changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in new.items() if base.get(k) != v]
+    changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}"
+               for k, _, v in differences(strict_json(train_configs.get(name)), strict_json(run_cfg))]
     return f"clipvip {job} --config {name} " + " ".join(shlex.quote(c) for c in changed)
 
 
