@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 
 from analysis.report import NMIConfig, check_config, run
+from common.jsonio import config_json
 from jobs.common import cli_main, offline_defaults, setup_logging
-from jobs.config import load, to_dict
+from jobs.config import load
 
 logger = logging.getLogger("jobs.nmi")
 
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     check_config(cfg)
     check_output_dir(cfg.out_dir)
     report = run(cfg)
-    resolved = json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"
-    paths = write_report(report, cfg.out_dir, extra={"config.json": resolved})
+    paths = write_report(report, cfg.out_dir, extra={"config.json": config_json(cfg)})
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {cfg.out_dir}/config.json")
     return 0

@@ -32,7 +32,7 @@ from collections import Counter
 from typing import Any
 
 from common.dicts import differences
-from common.jsonio import strict_dumps
+from common.jsonio import config_json
 from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
 from pipeline.frames import FrameConfig
@@ -340,7 +340,7 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     if stale:
         logger.info("removed %d temporary file(s) left by an interrupted run", stale)
     write_run_file(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
-    write_run_file(f"{base}/config.json", strict_dumps(cfg, indent=1, sort_keys=True, default=str).encode())
+    write_run_file(f"{base}/config.json", config_json(cfg).encode())
     todo, kept = plan_shards(cfg, plan.n_shards)
     logger.info("%d shard(s) to process, %d already complete", len(todo), len(kept))
     t0 = time.monotonic()

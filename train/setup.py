@@ -178,7 +178,7 @@ class TrainingRun:
     def prepare(self) -> None:
         """Checks, then the runtime; nothing is written before the config, its inputs and a resume
         are known to fit (:meth:`train.loop.TrainConfig.check`, :func:`resume_state`)."""
-        from train.log import strict_dumps
+        from common.jsonio import config_json
         from train.tasks import warn_ignored
 
         cfg = self.cfg
@@ -191,8 +191,7 @@ class TrainingRun:
         self.state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
         if rt.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(strict_dumps(dataclasses.asdict(cfg), indent=2,
-                                                                   sort_keys=True) + "\n")
+            (self.run_dir / "config.json").write_text(config_json(cfg))
         _barrier(rt)
 
     def build(self) -> None:

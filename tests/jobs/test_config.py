@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from common.jsonio import config_json
 from jobs import config
 
 
@@ -46,7 +47,7 @@ def test_missing_file_is_clear(tmp_path):
 
 def test_resolved_config_round_trips(tmp_path):
     cfg = Outer(name="r", inner=Inner(size=9))
-    config.write_resolved(cfg, tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(config_json(cfg))
     back = config.load(Outer, tmp_path / "config.json")
     assert back == cfg
 
