@@ -34,7 +34,9 @@ def weights_notes(cfg) -> list[str]:
 
 
 def _rows(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    from common.jsonl import read_jsonl
+
+    return read_jsonl(manifest)
 
 
 def _retrieval_manifest(rows: list[dict], path: Path) -> Path:

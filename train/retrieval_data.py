@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import UserError
-from common.jsonl import parse_object
+from common.jsonl import read_objects
 from train.checks import not_one_of, out_of_range
 from train.video import DecodeError, decode_video_file, preprocess
 
@@ -95,11 +95,8 @@ def load_manifest(path: str, dataset: str, video_root: str = "") -> list[VideoEn
 
     entries = []
     with fsspec.open(path, "r") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for lineno, row in read_objects(enumerate(f, 1), lambda n: f"{path}:{n}"):
             where = f"{path}:{lineno}"
-            row = parse_object(line, where)
             text = row.get("text", row.get("caption"))
             texts = [text] if isinstance(text, str) else list(text or [])
             texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, find_bpe_files
 from common.errors import UserError
 from common.jsonio import strict_json
-from common.jsonl import parse_object
+from common.jsonl import read_objects
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +143,9 @@ def read_manifest(path: str | Path, text_field: str = "caption") -> list[Caption
         raise CaptionDataError(f"manifest {path} does not exist; give a JSON-lines file of "
                                '{"image": PATH, "caption": TEXT} rows')
     pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    lines = enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+    for lineno, row in read_objects(lines, lambda n: f"{path}:{n}", CaptionDataError):
         where = f"{path}:{lineno}"
-        row = parse_object(line, where, CaptionDataError)
         media = [k for k in ("image", "video", "path") if row.get(k)]
         if len(media) != 1:
             raise CaptionDataError(f"{where}: give exactly one of 'image' (an image file) or 'video'/'path' (a clip), "
