@@ -97,7 +97,7 @@ def train_captioner(cfg, out: Path, data: dict, results: dict) -> str:
 
 def curate(cfg, out: Path, data: dict, caption_model: str, results: dict) -> str:
     from caption.protocol import DecodeSettings
-    from pipeline.frames import FrameConfig
+    from video.frames import FrameConfig
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
     from pipeline.caption_service import CaptionConfig
@@ -173,7 +173,7 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
 
 
 def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms, seed: int):
-    from jobs.train_configs import debug
+    from train.configs import debug
     from train.loop import EvalSection
 
     base = debug()
@@ -200,7 +200,7 @@ def train_command(job: str, run_cfg) -> str:
 
     from common.dicts import differences
     from common.jsonio import strict_json
-    from jobs import train_configs
+    from train import configs as train_configs
 
     name = "debug" if job == "pretrain" else "debug_finetune"
     changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}"
@@ -220,7 +220,7 @@ def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
 def _finetune_config(cfg, out: Path, name: str, init_dir: str, tokenizer_dir: str, data: dict):
     """Fine-tuning ``name`` on the downstream-style clips (clean descriptions, L(V-S)); the checkpoint
     is picked on the validation split, never on test."""
-    from jobs.train_configs import debug_finetune
+    from train.configs import debug_finetune
     from train.loop import EvalSection
     from train.retrieval_data import RetrievalDataConfig
 

@@ -16,9 +16,9 @@ import logging
 from typing import Any
 
 from common.errors import UserError
-from jobs import train_configs
 from jobs.common import offline_defaults, setup_logging
 from jobs.config import load
+from train import configs as train_configs
 from train.loop import TrainConfig
 
 
@@ -26,7 +26,7 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
     p = argparse.ArgumentParser(prog=prog, description=f"Named configs: {', '.join(sorted(train_configs.CONFIGS))}. "
                                 "Launch DDP with: torchrun --nproc_per_node N -m jobs.<name> ...")
     p.add_argument("--config", default=default_config, choices=sorted(train_configs.CONFIGS), metavar="NAME",
-                   help="a named run config (jobs/train_configs.py)")
+                   help="a named run config (train/configs.py)")
     p.add_argument("--file", help="TOML/YAML/JSON file whose sections override the named config")
     p.add_argument("--resume", action="store_true", help="continue from <run_dir>/checkpoints/latest")
     p.add_argument("--resume-changed", action="store_true",

@@ -35,13 +35,13 @@ from common.dicts import differences
 from common.jsonio import config_json
 from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
-from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig
 from pipeline.caption_service import CaptionConfig
 from pipeline.driver import Driver, describe_demand, free_resources
 from pipeline.plan import Plan, plan_manifest
 from pipeline.writer import ShardWriterConfig
 from shards import format as fmt
+from video.frames import FrameConfig
 
 logger = logging.getLogger(__name__)
 

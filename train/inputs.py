@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from train.loop import TrainConfig
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +59,7 @@ def checkpoint_dir_problems(key: str, path: str) -> list[str]:
     return []
 
 
-def _init_problems(cfg: TrainConfig) -> list[str]:
+def _init_problems(cfg: Any) -> list[str]:
     """``model.init``'s file or folder, for the kinds that name one (the prefix itself is
     :meth:`train.loop.ModelSection.init_problem`'s)."""
     key, spec = "model.init", cfg.model.init
@@ -108,8 +105,9 @@ def manifest_problems(key: str, path: str, dataset: str, video_root: str, *, eva
     return []
 
 
-def input_problems(cfg: TrainConfig, world_size: int) -> list[str]:
-    """Inputs that are not where the config says; outputs that cannot be written there."""
+def input_problems(cfg: Any, world_size: int) -> list[str]:
+    """Inputs that are not where ``cfg`` (a :class:`train.loop.TrainConfig`, which calls this) says;
+    outputs that cannot be written there."""
     p: list[str] = []
     run_dir = Path(cfg.run_dir).expanduser()
     if run_dir.exists() and not run_dir.is_dir():

@@ -210,7 +210,7 @@ def load_pixels(pair: CaptionPair, size: int) -> np.ndarray:
 
     try:
         if pair.video:
-            from pipeline.frames import ClipError, middle_frame
+            from video.frames import ClipError, middle_frame
 
             try:
                 _, image = middle_frame(str(pair.image), pair.start, pair.end)

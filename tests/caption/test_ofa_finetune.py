@@ -171,7 +171,7 @@ def test_targets_follow_ofas_caption_preprocessing(tiny_dir, pairs_manifest):
 
 def test_shards_and_video_manifests_feed_the_same_pairs(tiny_dir, synth_clips, tmp_path):
     """A video row contributes its middle frame; a shard sample its jpg and a text field."""
-    from pipeline.frames import middle_frame
+    from video.frames import middle_frame
 
     rows = [json.loads(line) for line in synth_clips.read_text().splitlines()][:4]
     manifest = tmp_path / "videos.jsonl"

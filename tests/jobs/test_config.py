@@ -86,7 +86,7 @@ def test_yaml_file_values_are_parsed_by_type_too(tmp_path):
 
 
 def test_paper_lr_override_reaches_the_trainer_as_a_float():
-    from jobs import train_configs
+    from train import configs as train_configs
     from train.loop import TrainConfig
 
     cfg = config.load(TrainConfig, None, ["optim.lr=5e-6", "optim.betas=[0.9, 0.99]", "loss_terms=vsc,fc"],
@@ -119,7 +119,7 @@ def test_a_mistyped_value_in_a_file_names_the_key(tmp_path):
 
 
 def test_real_configs_refuse_mistyped_overrides():
-    from jobs import train_configs
+    from train import configs as train_configs
     from train.loop import TrainConfig
     from pipeline.run import CurateConfig
 

@@ -61,7 +61,7 @@ def test_every_section_names_its_own_keys():
 
 @pytest.mark.parametrize("name", ["debug", "debug_finetune", "pretrain_b32", "finetune_msrvtt_b16", "finetune_anet"])
 def test_the_named_configs_have_no_problems(name):
-    from jobs import train_configs
+    from train import configs as train_configs
 
     assert train_configs.get(name).problems() == []
 
