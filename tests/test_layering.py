@@ -2,7 +2,7 @@
 (a package imports another only if that one does not, however indirectly, import it back),
 caption/ and model/ independent of each other, no product package importing the demo, and ``model``
 importable with torch and safetensors alone (no data or serving libraries). Imports inside
-functions count: a lazy import is still an edge.
+functions count: a lazy import is still an edge. No function only forwards to another module's.
 
 Run: ``.venv/bin/python -m pytest tests/test_layering.py -q``.
 """
@@ -98,6 +98,35 @@ def test_no_package_cycle():
     named = [{pkg: [imp for (a, b), imps in edges.items() if a == pkg and b in cycle for imp in imps]
               for pkg in cycle} for cycle in cycles]
     assert cycles == [], named
+
+
+def test_no_function_only_forwards_to_another_modules_function():
+    """A function whose whole body returns a call of a function imported from another project module
+    is a second name for it: callers should use the first (classes, whose call builds a value, are
+    not forwarding)."""
+    forwarders = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            imported = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in PACKAGES:
+                    imported.update(a.asname or a.name for a in node.names)
+                elif isinstance(node, ast.Import):
+                    imported.update(a.asname or a.name.split(".")[0] for a in node.names
+                                    if a.name.split(".")[0] in PACKAGES)
+            for node in tree.body:
+                if not isinstance(node, ast.FunctionDef):
+                    continue
+                body = [b for b in node.body if not (isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant))]
+                if len(body) != 1 or not isinstance(body[0], ast.Return) or not isinstance(body[0].value, ast.Call):
+                    continue
+                func = body[0].value.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                base = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else name
+                if base in imported and not name[:1].isupper():
+                    forwarders.append(f"{path.relative_to(ROOT)}: {node.name} -> {ast.unparse(func)}")
+    assert forwarders == []
 
 
 def test_caption_and_model_do_not_import_each_other():

@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from common.errors import UserError
 from train.checks import out_of_range
 from train.video import DecodeError, decode_frames, decode_image, preprocess
-from shards import format as shard_format
 from shards.format import expand_pattern, raw_samples
 
 logger = logging.getLogger(__name__)
@@ -276,11 +275,6 @@ class ShardLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
-
-
-def read_sizes(shard_pattern: str) -> dict[str, int]:
-    """``sizes.json`` beside the first shard (file name -> samples), or {} when absent."""
-    return shard_format.read_sizes(expand_pattern(shard_pattern))
 
 
 class HeldOutShards(IterableDataset):

@@ -40,9 +40,9 @@ class PretrainTask:
 
     def dataset(self, cfg: TrainConfig) -> tuple[int, Any]:
         """(items per epoch, the dataset handle ``batches`` takes)."""
-        from train.data import read_sizes
+        from shards.format import expand_pattern, read_sizes
 
-        return sum(read_sizes(cfg.data.shards).values()), None
+        return sum(read_sizes(expand_pattern(cfg.data.shards)).values()), None
 
     def batches(self, cfg: TrainConfig, dataset: Any, tokenizer, rt: Runtime, loader_state: Any):
         from train.data import LoaderState, ShardLoader
