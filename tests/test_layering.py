@@ -2,7 +2,8 @@
 (a package imports another only if that one does not, however indirectly, import it back),
 caption/ and model/ independent of each other, no product package importing the demo, and ``model``
 importable with torch and safetensors alone (no data or serving libraries). Imports inside
-functions count: a lazy import is still an edge. No function only forwards to another module's.
+functions count: a lazy import is still an edge. Product code imports webdataset nowhere (it is an
+extra, for the tests and the benchmarks), and no function only forwards to another package's.
 
 Run: ``.venv/bin/python -m pytest tests/test_layering.py -q``.
 """
@@ -98,6 +99,21 @@ def test_no_package_cycle():
     named = [{pkg: [imp for (a, b), imps in edges.items() if a == pkg and b in cycle for imp in imps]
               for pkg in cycle} for cycle in cycles]
     assert cycles == [], named
+
+
+def test_product_code_never_imports_webdataset():
+    """webdataset is an extra (``test``, ``bench``): the shards are written and read by shards/format.py."""
+    import tomllib
+
+    users = sorted(str(path.relative_to(ROOT)) for pkg in PACKAGES for path in (ROOT / pkg).rglob("*.py")
+                   for node in ast.walk(ast.parse(path.read_text()))
+                   if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "webdataset" for a in node.names))
+                   or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "webdataset"))
+    assert users == []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("webdataset") for d in project["dependencies"])
+    for extra in ("test", "bench"):
+        assert any(d.startswith("webdataset") for d in project["optional-dependencies"][extra]), extra
 
 
 def test_no_function_only_forwards_to_another_modules_function():
