@@ -4,7 +4,8 @@ Supported sources, chosen by file extension (an extra ``.gz``/``.bz2``/``.xz``/`
 decompressed on the fly):
 
 - ``.txt``: one text per line.
-- ``.jsonl`` / ``.ndjson``: one JSON object per line; ``field`` names the key (default ``text``).
+- ``.jsonl`` / ``.ndjson``: one JSON object per line (a blank line is no record); ``field`` names the
+  key (default ``text``).
 - ``.csv`` / ``.tsv``: a header row; ``field`` names the column (default ``text``).
 - ``.parquet``: ``field`` names the column (default ``text``).
 - ``.tar``: clipvip WebDataset shards, whose samples carry ``subtitle.txt``, ``caption.txt`` and
@@ -27,7 +28,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from common.jsonl import parse_object
+from common.errors import UserError
+from common.jsonl import read_objects
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ _FORMATS = {
 _DEFAULT_FIELD = {"txt": None, "jsonl": "text", "csv": "text", "tsv": "text", "parquet": "text", "wds": "subtitle"}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """A corpus cannot be used; the message names the corpus, the file and the fix."""
 
 
@@ -209,12 +211,9 @@ def _read_txt(path: str, compression: str | None, field: str | None, name: str) 
 
 
 def _read_jsonl(path: str, compression: str | None, field: str, name: str) -> Iterator[str]:
-    for i, line in _text_lines(path, compression, name):
-        if not line.strip():
-            yield ""
-            continue
+    for i, record in read_objects(_text_lines(path, compression, name), lambda n: f"corpus {name!r}, {path} line {n}",
+                                  CorpusError):
         where = f"corpus {name!r}, {path} line {i}"
-        record = parse_object(line, where, CorpusError)
         if field not in record:
             keys = sorted(record)
             raise CorpusError(

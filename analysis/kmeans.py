@@ -24,6 +24,8 @@ import logging
 
 import numpy as np
 
+from common.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "numpy", "faiss", "sklearn")
@@ -59,11 +61,11 @@ def faiss_available() -> bool:
 def resolve_backend(backend: str) -> str:
     """``auto`` -> ``numpy``; an unavailable explicit choice is an error."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown K-means backend {backend!r}; use one of {BACKENDS}")
+        raise UserError(f"unknown K-means backend {backend!r}; use one of {BACKENDS}")
     if backend == "auto":
         return "numpy"
     if backend == "faiss" and not faiss_available():
-        raise ValueError("K-means backend 'faiss' needs faiss-cpu or faiss-gpu installed; or use --backend numpy")
+        raise UserError("K-means backend 'faiss' needs faiss-cpu or faiss-gpu installed; or use --backend numpy")
     return backend
 
 

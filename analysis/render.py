@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from analysis.plots import nmi_heatmap, projection_scatter
 from analysis.report import NMIReport, PairGap
+from common.errors import UserError
 from common.files import replace_dir, temp_dir_beside
 
 TIMING_ORDER = ("read", "load_encoder", "encode", "cluster", "score", "bootstrap", "project", "total")
@@ -28,7 +28,7 @@ EXTRA_FILES = ("config.json",)
 ROLE_MARK = {"pretrain": "P", "downstream": "D", "other": ""}
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     """The output folder cannot take the report; the message names the folder and the fix."""
 
 
@@ -295,7 +295,6 @@ def write_report(report: NMIReport, out_dir: str | Path, *, extra: dict[str, str
         proj = report.projection
         projection_scatter(proj.coords, proj.corpus, report.names, paths["projection"], roles=report.roles,
                            explained=proj.explained, seed=proj.seed, encoder=report.encoder.get("name"))
-        tmp.chmod(0o777 & ~_umask())
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -308,10 +307,3 @@ def _heatmap_subtitle(report: NMIReport) -> str:
     enc = f"{e.get('name') or s.get('encoder')}" + (f", {e['dtype']}" if e.get("dtype") else "")
     seeds = len(s["seeds"])
     return f"n={s['n']} per corpus, {seeds} seed{'s' if seeds > 1 else ''}; {enc}"
-
-
-def _umask() -> int:
-    # mkdtemp makes a 0700 folder; the report folder should get the permissions any new folder gets.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

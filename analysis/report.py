@@ -25,6 +25,7 @@ from analysis.encoders import EncoderConfig, TextEncoder, describe_encoder, open
 from analysis.gap import ClusterScore, Interval, Spread, bootstrap_nmi, pca_2d, score_clustering, spread
 from analysis.kmeans import ClusterConfig, kmeans, resolve_backend
 from analysis.sampling import Sample, draw_sample
+from common.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -159,19 +160,23 @@ def assign_roles(cfg: NMIConfig) -> tuple[list[CorpusSpec], dict[str, str], list
 def check_config(cfg: NMIConfig) -> None:
     """Reject settings that cannot make a report, before any corpus is read or model loaded."""
     if not cfg.seeds:
-        raise ValueError("seeds is empty; give at least one seed (e.g. --seeds 0 1 2)")
+        raise UserError("seeds is empty; give at least one seed (e.g. --seeds 0 1 2)")
     if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ValueError(f"seeds {list(cfg.seeds)} repeat a seed; each seed must draw a new sample")
+        raise UserError(f"seeds {list(cfg.seeds)} repeat a seed; each seed must draw a new sample")
     if cfg.n < 2:
-        raise ValueError(f"sample size n={cfg.n} is too small; use at least 2 texts per corpus (the paper uses 1000)")
+        raise UserError(f"sample size n={cfg.n} is too small; use at least 2 texts per corpus (the paper uses 1000)")
     if cfg.project_points < 1:
-        raise ValueError(f"project_points={cfg.project_points}; draw at least 1 text per corpus in the projection")
+        raise UserError(f"project_points={cfg.project_points}; draw at least 1 text per corpus in the projection")
     if not 0 < cfg.ci_level < 1:
-        raise ValueError(f"ci_level={cfg.ci_level}; use a level between 0 and 1, e.g. 0.95")
+        raise UserError(f"ci_level={cfg.ci_level}; use a level between 0 and 1, e.g. 0.95")
     if cfg.bootstrap < 0:
-        raise ValueError(f"bootstrap={cfg.bootstrap}; use 0 (no intervals) or a number of resamples, e.g. 1000")
+        raise UserError(f"bootstrap={cfg.bootstrap}; use 0 (no intervals) or a number of resamples, e.g. 1000")
     if cfg.unstable_range < 0:
-        raise ValueError(f"unstable_range={cfg.unstable_range}; use a non-negative NMI difference, e.g. 0.1")
+        raise UserError(f"unstable_range={cfg.unstable_range}; use a non-negative NMI difference, e.g. 0.1")
+    if cfg.cluster.restarts < 1:
+        raise UserError(f"cluster.restarts={cfg.cluster.restarts}; use at least 1 (10 recommended)")
+    if cfg.cluster.max_iter < 1:
+        raise UserError(f"cluster.max_iter={cfg.cluster.max_iter}; use at least 1 (50 recommended)")
     resolve_backend(cfg.cluster.backend)
 
 

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 
 from analysis.corpora import Corpus, CorpusError
+from common.errors import UserError
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -35,7 +36,7 @@ def draw_sample(corpus: Corpus, n: int, seed: int, *, unique: bool = False) -> S
         CorpusError: the corpus holds fewer than ``n`` non-empty texts.
     """
     if n < 2:
-        raise ValueError(f"sample size n={n} is too small; use at least 2 texts per corpus (the paper uses 1000)")
+        raise UserError(f"sample size n={n} is too small; use at least 2 texts per corpus (the paper uses 1000)")
     population = corpus.unique_texts() if unique else corpus.texts
     if len(population) < n:
         what = "unique non-empty" if unique else "non-empty"

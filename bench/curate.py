@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.clips import bench_clips
 from caption.protocol import DecodeSettings
-from pipeline.frames import FrameConfig, process_clip
+from video.frames import FrameConfig, process_clip
 
 SETTINGS = DecodeSettings(beam=2, max_new_tokens=8)
 _CAPTIONER = None

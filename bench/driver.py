@@ -79,7 +79,7 @@ def child(manifest: str, out: str, per_shard: int, cpus: int) -> dict:
 
     setup_logging("INFO")
     offline_defaults()
-    from pipeline.frames import FrameConfig
+    from video.frames import FrameConfig
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, init_ray, run
     from pipeline.writer import ShardWriterConfig

@@ -3,7 +3,7 @@
 All methods produce a JPEG of the middle frame of each of 200 synthesised clips (mixed size and
 keyframe interval), one clip at a time, one decoder thread:
 
-- clipvip (PyAV): ``pipeline.frames.process_clip(reencode=False)``: seek to the keyframe before
+- clipvip (PyAV): ``video.frames.process_clip(reencode=False)``: seek to the keyframe before
   the middle, decode forward to it, JPEG-encode.
 - decord: ``VideoReader(num_threads=1)[n // 2]`` (seeks internally), same JPEG encode.
 - ffmpeg subprocess: ``ffmpeg -threads 1 -ss <mid> -i clip -frames:v 1 out.jpg`` per clip (the
@@ -28,7 +28,7 @@ import av
 from PIL import Image
 
 from bench.clips import bench_clips
-from pipeline.frames import FrameConfig, process_clip
+from video.frames import FrameConfig, process_clip
 
 
 def _jpeg(rgb) -> bytes:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from caption.protocol import DecodeSettings, as_pil
 from common.device import resolve_device
+from common.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class HFCaptioner:
             config = AutoConfig.from_pretrained(model)
             self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"caption model {model!r} could not be loaded as a transformers image-to-text model "
+            raise UserError(f"caption model {model!r} could not be loaded as a transformers image-to-text model "
                              f"(BLIP, GIT or VisionEncoderDecoder) from a local folder or hub id: {exc}") from exc
         self.model_type = config.model_type
         self.model.to(self.device).eval()

@@ -17,6 +17,7 @@ import importlib
 from typing import Any
 
 from caption.protocol import Captioner, DecodeSettings
+from common.errors import UserError
 
 BACKENDS = ("hf", "ofa", "py")
 
@@ -29,7 +30,7 @@ def load_captioner(spec: str, *, device: str = "auto", settings: DecodeSettings 
     backend's own default.
     """
     if ":" not in spec:
-        raise ValueError(f"caption model {spec!r} needs a backend prefix: 'hf:<path or hub id>', "
+        raise UserError(f"caption model {spec!r} needs a backend prefix: 'hf:<path or hub id>', "
                          "'ofa:<checkpoint path>' or 'py:<module>:<Class>'")
     backend, target = spec.split(":", 1)
     settings = settings or DecodeSettings()
@@ -43,20 +44,20 @@ def load_captioner(spec: str, *, device: str = "auto", settings: DecodeSettings 
         return OFACaptioner(target, device=device, settings=settings, batch_size=batch_size, **kwargs)
     if backend == "py":
         return python_class(target)(device=device, settings=settings, batch_size=batch_size, **kwargs)
-    raise ValueError(f"unknown caption backend {backend!r} in {spec!r}; use one of {', '.join(BACKENDS)}")
+    raise UserError(f"unknown caption backend {backend!r} in {spec!r}; use one of {', '.join(BACKENDS)}")
 
 
 def python_class(target: str) -> type:
-    """The class named by ``<module>:<Class>``; raises ValueError naming what is missing."""
+    """The class named by ``<module>:<Class>``; raises :class:`UserError` naming what is missing."""
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
-        raise ValueError(f"caption model 'py:{target}' must name a class as 'py:<module>:<Class>'")
+        raise UserError(f"caption model 'py:{target}' must name a class as 'py:<module>:<Class>'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"caption model 'py:{target}': module {module_name!r} cannot be imported here ({exc}); "
+        raise UserError(f"caption model 'py:{target}': module {module_name!r} cannot be imported here ({exc}); "
                          "it must be importable on every caption node") from exc
     cls = getattr(module, class_name, None)
     if not isinstance(cls, type):
-        raise ValueError(f"caption model 'py:{target}': module {module_name!r} has no class {class_name!r}")
+        raise UserError(f"caption model 'py:{target}': module {module_name!r} has no class {class_name!r}")
     return cls

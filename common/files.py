@@ -16,12 +16,49 @@ import uuid
 from pathlib import Path
 
 
+def umask() -> int:
+    """This process's file-mode creation mask, read without changing it where Linux tells it
+    (``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | Path) -> None:
+    """Give ``path`` the mode a new file (or folder) gets from ``open`` (``mkdir``) under the umask.
+
+    ``tempfile.mkstemp``/``mkdtemp`` and safetensors' ``save_file`` create 0600 files and 0700
+    folders, so a model or checkpoint written through them would be unreadable to anyone else, such
+    as Ray workers running under another account; everything this project writes gets the mode the
+    user's umask asks for instead.
+    """
+    path = Path(path)
+    full = 0o777 if path.is_dir() else 0o666
+    path.chmod(full & ~umask())
+
+
+def write_safetensors(tensors: dict, path: str | Path) -> None:
+    """``safetensors.torch.save_file`` with the umask's file mode (see :func:`give_default_mode`)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    give_default_mode(path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        give_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,9 +74,7 @@ def temp_dir_beside(final: str | Path) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the folder gets what any new folder would
+    give_default_mode(tmp)  # mkdtemp makes it 0700; the folder gets what any new folder would
     return tmp
 
 

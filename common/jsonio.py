@@ -35,3 +35,9 @@ def strict_dumps(obj: Any, **kwargs: Any) -> str:
     """``json.dumps`` of :func:`strict_json` (non-finite numbers as null). Anything else non-standard is
     refused unless ``default`` (as for ``json.dumps``) says how to write it."""
     return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
+def config_json(cfg: Any) -> str:
+    """The text of a run's ``config.json``: the resolved config (a dataclass tree or a dict) as
+    strict JSON, keys sorted, two-space indent. Every run that records its config writes this."""
+    return strict_dumps(cfg, indent=2, sort_keys=True, default=str) + "\n"

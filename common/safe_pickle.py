@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from common.errors import MissingInputError, UserError
+
 # What a checkpoint pickle may build: tensors, storages, plain containers and values, plus the
 # argparse.Namespace and numpy scalars fairseq (OFA) stores beside its weights. Nothing that runs code.
 _ALLOWED_GLOBALS = {
@@ -38,7 +40,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError):
     """The checkpoint's pickle refers to something other than plain data; it is never loaded."""
 
 
@@ -68,7 +70,7 @@ def restricted_load(path: str | Path) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingInputError(f"checkpoint {path} does not exist")
     try:
         # weights_only=False only because torch's own allow-list does not know argparse.Namespace;
         # safety comes from _RestrictedUnpickler, which torch uses for every global lookup.
@@ -76,4 +78,4 @@ def restricted_load(path: str | Path) -> Any:
     except UnsafeCheckpointError as exc:
         raise UnsafeCheckpointError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None

@@ -63,6 +63,7 @@ def attribute_accuracy(captions: list[str], colors: list[str], shapes: list[str]
 def finetune_captioner(cfg, out: Path, data: dict, results: dict) -> str:
     """Fine-tune the demo's OFA on the labelled frames, score it on the held-out ones; returns ``ofa:<dir>``."""
     from caption.ofa.finetune import CaptionDataConfig, CaptionFinetuneConfig, load_pixels, read_manifest, run
+    from common.jsonl import read_jsonl
     from demo.tiny_ofa import write_tiny_ofa
     from caption.registry import load_captioner
     from demo.synth import COLORS, SHAPES
@@ -81,7 +82,7 @@ def finetune_captioner(cfg, out: Path, data: dict, results: dict) -> str:
     summary = run(ft_cfg)
     spec = f"ofa:{finetuned}"
     heldout = read_manifest(data["captioner_heldout"])
-    rows = [json.loads(line) for line in Path(data["captioner_heldout"]).read_text().splitlines()]
+    rows = read_jsonl(data["captioner_heldout"])
     captioner = load_captioner(spec, device="cpu")
     size = captioner.cfg.patch_image_size
     captions = captioner.generate([load_pixels(p, size) for p in heldout])

@@ -34,7 +34,9 @@ def weights_notes(cfg) -> list[str]:
 
 
 def _rows(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    from common.jsonl import read_jsonl
+
+    return read_jsonl(manifest)
 
 
 def _retrieval_manifest(rows: list[dict], path: Path) -> Path:
@@ -95,7 +97,7 @@ def train_captioner(cfg, out: Path, data: dict, results: dict) -> str:
 
 def curate(cfg, out: Path, data: dict, caption_model: str, results: dict) -> str:
     from caption.protocol import DecodeSettings
-    from pipeline.frames import FrameConfig
+    from video.frames import FrameConfig
     from pipeline.manifest import ManifestConfig
     from pipeline.run import CurateConfig, RayConfig, run
     from pipeline.caption_service import CaptionConfig
@@ -171,7 +173,7 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
 
 
 def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms, seed: int):
-    from jobs.train_configs import debug
+    from train.configs import debug
     from train.loop import EvalSection
 
     base = debug()
@@ -196,19 +198,13 @@ def train_command(job: str, run_cfg) -> str:
     changed field."""
     import shlex
 
-    from jobs import train_configs
-    from jobs.config import to_dict
+    from common.dicts import differences
+    from common.jsonio import strict_json
+    from train import configs as train_configs
 
     name = "debug" if job == "pretrain" else "debug_finetune"
-
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    base, new = flat(to_dict(train_configs.get(name))), flat(to_dict(run_cfg))
-    changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in new.items() if base.get(k) != v]
+    changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}"
+               for k, _, v in differences(strict_json(train_configs.get(name)), strict_json(run_cfg))]
     return f"clipvip {job} --config {name} " + " ".join(shlex.quote(c) for c in changed)
 
 
@@ -224,7 +220,7 @@ def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
 def _finetune_config(cfg, out: Path, name: str, init_dir: str, tokenizer_dir: str, data: dict):
     """Fine-tuning ``name`` on the downstream-style clips (clean descriptions, L(V-S)); the checkpoint
     is picked on the validation split, never on test."""
-    from jobs.train_configs import debug_finetune
+    from train.configs import debug_finetune
     from train.loop import EvalSection
     from train.retrieval_data import RetrievalDataConfig
 

@@ -21,7 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import cli_main, offline_defaults, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--beam", type=int, default=5)
     img.add_argument("--max-new-tokens", type=int, default=16)
     img.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
+    img.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
+                     help="ofa: weights and activations (auto: fp16 on GPU as the official scripts, fp32 on CPU)")
     img.add_argument("--out", type=Path, default=None, help="also write JSON lines here")
 
     ft = sub.add_parser("finetune", help="fine-tune an OFA captioner on (image, caption) pairs (OFA caption stage 1)")
@@ -75,15 +78,14 @@ def _caption_images(args: argparse.Namespace) -> int:
     from caption.registry import load_captioner
 
     images = [load_image(p) for p in args.images]
-    kwargs = {}
+    kwargs, names = {}, {}
     if args.model.startswith("ofa:"):
-        if args.batch_size:
-            kwargs["batch_size"] = args.batch_size
-        if args.bpe_dir:
-            kwargs["bpe_dir"] = args.bpe_dir
+        kwargs = {k: v for k, v in (("batch_size", args.batch_size), ("bpe_dir", args.bpe_dir),
+                                    ("precision", args.precision)) if v}
+        names = {"names": [str(p) for p in args.images]}  # an image left without a caption is named by its file
     settings = DecodeSettings(beam=args.beam, max_new_tokens=args.max_new_tokens)
     captioner = load_captioner(args.model, device=args.device, settings=settings, **kwargs)
-    captions = captioner.generate(images)
+    captions = captioner.generate(images, **names)
     meta = captioner.describe()
     lines = [json.dumps({"path": str(p), "caption": c, "captioner": meta}) for p, c in zip(args.images, captions)]
     for p, c in zip(args.images, captions):
@@ -140,28 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     offline_defaults()
     _check(args)
-    try:
-        if args.action == "convert-ofa":
-            from caption.ofa.checkpoint import convert_fairseq_checkpoint
+    # The captioner and checkpoint loaders raise common.errors.UserError naming the file and the
+    # problem (a corrupt image, a refused or foreign checkpoint, a model spec without a backend);
+    # cli_main prints it as one line. Anything else is a bug and keeps its traceback.
+    if args.action == "convert-ofa":
+        from caption.ofa.checkpoint import convert_fairseq_checkpoint
 
-            out = convert_fairseq_checkpoint(args.checkpoint, args.out_dir, args.bpe_dir)
-            logger.info("converted %s -> %s", args.checkpoint, out)
-            if args.bpe_dir is None:
-                logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt (or vocab.json and merges.txt) "
-                               "into %s before captioning", out)
-            return 0
-        if args.action == "images":
-            return _caption_images(args)
-        if args.action == "finetune":
-            return _finetune(args)
-        from demo.tiny_ofa import write_tiny_ofa
-
-        logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
+        out = convert_fairseq_checkpoint(args.checkpoint, args.out_dir, args.bpe_dir)
+        logger.info("converted %s -> %s", args.checkpoint, out)
+        if args.bpe_dir is None:
+            logger.warning("no --bpe-dir: copy encoder.json, vocab.bpe and dict.txt (or vocab.json and merges.txt) "
+                           "into %s before captioning", out)
         return 0
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        # The captioner and checkpoint loaders name the file and the problem in these (a corrupt
-        # image, a refused or foreign checkpoint, a model spec without a backend).
-        raise UserError(f"{args.action}: {exc}") from exc
+    if args.action == "images":
+        return _caption_images(args)
+    if args.action == "finetune":
+        return _finetune(args)
+    from demo.tiny_ofa import write_tiny_ofa
+
+    logger.info("wrote tiny OFA to %s", write_tiny_ofa(args.out_dir, args.seed))
+    return 0
 
 
 if __name__ == "__main__":

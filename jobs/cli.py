@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    # Every command's user errors (UserError, ConfigError, ManifestError) become one line on stderr
-    # and exit code 2 here, whatever the module; --debug shows the traceback instead.
+    # Every command's user errors (common.errors.UserError and its subclasses) become one line on
+    # stderr and exit code 2 here, whatever the module; --debug shows the traceback instead. Any other
+    # exception is a bug and keeps its traceback.
     return cli_main(f"clipvip {name}", module.main, rest)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from common.errors import UserError
+
 
 def setup_logging(level: str | int = "INFO") -> None:
     """Configure logging once, in the entrypoint (libraries only call ``logging.getLogger``)."""
@@ -22,30 +24,12 @@ def offline_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-class UserError(Exception):
-    """A problem with the user's input (a path, a value, a config key). ``cli_main`` prints it as one
-    line on stderr and exits with code 2; the message names the input and the fix."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that are the user's input, not a bug: printed as one line, exit code 2."""
-    types: list[type[BaseException]] = [UserError]
-    from pipeline.manifest import ManifestError
-
-    types.append(ManifestError)
-    from jobs.config import ConfigError
-
-    types.append(ConfigError)
-    from pipeline.errors import SetupError
-
-    types.append(SetupError)
-    return tuple(types)
-
-
 def cli_main(prog: str, main, argv: list[str] | None = None) -> int:
-    """Run a job's ``main(argv)``: a user error is one line on stderr and exit code 2, never a traceback.
+    """Run a job's ``main(argv)``: a :class:`common.errors.UserError` is one line on stderr and exit
+    code 2, never a traceback. Nothing broader is caught: any other exception is a bug, and its
+    traceback reaches stderr (exit code 1).
 
-    ``--debug`` anywhere in argv re-raises instead, for a developer who wants the traceback.
+    ``--debug`` anywhere in argv re-raises a user error too, for a developer who wants the traceback.
     """
     import sys
 
@@ -54,7 +38,7 @@ def cli_main(prog: str, main, argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         return int(main(argv) or 0)
-    except user_error_types() as exc:
+    except UserError as exc:
         if debug:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Config files into nested dataclasses, and dataclasses back into plain dicts.
+"""Config files into nested dataclasses.
 
 Every component owns a keyword-only dataclass (``FrameConfig``, ``CaptionConfig``, ``TrainConfig``,
 ...). A run is a dataclass tree; a TOML or YAML file and a few ``a.b=value`` overrides change it.
@@ -20,10 +20,12 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file, key or value the user must fix; the message names it and says how."""
 
 
@@ -363,28 +365,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, base: T | None = None, 
         raise ConfigError(str(exc)) from exc
 
 
-def to_dict(obj: Any) -> Any:
-    """A JSON-ready dict of a dataclass tree (tuples become lists, paths become strings)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, base: T | None = None) -> T:
     """Defaults (or ``base``), then the file, then the overrides."""
     data = read_config_file(path) if path else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data, base)
-
-
-def write_resolved(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as JSON (first thing a run does, once the config has parsed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")

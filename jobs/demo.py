@@ -32,8 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+from common.jsonio import config_json, strict_json
 from jobs import config as config_io
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from jobs.common import cli_main, offline_defaults, setup_logging
 from demo.config import VARIANTS, DemoConfig, small
 
 logger = logging.getLogger("clipvip.demo")
@@ -75,9 +77,9 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
 
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config_io.write_resolved(cfg, out / "config.json")
+    (out / "config.json").write_text(config_json(cfg))
     clock = StageClock(total=7)
-    results: dict[str, Any] = {"config": config_io.to_dict(cfg), "commands": [], "notes": st.weights_notes(cfg)}
+    results: dict[str, Any] = {"config": strict_json(cfg), "commands": [], "notes": st.weights_notes(cfg)}
     results["commands"].append("clipvip demo " + " ".join(shlex.quote(a) for a in argv))
     for line in results["notes"]:
         print(f"note: {line}")

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import cli_main, offline_defaults, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--ties", default="official", choices=("official", "optimistic"),
-                   help="exact score ties: 'official' counts every tied position, as the official code and the "
-                        "papers' tables do; 'optimistic' ranks a query by the candidates strictly better")
+                   help="'official' is the official evaluation (float32 scores, every tied position counted), as "
+                        "the papers' tables; 'optimistic' scores in float64 and ranks a query by the candidates "
+                        "strictly better")
     p.add_argument("--out", help="write the metrics JSON here")
     args = p.parse_args(argv)
     setup_logging()
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.convert import HeadCountError, load_checkpoint, load_official_clipvip
     from train.evaluate import evaluate_retrieval, format_metrics
-    from train.setup import ModelInitError, check_tokenizer_fits
+    from train.setup import check_tokenizer_fits
     from train.retrieval_data import RetrievalEvalDataset, collate_eval, load_manifest
     from model.tokenizer import load_tokenizer
 
@@ -63,16 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     except HeadCountError as exc:
         raise UserError(f"--model {args.model}: {exc.detail}; give --clip-config <the transformers CLIP config.json "
                         "it was built from>") from exc
-    except ValueError as exc:  # the loaders name the file and the fix
+    except UserError as exc:  # the loaders name the file and the fix
         raise UserError(f"--model {args.model}: {exc}") from exc
     try:
         tokenizer = load_tokenizer(args.tokenizer)
-    except (ValueError, OSError) as exc:
+    except UserError as exc:
         raise UserError(f"--tokenizer {args.tokenizer}: {exc}") from exc
-    try:
-        check_tokenizer_fits(model, tokenizer, "--tokenizer")
-    except ModelInitError as exc:
-        raise UserError(str(exc)) from exc
+    check_tokenizer_fits(model, tokenizer, "--tokenizer")
     size = args.image_size or model.config.image_size
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check(args: argparse.Namespace) -> None:
     """The inputs exist and the numbers make sense, before any model is loaded (UserError otherwise)."""
-    from jobs.train_cli import checkpoint_dir_problems, manifest_problems
+    from train.inputs import checkpoint_dir_problems, manifest_problems
 
     problems = []
     if args.model.startswith("clipvip:"):

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 
-from analysis.corpora import CorpusError
 from analysis.report import NMIConfig, check_config, run
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
-from jobs.config import load, to_dict
+from common.jsonio import config_json
+from jobs.common import cli_main, offline_defaults, setup_logging
+from jobs.config import load
 
 logger = logging.getLogger("jobs.nmi")
 
@@ -97,22 +96,19 @@ def config_from_args(args: argparse.Namespace) -> NMIConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the report; bad input raises :class:`jobs.common.UserError` (``cli_main`` prints it as one line)."""
+    """Run the report; bad input raises :class:`common.errors.UserError` (``cli_main`` prints it as one line)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     offline_defaults()
-    from analysis.render import OutputError, check_output_dir, markdown, write_report
+    from analysis.render import check_output_dir, markdown, write_report
 
     cfg = config_from_args(args)
-    try:
-        # Everything the user gave is checked before any file is written: nothing is left behind.
-        check_config(cfg)
-        check_output_dir(cfg.out_dir)
-        report = run(cfg)
-        resolved = json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n"
-        paths = write_report(report, cfg.out_dir, extra={"config.json": resolved})
-    except (CorpusError, OutputError, ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from e
+    # Everything the user gave is checked before any file is written: nothing is left behind. The
+    # library raises common.errors.UserError for what the user gave; anything else is a bug.
+    check_config(cfg)
+    check_output_dir(cfg.out_dir)
+    report = run(cfg)
+    paths = write_report(report, cfg.out_dir, extra={"config.json": config_json(cfg)})
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {cfg.out_dir}/config.json")
     return 0

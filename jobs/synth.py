@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.common import UserError, cli_main
+from common.errors import UserError
+from jobs.common import cli_main
 from demo.synth import synthesize
 
 

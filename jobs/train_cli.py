@@ -2,10 +2,10 @@
 optional config file, ``a.b=value`` overrides, ``--resume`` and ``--resume-changed``. Nothing else,
 by design.
 
-The inputs are checked here, before the run writes anything (``config.json``, a tokenizer, a
-checkpoint): a path that does not exist or a value out of range is a :class:`jobs.common.UserError`,
-printed as one line by ``cli_main``. A checkpoint that cannot be resumed as asked is refused by the
-run itself, also before it writes anything, and reported the same way (:func:`run`).
+The run checks its config and inputs itself (:meth:`train.loop.TrainConfig.check`, so Python
+callers get the same checks), before it writes anything (``config.json``, a tokenizer, a
+checkpoint): a path that does not exist, a value out of range or a checkpoint that cannot be
+resumed as asked is a :class:`common.errors.UserError`, printed as one line by ``cli_main``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
-import os
-from pathlib import Path
 from typing import Any
 
-from jobs import train_configs
-from jobs.common import UserError, offline_defaults, setup_logging
+from common.errors import UserError
+from jobs.common import offline_defaults, setup_logging
 from jobs.config import load
+from train import configs as train_configs
 from train.loop import TrainConfig
 
 
@@ -28,7 +26,7 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
     p = argparse.ArgumentParser(prog=prog, description=f"Named configs: {', '.join(sorted(train_configs.CONFIGS))}. "
                                 "Launch DDP with: torchrun --nproc_per_node N -m jobs.<name> ...")
     p.add_argument("--config", default=default_config, choices=sorted(train_configs.CONFIGS), metavar="NAME",
-                   help="a named run config (jobs/train_configs.py)")
+                   help="a named run config (train/configs.py)")
     p.add_argument("--file", help="TOML/YAML/JSON file whose sections override the named config")
     p.add_argument("--resume", action="store_true", help="continue from <run_dir>/checkpoints/latest")
     p.add_argument("--resume-changed", action="store_true",
@@ -46,217 +44,13 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
         raise UserError(f"config {args.config!r} is a {cfg.task!r} run; use 'clipvip {cfg.task}'")
     if args.resume or args.resume_changed:
         cfg = dataclasses.replace(cfg, resume=True, resume_changed=args.resume_changed)
-    check(cfg)
     logging.getLogger(__name__).info("run dir %s, config %s", cfg.run_dir, args.config)
     return cfg
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """:func:`train.setup.run`, with a checkpoint that cannot be resumed reported as the user's to fix."""
-    from train.checkpoint import CheckpointError
-    from train.setup import ModelInitError, run as train
+    """:func:`train.setup.run`: it checks the config and its inputs, and a checkpoint that cannot be
+    resumed as asked, before it writes anything (each a :class:`common.errors.UserError`)."""
+    from train.setup import run as train
 
-    try:
-        return train(cfg)
-    except (CheckpointError, ModelInitError) as exc:
-        raise UserError(str(exc)) from exc
-
-
-# ---- input checks -----------------------------------------------------------------------------
-
-
-def check(cfg: TrainConfig) -> None:
-    """Raise :class:`UserError` listing every problem with the run's inputs (nothing is written yet)."""
-    problems = value_problems(cfg) + path_problems(cfg)
-    if problems:
-        raise UserError("; ".join(problems))
-
-
-def _range(problems: list[str], key: str, value: float, lo: float, hi: float = math.inf, *,
-           lo_open: bool = False, hint: str = "") -> None:
-    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
-    if not ok:
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        bound += f" and <= {hi}" if hi != math.inf else ""
-        problems.append(f"{key}={value!r} must be {bound}{hint}")
-
-
-def value_problems(cfg: TrainConfig) -> list[str]:
-    """Numbers and names out of range: each would crash deep inside the run or train nothing."""
-    from model.clip_vip import ATTENTION_MODES, FLAVOURS
-    from model.loss import GATHER_GRAD, TERMS
-    from train.loop import SELECT_METRICS
-    from train.tasks import get_task
-
-    p: list[str] = []
-    o = cfg.optim
-    _range(p, "optim.lr", o.lr, 0, lo_open=True, hint=" (the paper's post-pretraining lr is 5e-6)")
-    _range(p, "optim.weight_decay", o.weight_decay, 0)
-    _range(p, "optim.eps", o.eps, 0, lo_open=True)
-    _range(p, "optim.warmup_ratio", o.warmup_ratio, 0, 1)
-    _range(p, "optim.grad_clip", o.grad_clip, 0, hint=" (0 disables clipping)")
-    _range(p, "optim.lr_mul", o.lr_mul, 0, lo_open=True)
-    _range(p, "optim.min_lr_ratio", o.min_lr_ratio, 0, 1)
-    for i, beta in enumerate(o.betas):
-        if not 0 <= beta < 1:
-            p.append(f"optim.betas[{i}]={beta!r} must be in [0, 1)")
-    _range(p, "steps", cfg.steps, 0, hint=" (0 derives the steps from epochs)")
-    if cfg.steps == 0:
-        _range(p, "epochs", cfg.epochs, 0, lo_open=True, hint=" (or set steps=<N>)")
-    for key in ("checkpoint_every", "keep_checkpoints", "log_every", "eval.every"):
-        _range(p, key, _get(cfg, key), 0, hint=" (0 turns it off)")
-    for key, allowed in (("device", ("auto", "cpu", "cuda")), ("precision", ("bf16", "fp32")),
-                         ("model.attention", ATTENTION_MODES)):
-        if _get(cfg, key) not in allowed:
-            p.append(f"{key}={_get(cfg, key)!r}: choose one of {', '.join(allowed)}")
-    if not cfg.model.init and cfg.model.flavour not in FLAVOURS:
-        p.append(f"model.flavour={cfg.model.flavour!r}: choose one of {', '.join(sorted(FLAVOURS))}")
-    task = get_task(cfg)
-    terms = task.loss_terms(cfg)  # fine-tuning's are fixed; only a pretraining run's come from the config
-    if not terms or any(t not in TERMS for t in terms):
-        p.append(f"loss_terms={list(cfg.loss_terms)!r}: give names from {', '.join(TERMS)}, e.g. loss_terms=vsc,fc")
-    if cfg.gather_grad not in GATHER_GRAD:
-        p.append(f"gather_grad={cfg.gather_grad!r}: choose mean (as the official code) or sum (one process's gradient)")
-    if cfg.eval.split not in ("val", "test"):
-        p.append(f"eval.split={cfg.eval.split!r}: choose val (picks best/) or test (reported only)")
-    elif cfg.eval.split == "test" and task.name == "finetune" and cfg.eval.manifest.manifest:
-        p.append("eval.split=test: fine-tuning picks its checkpoint on a validation split; give one as "
-                 "eval.manifest.manifest with eval.split=val, and test the result once with 'clipvip evaluate'")
-    if cfg.eval.select_metric not in SELECT_METRICS:
-        p.append(f"eval.select_metric={cfg.eval.select_metric!r}: choose one of {', '.join(SELECT_METRICS)} "
-                 "(higher is better)")
-    data, section = task.data(cfg), task.section
-    for name in ("batch_size", "num_frames", "image_size", "max_text_len"):
-        _range(p, f"{section}.{name}", getattr(data, name), 1)
-    _range(p, f"{section}.num_workers", data.num_workers, 0)
-    return p
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _local(path: str) -> Path:
-    return Path(path.removeprefix("file://")).expanduser()
-
-
-def _shard_problems(key: str, pattern: str, readers: int = 1) -> list[str]:
-    """A shard pattern that expands to no existing local file (remote URLs are left to the loader)."""
-    from shards.format import expand_pattern
-
-    try:
-        urls = expand_pattern(pattern)
-    except ValueError as exc:
-        return [f"{key}: {exc}"]
-    local = [u for u in urls if _is_local(u)]
-    found = [u for u in local if _local(u).is_file()]
-    if local and not found:
-        return [f"{key}={pattern!r}: no shard matches (none of its {len(local)} file(s) exists, e.g. {local[0]}); "
-                f"give the brace pattern of existing shards, e.g. 'shards/train-{{000000..000009}}.tar' "
-                f"(make them with 'clipvip curate')"]
-    if len(found) < len(local):
-        logging.getLogger(__name__).warning("%s: %d of %d shard(s) do not exist and will be skipped, e.g. %s", key,
-                                            len(local) - len(found), len(local),
-                                            next(u for u in local if u not in set(found)))
-    if len(urls) < readers:
-        return [f"{key}={pattern!r}: {len(urls)} shard(s) for {readers} readers (data.num_workers x ranks); every "
-                f"reader needs its own shard: write more, smaller shards or lower data.num_workers"]
-    return []
-
-
-def _model_path_problems(key: str, spec: str) -> list[str]:
-    kind, _, where = spec.partition(":")
-    if not spec:
-        return []
-    if kind not in ("hf", "clipvip", "ckpt"):
-        return [f"{key}={spec!r}: use '', 'hf:<CLIP dir or hub id>', 'clipvip:<official .pt>' or 'ckpt:<model dir>'"]
-    if kind == "clipvip" and _is_local(where) and not _local(where).is_file():
-        return [f"{key}={spec!r}: checkpoint file {where} does not exist; download the official CLIP-ViP weights "
-                f"or point {key} at them"]
-    if kind == "ckpt":
-        return checkpoint_dir_problems(key, where)
-    if kind == "hf" and where.startswith(("/", ".", "~")) and not _local(where).is_dir():
-        return [f"{key}={spec!r}: {where} is not a folder; give a CLIP folder saved with save_pretrained or a hub id"]
-    return []
-
-
-def checkpoint_dir_problems(key: str, path: str) -> list[str]:
-    """A model folder (``config.json`` + ``model.safetensors``, as written by training) that is not there."""
-    from model.convert import CONFIG_FILE, WEIGHTS_FILE
-
-    folder = _local(path)
-    if not folder.is_dir():
-        return [f"{key}: model folder {path} does not exist; give a folder written by training "
-                f"(<run_dir>/best or <run_dir>/checkpoints/step_N/model)"]
-    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / f).is_file()]
-    if missing:
-        return [f"{key}: {path} is not a CLIP-ViP model folder (it lacks {', '.join(missing)}); give "
-                f"<run_dir>/best or <run_dir>/checkpoints/step_N/model"]
-    return []
-
-
-def manifest_problems(key: str, path: str, dataset: str, video_root: str, *, evaluation: bool) -> list[str]:
-    """A retrieval manifest that is missing or unreadable, or whose local videos are missing, named
-    with the reason.
-
-    An evaluation set must have every video: a missing one would change the benchmark, so it is
-    refused (remove it from the manifest and say so when reporting). A training set may miss some
-    (downloads of ActivityNet and the like often do): they are counted in a warning and skipped, and
-    only a set with none of its videos is refused.
-    """
-    from train.retrieval_data import load_manifest
-
-    if _is_local(path) and not _local(path).is_file():
-        return [f"{key}: manifest {path} does not exist; give a JSONL file with a video (or clip_name) and text "
-                f"per row"]
-    if video_root and _is_local(video_root) and not _local(video_root).is_dir():
-        return [f"{key.rsplit('.', 1)[0]}.video_root: folder {video_root} does not exist"]
-    try:
-        entries = load_manifest(path, dataset, video_root)
-    except (ValueError, OSError) as exc:
-        return [f"{key}: {exc}"]
-    missing = [e.video for e in entries if _is_local(e.video) and not _local(e.video).is_file()]
-    if missing and (evaluation or len(missing) == len(entries)):
-        return [f"{key}: {len(missing)} of {len(entries)} videos of {path} do not exist, e.g. {missing[0]}; check "
-                f"video_root{' or remove them from the manifest (and say so when reporting)' if evaluation else ''}"]
-    if missing:
-        logging.getLogger(__name__).warning("%s: %d of %d videos do not exist (e.g. %s); training skips them", key,
-                                            len(missing), len(entries), missing[0])
-    return []
-
-
-def path_problems(cfg: TrainConfig) -> list[str]:
-    """Inputs that are not where the config says; outputs that cannot be written there."""
-    p: list[str] = []
-    run_dir = Path(cfg.run_dir).expanduser()
-    if run_dir.exists() and not run_dir.is_dir():
-        p.append(f"run_dir={cfg.run_dir!r} is a file, not a folder; set run_dir=<a new or existing folder>")
-    p += _model_path_problems("model.init", cfg.model.init)
-    tok = cfg.model.tokenizer
-    if tok.startswith(("/", ".", "~")) and not _local(tok).is_dir():
-        p.append(f"model.tokenizer={tok!r}: folder does not exist; give a CLIP tokenizer folder or hub id")
-    if cfg.task == "pretrain":
-        if not cfg.data.shards:
-            p.append("set data.shards=<brace pattern of the curated shards> (make them with 'clipvip synth' then "
-                     "'clipvip curate')")
-        else:
-            readers = max(1, cfg.data.num_workers) * int(os.environ.get("WORLD_SIZE", "1"))
-            p += _shard_problems("data.shards", cfg.data.shards, readers)
-    else:
-        f = cfg.finetune
-        if not f.manifest:
-            p.append("set finetune.manifest=<train JSONL>")
-        else:
-            p += manifest_problems("finetune.manifest", f.manifest, f.dataset, f.video_root, evaluation=False)
-    if cfg.eval.shards:
-        p += _shard_problems("eval.shards", cfg.eval.shards)
-    elif cfg.eval.manifest.manifest:
-        m = cfg.eval.manifest
-        p += manifest_problems("eval.manifest.manifest", m.manifest, m.dataset, m.video_root, evaluation=True)
-    return p
+    return train(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from common.bpe import bytes_to_unicode, learn_bpe_merges  # noqa: F401 - shared with the OFA tokenizer
+from common.errors import MissingInputError, UserError
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -72,11 +73,13 @@ def load_tokenizer(path_or_id: str):
     try:
         tokenizer = CLIPTokenizerFast.from_pretrained(path_or_id)
     except OSError as e:
-        raise FileNotFoundError(f"no CLIP tokenizer at {path_or_id!r}: {hint}") from e
+        raise MissingInputError(f"no CLIP tokenizer at {path_or_id!r}: {hint}") from e
+    except ValueError as e:  # files that are there but are not a tokenizer's
+        raise UserError(f"{path_or_id!r} is not a CLIP tokenizer ({e}): {hint}".replace("\n", " ")) from e
     # Where it finds no vocabulary files, transformers 5 builds an empty tokenizer (only the special
     # tokens) instead of failing; a byte-level BPE always holds the 256 byte symbols.
     if len(tokenizer) < 256:
-        raise FileNotFoundError(f"no CLIP tokenizer at {path_or_id!r} (no vocabulary found, {len(tokenizer)} "
+        raise MissingInputError(f"no CLIP tokenizer at {path_or_id!r} (no vocabulary found, {len(tokenizer)} "
                                 f"tokens): {hint}")
     return tokenizer
 

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pipeline.frames import EXPECTED_ERRORS, ClipOutput, FrameConfig, process_clip
+from video.frames import EXPECTED_ERRORS, ClipOutput, FrameConfig, process_clip
 
 logger = logging.getLogger(__name__)
 

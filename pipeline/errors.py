@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from common.errors import UserError
 
-class SetupError(ValueError):
+
+class SetupError(UserError):
     """The run cannot start as configured; the message names the setting and the fix."""
 
 

@@ -37,7 +37,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from common.jsonl import parse_object
+from common.errors import UserError
+from common.jsonl import read_objects
 
 REQUIRED = ("key", "path", "text")
 SPAN = ("start", "end")
@@ -61,7 +62,7 @@ class ManifestConfig:
     subtitle_field: str = "txt"  # wds input: the member ("txt") or "json:<field>" holding the subtitle
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """The manifest cannot be processed; the message names the part, row, column and fix."""
 
 
@@ -151,14 +152,17 @@ def _jsonl_records(part: Part, offset: int) -> Iterator[tuple[int, dict[str, Any
     with _open(part.url) as f:
         if offset > 0:
             f.seek(offset)
-        pos = max(offset, 0)
-        for number, line in enumerate(f):
-            at = pos
-            pos += len(line)
-            if not line.strip():
-                continue
-            record = parse_object(line, f"manifest part {part.url}, the line at byte {at}", ManifestError)
+        for at, record in read_objects(_at_offsets(f, max(offset, 0)),
+                                       lambda at: f"manifest part {part.url}, the line at byte {at}", ManifestError):
             yield (at if _seekable(part.url) else -1), record
+
+
+def _at_offsets(f, start: int) -> Iterator[tuple[int, bytes]]:
+    """``(byte offset, line)`` of the lines of a binary stream read from ``start``."""
+    pos = start
+    for line in f:
+        yield pos, line
+        pos += len(line)
 
 
 def _csv_frame(part: Part, skip: int = 0, nrows: int | None = None):

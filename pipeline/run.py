@@ -31,16 +31,17 @@ import time
 from collections import Counter
 from typing import Any
 
-from common.jsonio import strict_dumps
+from common.dicts import differences
+from common.jsonio import config_json
 from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
-from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig
 from pipeline.caption_service import CaptionConfig
 from pipeline.driver import Driver, describe_demand, free_resources
 from pipeline.plan import Plan, plan_manifest
 from pipeline.writer import ShardWriterConfig
 from shards import format as fmt
+from video.frames import FrameConfig
 
 logger = logging.getLogger(__name__)
 
@@ -272,16 +273,6 @@ def fingerprint(cfg: CurateConfig, plan: Plan) -> dict[str, Any]:
             "frames": frames, "caption": caption}
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
     """Refuse an output folder holding a different run, or empty it first with ``overwrite``.
 
@@ -304,9 +295,7 @@ def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
                              f"{fmt.RUN_FILE}, so they cannot be matched to this run; use a new writer.output_dir or "
                              "set writer.overwrite=true to delete them first")
         return
-    old, new = _flat(existing), _flat(fp)
-    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k)]
+    diffs = [f"{k}: {old!r} there, {new!r} now" for k, old, new in differences(existing, fp)]
     if diffs:
         raise SetupError(f"writer.output_dir {base} holds a different run ({'; '.join(diffs[:4])}"
                          f"{'; ...' if len(diffs) > 4 else ''}); use a new writer.output_dir, or set "
@@ -351,7 +340,7 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     if stale:
         logger.info("removed %d temporary file(s) left by an interrupted run", stale)
     write_run_file(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
-    write_run_file(f"{base}/config.json", strict_dumps(cfg, indent=1, sort_keys=True, default=str).encode())
+    write_run_file(f"{base}/config.json", config_json(cfg).encode())
     todo, kept = plan_shards(cfg, plan.n_shards)
     logger.info("%d shard(s) to process, %d already complete", len(todo), len(kept))
     t0 = time.monotonic()

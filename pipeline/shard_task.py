@@ -46,11 +46,11 @@ from typing import Any, Iterable, Iterator
 from pipeline import caption_service
 from pipeline.caption_service import CaptionConfig
 from pipeline.decode_worker import DecoderProcess
-from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig, read_rows, resolve_local
 from pipeline.plan import Slice
 from pipeline.record import ClipRecord
 from pipeline.writer import ShardWriter, ShardWriterConfig
+from video.frames import FrameConfig
 
 logger = logging.getLogger(__name__)
 

@@ -63,15 +63,6 @@ class ShardWriterConfig:
             raise ValueError(f"writer.prefix={self.prefix!r} must be a non-empty name without '/'")
 
 
-def shard_name(prefix: str, shard: int) -> str:
-    return fmt.shard_name(prefix, shard)
-
-
-def shard_paths(cfg: ShardWriterConfig, shard: int) -> dict[str, str]:
-    """The tar, parquet and stats paths of one shard."""
-    return fmt.shard_files(cfg.output_dir, cfg.prefix, shard)
-
-
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     # No listings cache: shard tasks in other processes write this folder while the driver lists
     # it, and a cached listing (s3fs, gcsfs) would hide their files for the life of the process.
@@ -126,7 +117,7 @@ def remove_partial_shard(cfg: ShardWriterConfig, shard: int, scratch: str = "") 
     this node's scratch folder); returns how many files went."""
     import glob as globlib
 
-    name = shard_name(cfg.prefix, shard)
+    name = fmt.shard_name(cfg.prefix, shard)
     places = [globlib.escape(os.path.join(scratch, name)) + "*"] if scratch else []
     if is_local(cfg.output_dir):
         _, root = _fs(cfg.output_dir)
@@ -193,7 +184,7 @@ class ShardWriter:
 
     def __init__(self, cfg: ShardWriterConfig, shard: int, expected: int, scratch: str = ""):
         self.cfg, self.shard, self.expected, self.scratch = cfg, shard, expected, scratch
-        self.paths = shard_paths(cfg, shard)
+        self.paths = fmt.shard_files(cfg.output_dir, cfg.prefix, shard)
         removed = remove_partial_shard(cfg, shard, scratch)
         if removed:
             logger.info("shard %d: removed %d partial file(s) of an earlier attempt", shard, removed)
@@ -239,7 +230,7 @@ class ShardWriter:
         counts = {k: int(v) for k, v in table["status"].value_counts().items()}
         failures = Counter(e.split(":")[0] for e in table.loc[table["status"] != fmt.STATUS_OK, "error"])
         stats = {
-            "shard": self.shard, "name": shard_name(self.cfg.prefix, self.shard), "rows": len(table),
+            "shard": self.shard, "name": fmt.shard_name(self.cfg.prefix, self.shard), "rows": len(table),
             "counts": counts, "samples": counts.get(fmt.STATUS_OK, 0), "failures": dict(failures.most_common(20)),
             "timings": {"decode_s": round(self.timings["decode_s"], 4), "caption_s": round(self.timings["caption_s"], 4),
                         "shard_wall_s": round(time.time() - self.started, 4)},
@@ -280,7 +271,7 @@ def finished_shards(cfg: ShardWriterConfig, shards: Iterable[int],
             done.append(parsed[1])
 
     def read(shard: int) -> tuple[int, dict[str, Any] | None]:
-        stats = read_json(shard_paths(cfg, shard)["stats"])
+        stats = read_json(fmt.shard_files(cfg.output_dir, cfg.prefix, shard)["stats"])
         return shard, None if stats is None else summary_fields(stats)
 
     known = known or {}
@@ -297,7 +288,7 @@ def summary_fields(stats: dict[str, Any]) -> dict[str, Any]:
 
 def reopen_shard(cfg: ShardWriterConfig, shard: int) -> None:
     """Mark a finished shard unfinished before redoing it (the marker goes first)."""
-    fs, p = _fs(shard_paths(cfg, shard)["stats"])
+    fs, p = _fs(fmt.shard_files(cfg.output_dir, cfg.prefix, shard)["stats"])
     if fs.exists(p):
         fs.rm(p)
 
@@ -363,7 +354,7 @@ def write_summary(cfg: ShardWriterConfig, n_shards: int, extra: dict[str, Any] |
     for st in stats.values():
         for k, v in st["counts"].items():
             counts[k] = counts.get(k, 0) + int(v)
-    sizes = {f"{shard_name(cfg.prefix, s)}.tar": stats[s]["samples"] for s in sorted(stats)}
+    sizes = {f"{fmt.shard_name(cfg.prefix, s)}.tar": stats[s]["samples"] for s in sorted(stats)}
     summary = {"shards": n_shards, "shards_complete": len(stats), "rows": sum(counts.values()),
                "samples": sum(sizes.values()), "counts": counts, **(extra or {})}
     base = cfg.output_dir.rstrip("/")

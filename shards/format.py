@@ -30,6 +30,8 @@ import re
 import tarfile
 from typing import IO, Any, Callable, Iterable, Iterator
 
+from common.errors import UserError
+
 # The members of one sample, in the order they are written.
 MP4 = "mp4"  # the clip span re-encoded for training: H.264, constant frame rate, short side <= 240
 JPG = "jpg"  # the middle frame (on screen at (start+end)/2), short side <= 480
@@ -92,7 +94,7 @@ def split_member(name: str) -> tuple[str, str] | None:
 # Shard patterns
 
 
-class PatternError(ValueError):
+class PatternError(UserError):
     """A shard pattern that names no file; the message shows the pattern and an example."""
 
 

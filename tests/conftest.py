@@ -52,7 +52,7 @@ def write_test_shards(manifest: Path, out_dir: Path, per_shard: int = 4, prefix:
     """
     import json
 
-    from pipeline.frames import FrameConfig, process_clip
+    from video.frames import FrameConfig, process_clip
     from pipeline.record import ClipRecord
     from pipeline.writer import ShardWriter, ShardWriterConfig, write_summary
 

@@ -1,13 +1,16 @@
-"""common/files.py: a file or folder is replaced whole or not at all. Run:
+"""common/files.py: a file or folder is replaced whole or not at all, and everything written gets the
+mode the umask asks for (not the 0600/0700 of temporary files and safetensors). Run:
 ``.venv/bin/python -m pytest tests/test_common_files.py -q``."""
 
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
-from common.files import atomic_write_text, replace_dir, temp_dir_beside
+from common.files import atomic_write_text, replace_dir, temp_dir_beside, umask
 
 
 def test_a_folder_is_replaced_whole_and_a_failed_move_keeps_the_old_one(tmp_path, monkeypatch):
@@ -16,7 +19,7 @@ def test_a_folder_is_replaced_whole_and_a_failed_move_keeps_the_old_one(tmp_path
     (first / "model.safetensors").write_text("v1")
     replace_dir(first, final)
     assert (final / "model.safetensors").read_text() == "v1"
-    assert oct(final.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
+    assert oct(final.stat().st_mode & 0o777) == oct(0o777 & ~umask())  # not mkdtemp's 0700
     second = temp_dir_beside(final)
     (second / "model.safetensors").write_text("v2")
     real = os.rename
@@ -45,7 +48,30 @@ def test_atomic_text_leaves_no_temporary_on_failure(tmp_path, monkeypatch):
     assert path.read_text() == "step_1\n" and [p.name for p in tmp_path.iterdir()] == ["latest"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _modes(root: Path) -> dict[Path, int]:
+    return {p: stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002], ids=["022", "077", "002"])
+def test_models_checkpoints_and_pointers_get_the_umask_modes(tmp_path, mask):
+    """A model folder, a training checkpoint (state.safetensors, state.json, the exported model) and
+    the ``latest`` pointer: files 0666 & ~umask, folders 0777 & ~umask, as ``open``/``mkdir`` give."""
+    from model.clip_vip import CLIPViP, get_config
+    from model.convert import save_checkpoint
+    from train import checkpoint as ckpt
+
+    model = CLIPViP(get_config("debug"))
+    old = os.umask(mask)
+    try:
+        assert umask() == mask
+        save_checkpoint(model, tmp_path / "model")
+        ckpt.save(tmp_path / "run" / "checkpoints", 4, {"model": model.state_dict(), "step": 4},
+                  model_for_export=model)
+    finally:
+        os.umask(old)
+    modes = {**_modes(tmp_path / "model"), **_modes(tmp_path / "run")}
+    step = tmp_path / "run" / "checkpoints" / "step_00000004"
+    assert {tmp_path / "model" / "model.safetensors", step / "state.safetensors", step / "model" / "model.safetensors",
+            tmp_path / "run" / "checkpoints" / "latest"} <= set(modes)
+    for path, mode in modes.items():
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~mask, (path, oct(mode))

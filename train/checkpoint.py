@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.files import atomic_write_text, replace_dir, temp_dir_beside
+from common.dicts import differences, flatten
+from common.errors import UserError
+from common.files import atomic_write_text, replace_dir, temp_dir_beside, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ _TENSOR, _TUPLE, _DICT, _FLOAT, _NDARRAY = "__tensor__", "__tuple__", "__dict__"
 _TAGS = {_TENSOR, _TUPLE, _DICT, _FLOAT, _NDARRAY}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be resumed from as asked; the message names it and the way out."""
 
 
@@ -125,11 +127,9 @@ def _owning(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:
     """Write ``state`` as ``state.json`` + ``state.safetensors`` in ``folder``."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     doc = {"format": FORMAT, "version": VERSION, "state": _encode(state, "", tensors)}
-    save_file(_owning(tensors), str(folder / STATE_TENSORS))
+    write_safetensors(_owning(tensors), folder / STATE_TENSORS)
     (folder / STATE_JSON).write_text(json.dumps(doc, allow_nan=False) + "\n")
 
 
@@ -209,15 +209,6 @@ RESUME_SAFE_KEYS = ("run_dir", "resume", "resume_changed", "eval", "checkpoint_e
                     "log_every", "tensorboard")
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: list(d) if isinstance(d, tuple) else d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
 # Settings added after checkpoints were first written, with the value that reproduces what a run
 # written before them did: such a checkpoint resumes exactly with that value and names it otherwise.
 SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": ""}
@@ -225,12 +216,11 @@ SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": ""}
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], safe: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:
     """``key: old -> new`` for each setting that differs between two run configs, except ``safe`` ones."""
-    old, new = _flat(saved), _flat(now)
+    old = flatten(saved)
     for key, value in SETTINGS_ADDED.items():
         old.setdefault(key, value)
 
     def is_safe(key: str) -> bool:
         return any(key == s or key.startswith(s + ".") for s in safe)
 
-    keys = sorted(k for k in set(old) | set(new) if not is_safe(k) and old.get(k, "<unset>") != new.get(k, "<unset>"))
-    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys]
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in differences(old, now, missing="<unset>") if not is_safe(k)]

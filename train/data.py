@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from common.errors import UserError
+from train.checks import out_of_range
 from train.video import DecodeError, decode_frames, decode_image, preprocess
-from shards import format as shard_format
 from shards.format import expand_pattern, raw_samples
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,22 @@ class ShardDataConfig:
     seed: int = 42
     resize_on_device: bool = False  # ship uint8 frames and squash on the accelerator (same numbers)
     missing_caption: str = "None"  # the official code's stand-in when a clip has no caption
+
+    def problems(self, section: str = "data") -> list[str]:
+        """Sizes below 1 (a negative worker count), each named; empty when none."""
+        p = [q for name in ("batch_size", "num_frames", "image_size", "max_text_len")
+             for q in out_of_range(f"{section}.{name}", getattr(self, name), 1)]
+        return p + out_of_range(f"{section}.num_workers", self.num_workers, 0)
+
+    def readers_problem(self, n_shards: int, world_size: int) -> str | None:
+        """Every reader (loader worker, on every rank) streams shards of its own; fewer shards than
+        readers leave some with none, which would stall the run or repeat data."""
+        readers = max(1, self.num_workers) * world_size
+        if n_shards >= readers:
+            return None
+        return (f"data.shards={self.shards!r}: {n_shards} shard(s) for {readers} readers (data.num_workers="
+                f"{self.num_workers} x {world_size} rank(s)); every reader needs its own shard: write more, smaller "
+                "shards or lower data.num_workers")
 
 
 def shards_for_worker(urls: list[str], *, seed: int, epoch: int, worker: int, num_workers: int) -> list[str]:
@@ -147,11 +164,9 @@ class ShardStream(IterableDataset):
         self.cfg, self.tokenizer, self.rank, self.world_size = cfg, tokenizer, rank, world_size
         self.urls = expand_pattern(cfg.shards)
         self.num_workers = max(1, cfg.num_workers)
-        total = self.num_workers * world_size
-        if len(self.urls) < total:
-            raise ValueError(
-                f"{len(self.urls)} shard(s) for {cfg.num_workers} worker(s) x {world_size} rank(s) = {total} readers: "
-                f"every reader needs its own shard. Write more, smaller shards or lower data.num_workers.")
+        problem = cfg.readers_problem(len(self.urls), world_size)
+        if problem:
+            raise UserError(problem)
         self.positions = positions or [WorkerPosition() for _ in range(self.num_workers)]
         if len(self.positions) != self.num_workers:
             raise ValueError(f"loader state has {len(self.positions)} worker positions but data.num_workers="
@@ -260,11 +275,6 @@ class ShardLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
-
-
-def read_sizes(shard_pattern: str) -> dict[str, int]:
-    """``sizes.json`` beside the first shard (file name -> samples), or {} when absent."""
-    return shard_format.read_sizes(expand_pattern(shard_pattern))
 
 
 class HeldOutShards(IterableDataset):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import UserError
 from model.metrics import evaluate_all
 from train.video import preprocess_on_device
 
@@ -57,7 +58,8 @@ def encode_eval_set(model, batches: Iterable[dict[str, Any]], tokenizer, *, max_
         text_feats.append(feats.float().cpu())
     model.train(was_training)
     if not video_feats:
-        raise ValueError("the evaluation set yielded no videos")
+        raise UserError("the evaluation set yielded no videos: every sample was missing or undecodable (see the "
+                        "warnings above); check the evaluation manifest or shards")
     return (torch.cat(text_feats).numpy(), torch.cat(video_feats).numpy(), np.asarray(text_to_video))
 
 

@@ -5,11 +5,11 @@ Only rank 0 writes; other ranks get a :class:`NullLogger` with the same interfac
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from common.files import atomic_write_text
+from common.jsonl import read_jsonl, read_objects
 from common.jsonio import strict_dumps, strict_json  # noqa: F401 - the run's JSON files use them
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    kept = [line for line, row in read_objects(((line, line) for line in lines), lambda _: str(path))
+            if row.get("step", 0) <= step]
     if len(kept) == len(lines):
         return
     atomic_write_text(path, "".join(kept))
@@ -89,8 +90,7 @@ class RunLogger(NullLogger):
 def read_metrics(path: Path, kind: str = "train") -> list[dict]:
     """Rows of one kind from a ``metrics.jsonl``; a resumed run's repeated steps keep the last row."""
     rows: dict[int, dict] = {}
-    for line in Path(path).read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(path):
         if row.get("kind") == kind:
             rows[row["step"]] = row
     return [rows[s] for s in sorted(rows)]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from train.checks import not_one_of, out_of_range
 from train.data import ShardDataConfig
 from train.evaluate import autocast_for, format_metrics
 from train.optim import OptimConfig
@@ -25,6 +26,10 @@ from train.retrieval_data import RetrievalDataConfig
 from train.video import preprocess_on_device
 
 logger = logging.getLogger(__name__)
+
+
+# model.init's sources: "" (random weights of model.flavour) or one of these prefixes.
+INIT_KINDS = ("hf", "clipvip", "ckpt")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -43,6 +48,27 @@ class ModelSection:
     gradient_checkpointing: bool = False
     compile: bool = False
 
+    def init_source(self) -> tuple[str, str]:
+        """``model.init`` split into its kind (``""``, ``hf``, ``clipvip``, ``ckpt``) and its path or id."""
+        kind, _, where = self.init.partition(":")
+        return kind, where
+
+    def init_problem(self) -> str | None:
+        """Why ``model.init`` names no source this code knows, or None."""
+        if self.init and self.init_source()[0] not in INIT_KINDS:
+            return (f"model.init={self.init!r}: use '' (random weights of model.flavour), 'hf:<CLIP dir or hub id>', "
+                    "'clipvip:<official .pt>' or 'ckpt:<model dir>'")
+        return None
+
+    def problems(self) -> list[str]:
+        """Names this code does not know, each named with the choices; empty when none."""
+        from model.clip_vip import ATTENTION_MODES, FLAVOURS
+
+        p = not_one_of("model.attention", self.attention, ATTENTION_MODES)
+        if not self.init:
+            p += not_one_of("model.flavour", self.flavour, sorted(FLAVOURS))
+        return p + ([self.init_problem()] if self.init_problem() else [])
+
 
 @dataclasses.dataclass(kw_only=True)
 class EvalSection:
@@ -58,6 +84,14 @@ class EvalSection:
     # reports MSR-VTT 1k-A); its numbers are logged and never pick a checkpoint.
     split: str = "val"
     select_metric: str = "t2v_r1"  # higher is better: one of SELECT_METRICS
+
+    def problems(self) -> list[str]:
+        """Settings that would evaluate nothing or pick the wrong checkpoint, each named; empty when none."""
+        p = out_of_range("eval.every", self.every, 0, hint=" (0 turns it off)")
+        if self.split not in ("val", "test"):
+            p.append(f"eval.split={self.split!r}: choose val (picks best/) or test (reported only)")
+        p += not_one_of("eval.select_metric", self.select_metric, SELECT_METRICS, " (higher is better)")
+        return p + self.manifest.problems("eval.manifest")
 
 
 # Metrics that can pick a checkpoint: recalls, where higher is better (ranks are lower-better).
@@ -91,6 +125,53 @@ class TrainConfig:
     # Resume although settings that change the numbers (batch size, lr, steps, ...) differ from the
     # checkpoint's; without it such a resume is refused, naming the differences.
     resume_changed: bool = False
+
+    def data_section(self) -> tuple[str, ShardDataConfig | RetrievalDataConfig]:
+        """The data section this run's task reads, with its name: ``data`` (shards) or ``finetune``."""
+        return ("finetune", self.finetune) if self.task == "finetune" else ("data", self.data)
+
+    def problems(self) -> list[str]:
+        """Every value out of range and every unknown name in the tree, each named with what is
+        allowed (empty when none). Files are :meth:`check`'s business too, but not this method's."""
+        from model.loss import GATHER_GRAD, TERMS
+
+        p = not_one_of("task", self.task, ("pretrain", "finetune"))
+        p += self.optim.problems()
+        p += out_of_range("steps", self.steps, 0, hint=" (0 derives the steps from epochs)")
+        if self.steps == 0:
+            p += out_of_range("epochs", self.epochs, 0, lo_open=True, hint=" (or set steps=<N>)")
+        for key in ("checkpoint_every", "keep_checkpoints", "log_every"):
+            p += out_of_range(key, getattr(self, key), 0, hint=" (0 turns it off)")
+        p += not_one_of("device", self.device, ("auto", "cpu", "cuda"))
+        p += not_one_of("precision", self.precision, ("bf16", "fp32"))
+        p += self.model.problems() + self.eval.problems()
+        # Only a pretraining run's loss terms come from the config; fine-tuning always trains "vs".
+        if self.task == "pretrain" and (not self.loss_terms or any(t not in TERMS for t in self.loss_terms)):
+            p.append(f"loss_terms={list(self.loss_terms)!r}: give names from {', '.join(TERMS)}, e.g. loss_terms=vsc,fc")
+        if self.gather_grad not in GATHER_GRAD:
+            p.append(f"gather_grad={self.gather_grad!r}: choose mean (as the official code) or sum (one process's "
+                     "gradient)")
+        if self.eval.split == "test" and self.task == "finetune" and self.eval.manifest.manifest:
+            p.append("eval.split=test: fine-tuning picks its checkpoint on a validation split; give one as "
+                     "eval.manifest.manifest with eval.split=val, and test the result once with 'clipvip evaluate'")
+        name, section = self.data_section()
+        return p + section.problems(name)
+
+    def check(self, world_size: int | None = None) -> None:
+        """Raise :class:`common.errors.UserError` listing every problem with the values
+        (:meth:`problems`) and the inputs (files that are not where the config says, fewer shards than
+        readers: :func:`train.inputs.input_problems`). Every run calls it before it writes anything.
+
+        Args:
+            world_size: ranks sharing the shards (default: ``WORLD_SIZE``, 1 outside torchrun).
+        """
+        from common.errors import UserError
+        from train.inputs import input_problems
+
+        problems = self.problems()
+        problems += input_problems(self, int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size)
+        if problems:
+            raise UserError("; ".join(problems))
 
 
 class NonFiniteError(RuntimeError):

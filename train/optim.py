@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from train.checks import out_of_range
+
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "logit_scale")
 
 
@@ -37,6 +39,19 @@ class OptimConfig:
     lr_mul: float = 1.0  # learning-rate multiplier for parameters whose name starts with lr_mul_prefix
     lr_mul_prefix: str = ""  # e.g. "logit_scale" with lr_mul 10 (DiDeMo B/16)
     min_lr_ratio: float = 1e-8  # the official schedule's floor
+
+    def problems(self, section: str = "optim") -> list[str]:
+        """Values out of range, each named (empty when none): each would crash the run or train nothing."""
+        p = out_of_range(f"{section}.lr", self.lr, 0, lo_open=True, hint=" (the paper's post-pretraining lr is 5e-6)")
+        p += out_of_range(f"{section}.weight_decay", self.weight_decay, 0)
+        p += out_of_range(f"{section}.eps", self.eps, 0, lo_open=True)
+        p += out_of_range(f"{section}.warmup_ratio", self.warmup_ratio, 0, 1)
+        p += out_of_range(f"{section}.grad_clip", self.grad_clip, 0, hint=" (0 disables clipping)")
+        p += out_of_range(f"{section}.lr_mul", self.lr_mul, 0, lo_open=True)
+        p += out_of_range(f"{section}.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        p += [f"{section}.betas[{i}]={beta!r} must be in [0, 1)" for i, beta in enumerate(self.betas)
+              if not 0 <= beta < 1]
+        return p
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.jsonl import parse_object
+from common.errors import UserError
+from common.jsonl import read_objects
+from train.checks import not_one_of, out_of_range
 from train.video import DecodeError, decode_video_file, preprocess
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,13 @@ class RetrievalDataConfig:
     num_workers: int = 4
     seed: int = 42
 
+    def problems(self, section: str) -> list[str]:
+        """An unknown dataset, sizes below 1 (a negative worker count), each named; empty when none."""
+        p = not_one_of(f"{section}.dataset", self.dataset, DATASETS)
+        p += [q for name in ("batch_size", "num_frames", "image_size", "max_text_len")
+              for q in out_of_range(f"{section}.{name}", getattr(self, name), 1)]
+        return p + out_of_range(f"{section}.num_workers", self.num_workers, 0)
+
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
@@ -68,7 +77,7 @@ def _resolve_video(row: dict[str, Any], video_root: str, where: str) -> str:
     if "video" in row:
         return str(row["video"])
     if "clip_name" not in row:
-        raise ValueError(f"{where}: row has neither 'video' nor 'clip_name' (keys {sorted(row)})")
+        raise UserError(f"{where}: row has neither 'video' nor 'clip_name' (keys {sorted(row)})")
     base = f"{video_root.rstrip('/')}/{row['clip_name']}" if video_root else str(row["clip_name"])
     if Path(base).suffix.lower() in EXTENSIONS:
         return base
@@ -81,26 +90,23 @@ def _resolve_video(row: dict[str, Any], video_root: str, where: str) -> str:
 def load_manifest(path: str, dataset: str, video_root: str = "") -> list[VideoEntry]:
     """Read a retrieval manifest; paragraph datasets get their sentences joined into one text."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown retrieval dataset {dataset!r}: choose one of {DATASETS}")
+        raise UserError(f"unknown retrieval dataset {dataset!r}: choose one of {DATASETS}")
     import fsspec
 
     entries = []
     with fsspec.open(path, "r") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for lineno, row in read_objects(enumerate(f, 1), lambda n: f"{path}:{n}"):
             where = f"{path}:{lineno}"
-            row = parse_object(line, where)
             text = row.get("text", row.get("caption"))
             texts = [text] if isinstance(text, str) else list(text or [])
             texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
             if not texts:
-                raise ValueError(f"{where}: no text for this video; every row needs 'text' (a string or a list)")
+                raise UserError(f"{where}: no text for this video; every row needs 'text' (a string or a list)")
             if dataset in PARAGRAPH_DATASETS:
                 texts = [" ".join(texts)]
             entries.append(VideoEntry(_resolve_video(row, video_root, where), tuple(texts)))
     if not entries:
-        raise ValueError(f"manifest {path} has no rows")
+        raise UserError(f"manifest {path} has no rows")
     return entries
 
 
@@ -181,7 +187,7 @@ class FinetuneLoader:
         self.rank, self.world_size = rank, world_size
         self.per_epoch = len(dataset) // (cfg.batch_size * world_size)
         if self.per_epoch == 0:
-            raise ValueError(f"{len(dataset)} videos cannot fill one global batch of {cfg.batch_size} x {world_size} "
+            raise UserError(f"{len(dataset)} videos cannot fill one global batch of {cfg.batch_size} x {world_size} "
                              f"ranks; lower batch_size")
         self.state = dict(state or {"epoch": 0, "batch": 0})
         self._it = None

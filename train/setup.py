@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from common.errors import UserError
 from train import checkpoint as ckpt
 from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
                          train_loop)
@@ -42,7 +43,7 @@ def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
     return load_tokenizer(str(out))
 
 
-class ModelInitError(ValueError):
+class ModelInitError(UserError):
     """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
 
 
@@ -61,15 +62,15 @@ def build_model(cfg: TrainConfig, tokenizer):
     from model.convert import HeadCountError, from_hf_clip, load_checkpoint, load_official_clipvip
 
     init, m = cfg.model.init, cfg.model
-    kind, _, where = init.partition(":")
+    kind, where = m.init_source()
     if not init:
         extra = {"temporal_init_std": m.temporal_init_std}
         if m.logit_scale_init is not None:
             extra["logit_scale_init"] = m.logit_scale_init
         model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
                                    attention=m.attention, **extra))
-    elif kind not in ("hf", "clipvip", "ckpt"):
-        raise ModelInitError(f"model.init={init!r}: use '', 'hf:<path>', 'clipvip:<file.pt>' or 'ckpt:<model dir>'")
+    elif m.init_problem():
+        raise ModelInitError(m.init_problem())
     else:
         try:
             if kind == "hf":
@@ -81,7 +82,7 @@ def build_model(cfg: TrainConfig, tokenizer):
         except HeadCountError as exc:
             raise ModelInitError(f"model.init={init!r}: {exc.detail}; set model.clip_config=<the transformers CLIP "
                                  "config.json it was built from>") from exc
-        except ValueError as exc:  # the loaders name the file and what is wrong with it
+        except UserError as exc:  # the loaders name the file and what is wrong with it
             raise ModelInitError(f"model.init={init!r}: {exc}") from exc
     check_tokenizer_fits(model, tokenizer, "model.tokenizer")
     model.gradient_checkpointing = m.gradient_checkpointing
@@ -175,11 +176,13 @@ class TrainingRun:
     # -- steps ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Runtime and checks; nothing is written before a resume is known to fit."""
-        from train.log import strict_dumps
+        """Checks, then the runtime; nothing is written before the config, its inputs and a resume
+        are known to fit (:meth:`train.loop.TrainConfig.check`, :func:`resume_state`)."""
+        from common.jsonio import config_json
         from train.tasks import warn_ignored
 
         cfg = self.cfg
+        cfg.check()
         self.rt = rt = setup_distributed(cfg.device)
         rt.precision = cfg.precision
         rt.image_size = self.task.data(cfg).image_size
@@ -188,8 +191,7 @@ class TrainingRun:
         self.state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
         if rt.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(strict_dumps(dataclasses.asdict(cfg), indent=2,
-                                                                   sort_keys=True) + "\n")
+            (self.run_dir / "config.json").write_text(config_json(cfg))
         _barrier(rt)
 
     def build(self) -> None:

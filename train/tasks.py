@@ -13,6 +13,7 @@ import logging
 import math
 from typing import Any
 
+from common.errors import UserError
 from train.data import ShardDataConfig
 from train.loop import Runtime, TrainConfig
 from train.retrieval_data import RetrievalDataConfig
@@ -39,9 +40,9 @@ class PretrainTask:
 
     def dataset(self, cfg: TrainConfig) -> tuple[int, Any]:
         """(items per epoch, the dataset handle ``batches`` takes)."""
-        from train.data import read_sizes
+        from shards.format import expand_pattern, read_sizes
 
-        return sum(read_sizes(cfg.data.shards).values()), None
+        return sum(read_sizes(expand_pattern(cfg.data.shards)).values()), None
 
     def batches(self, cfg: TrainConfig, dataset: Any, tokenizer, rt: Runtime, loader_state: Any):
         from train.data import LoaderState, ShardLoader
@@ -101,7 +102,7 @@ def get_task(cfg: TrainConfig) -> PretrainTask | FinetuneTask:
     try:
         return TASKS[cfg.task]
     except KeyError:
-        raise ValueError(f"task={cfg.task!r}: choose one of {sorted(TASKS)}") from None
+        raise UserError(f"task={cfg.task!r}: choose one of {sorted(TASKS)}") from None
 
 
 def warn_ignored(cfg: TrainConfig) -> list[str]:
@@ -121,5 +122,5 @@ def steps_for(cfg: TrainConfig, task: PretrainTask | FinetuneTask, n_items: int,
     if cfg.steps > 0:
         return cfg.steps
     if n_items <= 0:
-        raise ValueError("cannot derive the step count: no sizes.json beside the shards; set steps=<N>")
+        raise UserError("cannot derive the step count: no sizes.json beside the shards; set steps=<N>")
     return math.ceil(n_items * cfg.epochs / (task.data(cfg).batch_size * world_size))

@@ -13,8 +13,9 @@ What is kept exactly, because captions change when any of it changes:
 - a sentence is done once ``beam`` hypotheses are finalised; results are sorted by score.
 
 A sentence can end without any hypothesis only when every candidate, EOS at the last step included,
-scored -inf: a model emitting NaN (turned into -inf above) or -inf log-probabilities. fairseq then
-returns an empty list and OFA's caption code fails on it with a bare ``IndexError``; here
+scored -inf: a model emitting NaN (turned into -inf above) or -inf log-probabilities. Official OFA
+does not get that far: its fork of fairseq's generator asserts that a finished sentence holds
+``beam`` hypotheses and stops with ``AssertionError: 16 < 16`` (at the default 16 tokens). Here
 ``beam_search`` raises ``BeamSearchError`` naming the sentences and whether NaN was seen.
 
 Unlike fairseq, finished sentences are masked rather than removed from the batch: fixed shapes and
@@ -36,7 +37,15 @@ StepFn = Callable[[torch.Tensor, int, "torch.Tensor | None"], torch.Tensor]
 
 
 class BeamSearchError(RuntimeError):
-    """A sentence ended with no hypothesis: the model's scores were NaN or -inf throughout."""
+    """A sentence ended with no hypothesis: the model's scores were NaN or -inf throughout.
+
+    ``sentences`` are the positions (in the batch) of the sentences left without a hypothesis, and
+    ``nan`` those of them whose log-probabilities were NaN at some step.
+    """
+
+    def __init__(self, message: str, sentences: list[int], nan: list[int]) -> None:
+        super().__init__(message)
+        self.sentences, self.nan = sentences, nan
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -157,10 +166,10 @@ def beam_search(step_fn: StepFn, batch_size: int, vocab_size: int, cfg: BeamConf
     if empty:
         nan_seen = saw_nan.cpu().tolist()
         nan_in = [i for i in empty if nan_seen[i]]
-        why = (f"the model's log-probabilities were NaN for sentence(s) {nan_in[:10]} (NaN logits: broken weights "
-               "or a float16 overflow; try fp32)" if nan_in else "every continuation, EOS included, scored -inf")
-        raise BeamSearchError(f"beam search ended with no hypothesis for sentence(s) {empty[:10]} of "
-                              f"{b}: {why}")
+        why = (f"the model's log-probabilities were NaN for sentence(s) {nan_in[:10]}" if nan_in
+               else "every continuation, EOS included, scored -inf")
+        raise BeamSearchError(f"beam search ended with no hypothesis for sentence(s) {empty[:10]} of {b}: {why}",
+                              empty, nan_in)
     return out
 
 

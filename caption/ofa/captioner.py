@@ -26,12 +26,17 @@ from caption.ofa.preprocess import normalize, resize_batch
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, embedding_mismatch, strip_punctuation
 from caption.protocol import DecodeSettings
 from common.device import resolve_device
+from common.errors import MissingInputError, UserError
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # run_scripts/caption/evaluate_caption_huge.sh (base and large use the DecodeSettings defaults)
 HUGE_SETTINGS = DecodeSettings(beam=10, length_penalty=0.98)
+
+
+class CaptionPrecisionError(UserError):
+    """Half precision overflowed (NaN log-probabilities from finite weights); fp32 captions these images."""
 
 
 def _find_bpe_dir(ckpt: Path) -> Path:
@@ -67,11 +72,11 @@ def load_ofa(target: str | Path, bpe_dir: str | Path | None = None) -> OFAFiles:
         cfg, state, meta = read_fairseq_checkpoint(path)
         weights, bpe = path, Path(bpe_dir) if bpe_dir else _find_bpe_dir(path)
     else:
-        raise FileNotFoundError(f"OFA model {str(target)!r} is neither a converted directory nor a checkpoint file")
+        raise MissingInputError(f"OFA model {str(target)!r} is neither a converted directory nor a checkpoint file")
     tokenizer = OFATokenizer(bpe, num_codes=int(meta.get("num_codes", 8192)), num_bins=int(meta.get("num_bins", 1000)))
     mismatch = embedding_mismatch(tokenizer, cfg.vocab_size)
     if mismatch:
-        raise ValueError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
+        raise UserError(f"OFA model {target} with the tokenizer in {bpe}: {mismatch}")
     return OFAFiles(cfg, state, meta, tokenizer, weights, bpe)
 
 
@@ -119,7 +124,7 @@ class OFACaptioner:
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         if precision not in _DTYPES:
-            raise ValueError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
+            raise UserError(f"precision {precision!r} is not one of {sorted(_DTYPES)} or 'auto'")
         self.precision = precision
         self.settings = settings or DecodeSettings()
         if cfg.flavour == "huge" and self.settings == DecodeSettings():
@@ -148,8 +153,12 @@ class OFACaptioner:
         self._prefetch = ThreadPoolExecutor(1, "ofa-prefetch") if threaded else None
         logger.info("loaded OFA-%s from %s on %s (%s)", cfg.flavour, target, self.device, precision)
 
-    def generate_tokens(self, images: Sequence[Image.Image | np.ndarray]) -> list[list[int]]:
-        """Best hypothesis per image as token ids (EOS included), before detokenisation."""
+    def generate_tokens(self, images: Sequence[Image.Image | np.ndarray],
+                        names: Sequence[str] | None = None) -> list[list[int]]:
+        """Best hypothesis per image as token ids (EOS included), before detokenisation.
+
+        ``names`` (e.g. the image files) name the images in an error; by default, their positions.
+        """
         chunks = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
         size, dtype = self.cfg.patch_image_size, _DTYPES[self.precision]
 
@@ -165,13 +174,29 @@ class OFACaptioner:
             try:
                 out += [hyps[0].tokens for hyps in self.generator.generate(batch)]
             except BeamSearchError as exc:
-                first = i * self.batch_size
-                raise BeamSearchError(f"OFA ({self.precision}) on images {first}..{first + len(chunk) - 1} of this "
-                                      f"call: {exc}") from None
+                raise self._failure(exc, i * self.batch_size, names) from None
         return out
 
-    def generate(self, images: Sequence[Image.Image | np.ndarray]) -> list[str]:
-        return [strip_punctuation(self.tokenizer.decode(tokens)) for tokens in self.generate_tokens(images)]
+    def _failure(self, exc: BeamSearchError, first: int, names: Sequence[str] | None) -> Exception:
+        """The error for images left without a caption, naming them. The weights are known to be finite
+        (the loader refuses others), so NaN in half precision is an overflow the user fixes with fp32;
+        anything else is a fault here, and keeps its traceback."""
+        failed, nan = [first + j for j in exc.sentences], [first + j for j in exc.nan]
+        labels = [str(names[k]) if names is not None else f"image {k} of this call" for k in failed]
+        shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+        if nan and self.precision != "fp32":
+            return CaptionPrecisionError(
+                f"OFA in {self.precision} gave NaN log-probabilities for {len(failed)} image(s) ({shown}) although its "
+                f"weights are finite: {self.precision} overflowed; caption in fp32 (--precision fp32, or "
+                "precision='fp32' from Python)")
+        why = "NaN log-probabilities" if nan else "every continuation scored -inf"
+        return BeamSearchError(f"OFA ({self.precision}) left {len(failed)} image(s) without a caption ({shown}): {why} "
+                               "from finite weights, which a correct model does not give; a fault of the port or of "
+                               "weights far outside their trained range", failed, nan)
+
+    def generate(self, images: Sequence[Image.Image | np.ndarray], names: Sequence[str] | None = None) -> list[str]:
+        """One punctuation-free caption per image; ``names`` name the images in an error."""
+        return [strip_punctuation(self.tokenizer.decode(tokens)) for tokens in self.generate_tokens(images, names)]
 
     def describe(self) -> dict[str, Any]:
         return {

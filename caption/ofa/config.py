@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
+
 RESNET_LAYERS: dict[str, tuple[int, int, int]] = {
     "resnet50": (3, 4, 6),
     "resnet101": (3, 4, 23),
@@ -60,12 +62,12 @@ class OFAConfig:
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
+            raise UserError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
         if self.activation_fn not in ("gelu", "relu"):
-            raise ValueError(f"activation_fn {self.activation_fn!r} is not supported; use 'gelu' or 'relu'")
+            raise UserError(f"activation_fn {self.activation_fn!r} is not supported; use 'gelu' or 'relu'")
         side = self.patch_image_size // 16
         if side > self.image_bucket_size:
-            raise ValueError(
+            raise UserError(
                 f"patch_image_size {self.patch_image_size} gives a {side}x{side} patch grid, larger than "
                 f"image_bucket_size {self.image_bucket_size}; use at most {16 * self.image_bucket_size} px"
             )
@@ -82,7 +84,7 @@ class OFAConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"OFA config has unknown keys {unknown}; known keys: {sorted(known)}")
+            raise UserError(f"OFA config has unknown keys {unknown}; known keys: {sorted(known)}")
         data = dict(data)
         if "resnet_layers" in data:
             data["resnet_layers"] = tuple(data["resnet_layers"])
@@ -123,7 +125,7 @@ def debug_config(vocab_size: int) -> OFAConfig:
 def flavour(name: str, **overrides: Any) -> OFAConfig:
     """A named flavour, optionally with fields replaced (``flavour("base", patch_image_size=384)``)."""
     if name not in FLAVOURS:
-        raise ValueError(f"unknown OFA flavour {name!r}; choose one of {sorted(FLAVOURS)}")
+        raise UserError(f"unknown OFA flavour {name!r}; choose one of {sorted(FLAVOURS)}")
     return dataclasses.replace(FLAVOURS[name], **overrides)
 
 
@@ -177,18 +179,18 @@ def config_from_fairseq_args(args: dict[str, Any], vocab_size: int) -> OFAConfig
     """
     arch = str(args.get("arch") or args.get("_name") or "")
     if not arch.startswith("ofa"):
-        raise ValueError(
+        raise UserError(
             f"checkpoint arch is {arch!r}, not an OFA model (expected ofa_tiny/medium/base/large/huge); "
             "pass an official OFA checkpoint such as caption_large_best_clean.pt"
         )
     name = arch[len("ofa_"):] if arch.startswith("ofa_") else "large"
     if name not in FLAVOURS:
-        raise ValueError(f"checkpoint arch {arch!r} is an OFA variant this port does not know; known: {sorted(FLAVOURS)}")
+        raise UserError(f"checkpoint arch {arch!r} is an OFA variant this port does not know; known: {sorted(FLAVOURS)}")
     for key in _UNSUPPORTED_TRUE:
         if args.get(key):
-            raise ValueError(f"checkpoint sets {key}={args[key]!r}, which the OFA port does not implement")
+            raise UserError(f"checkpoint sets {key}={args[key]!r}, which the OFA port does not implement")
     if args.get("decoder_embed_dim", args.get("encoder_embed_dim")) != args.get("encoder_embed_dim"):
-        raise ValueError("checkpoint has different encoder and decoder widths; OFA shares one embedding")
+        raise UserError("checkpoint has different encoder and decoder widths; OFA shares one embedding")
     fields: dict[str, Any] = {"flavour": name, "vocab_size": vocab_size}
     fields.update({arg: False for arg in _ARCH_FALSE_DEFAULTS if args.get(arg) is None})
     for arg, field in _ARG_FIELDS.items():
@@ -198,7 +200,7 @@ def config_from_fairseq_args(args: dict[str, Any], vocab_size: int) -> OFAConfig
         fields["resnet_layers"] = tuple(int(n) for n in args["resnet_layers"])
     elif args.get("resnet_type") is not None:
         if args["resnet_type"] not in RESNET_LAYERS:
-            raise ValueError(f"checkpoint resnet_type {args['resnet_type']!r} is not one of {sorted(RESNET_LAYERS)}")
+            raise UserError(f"checkpoint resnet_type {args['resnet_type']!r} is not one of {sorted(RESNET_LAYERS)}")
         fields["resnet_layers"] = RESNET_LAYERS[args["resnet_type"]]
     base = FLAVOURS[name]
     typed = {k: type(getattr(base, k))(v) if k not in ("flavour", "resnet_layers") else v for k, v in fields.items()}

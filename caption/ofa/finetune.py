@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, find_bpe_files
+from common.errors import UserError
 from common.jsonio import strict_json
-from common.jsonl import parse_object
+from common.jsonl import read_objects
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class CaptionFinetuneConfig:
     log_every: int = 10
 
 
-class CaptionDataError(ValueError):
+class CaptionDataError(UserError):
     """A manifest row, shard sample or image that cannot become a training pair; names where."""
 
 
@@ -142,11 +143,9 @@ def read_manifest(path: str | Path, text_field: str = "caption") -> list[Caption
         raise CaptionDataError(f"manifest {path} does not exist; give a JSON-lines file of "
                                '{"image": PATH, "caption": TEXT} rows')
     pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    lines = enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+    for lineno, row in read_objects(lines, lambda n: f"{path}:{n}", CaptionDataError):
         where = f"{path}:{lineno}"
-        row = parse_object(line, where, CaptionDataError)
         media = [k for k in ("image", "video", "path") if row.get(k)]
         if len(media) != 1:
             raise CaptionDataError(f"{where}: give exactly one of 'image' (an image file) or 'video'/'path' (a clip), "
@@ -211,7 +210,7 @@ def load_pixels(pair: CaptionPair, size: int) -> np.ndarray:
 
     try:
         if pair.video:
-            from pipeline.frames import ClipError, middle_frame
+            from video.frames import ClipError, middle_frame
 
             try:
                 _, image = middle_frame(str(pair.image), pair.start, pair.end)
@@ -451,13 +450,14 @@ def train(cfg: CaptionFinetuneConfig) -> Finetuned:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                lr = optimizer.param_groups[0]["lr"]  # the rate this step trains at (the scheduler moves on below)
                 optimizer.step()
                 scheduler.step()
                 losses.append(float(loss.detach()))
                 nlls.append(float(result["nll"].detach()))
                 if step % cfg.log_every == 0 or step in (1, total):
                     record = {"step": step, "loss": losses[-1], "nll": nlls[-1], "grad_norm": float(grad_norm),
-                              "lr": scheduler.get_last_lr()[0], "tokens": int(result["tokens"])}
+                              "lr": lr, "tokens": int(result["tokens"])}
                     log.write(json.dumps(record) + "\n")
                     logger.info("step %d/%d loss %.4f nll %.4f", step, total, losses[-1], nlls[-1])
     finally:

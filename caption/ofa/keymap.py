@@ -13,6 +13,7 @@ import torch
 
 from caption.ofa.config import OFAConfig
 from caption.ofa.positions import image_rel_buckets, token_rel_buckets
+from common.errors import UserError
 
 # official regex -> port template; first match wins. The three token-embedding names are one
 # tensor in OFA (share_all_embeddings + tied output projection); all three must be equal.
@@ -47,6 +48,13 @@ IGNORED: list[str] = [
 _TIED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight")
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN equal to NaN: one shared tensor saved three times holds its NaNs
+    (if any) in the same places, and ``torch.equal`` would call such copies different. Whether the
+    weights are finite is checked separately, and named as NaN or inf."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def port_name(official: str) -> str | None:
     """The port key for an official key, ``None`` for an ignored key; ``KeyError`` if nothing matches."""
     if any(re.fullmatch(p, official) for p in IGNORED):
@@ -72,16 +80,16 @@ def official_to_port(official: dict[str, torch.Tensor], cfg: OFAConfig, port_sha
     """Map an official state dict onto the port's keys, strictly.
 
     Raises:
-        ValueError: naming unknown official keys, port keys left unfilled, shape mismatches, untied
+        UserError: naming unknown official keys, port keys left unfilled, shape mismatches, untied
             embeddings, or bucket buffers that differ from the port's.
     """
     present = [k for k in _TIED if k in official]
     for key in present[1:]:
-        if official[key].shape != official[present[0]].shape or not torch.equal(official[key], official[present[0]]):
-            raise ValueError(f"{key} differs from {present[0]}; the OFA port needs shared token embeddings")
+        if not _same_values(official[key], official[present[0]]):
+            raise UserError(f"{key} differs from {present[0]}; the OFA port needs shared token embeddings")
     for key, want in expected_buffers(cfg).items():
         if key in official and (official[key].shape != want.shape or not torch.equal(official[key].long(), want)):
-            raise ValueError(f"checkpoint buffer {key} differs from the port's relative-position buckets")
+            raise UserError(f"checkpoint buffer {key} differs from the port's relative-position buckets")
     port: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, value in official.items():
@@ -96,11 +104,11 @@ def official_to_port(official: dict[str, torch.Tensor], cfg: OFAConfig, port_sha
             unknown.append(f"{key} (-> {name})")
             continue
         if tuple(value.shape) != tuple(port_shapes[name]):
-            raise ValueError(f"checkpoint key {key} has shape {tuple(value.shape)}, the port's {name} expects {tuple(port_shapes[name])}")
+            raise UserError(f"checkpoint key {key} has shape {tuple(value.shape)}, the port's {name} expects {tuple(port_shapes[name])}")
         port[name] = value
     missing = sorted(set(port_shapes) - set(port))
     if unknown or missing:
-        raise ValueError(
+        raise UserError(
             "OFA checkpoint does not match the port: "
             + (f"unexpected keys {unknown[:20]}{' ...' if len(unknown) > 20 else ''}; " if unknown else "")
             + (f"missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}; " if missing else "")

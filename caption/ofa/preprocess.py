@@ -15,19 +15,21 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from caption.protocol import as_pil
+from common.errors import MissingInputError, UserError
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file; a missing or corrupt file raises ``ValueError`` naming it."""
+    """Open and fully decode an image file; a missing or corrupt file raises a
+    :class:`common.errors.UserError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"image {path} does not exist")
+        raise MissingInputError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"image {path} cannot be decoded ({exc}); it is corrupt or not an image") from exc
+        raise UserError(f"image {path} cannot be decoded ({exc}); it is corrupt or not an image") from exc
 
 
 def _resize_into(out: np.ndarray, image: Image.Image | np.ndarray, size: int) -> None:

@@ -19,6 +19,7 @@ import string
 from pathlib import Path
 
 from common.bpe import bytes_to_unicode  # one table for CLIP and OFA (GPT-2's)
+from common.errors import MissingInputError, UserError
 
 BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -46,7 +47,7 @@ def find_bpe_files(directory: str | Path) -> dict[str, Path]:
                 paths[ADDED_TOKENS] = directory / ADDED_TOKENS  # optional; checked against our ids
             return paths
     missing = [str(directory / n) for n in BPE_FILES if not (directory / n).is_file()]
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"OFA tokenizer files missing: {', '.join(missing)}. They are OFA's utils/BPE files "
         "(encoder.json, vocab.bpe, dict.txt), or vocab.json + merges.txt from a transformers-style OFA "
         "tokenizer; put them in the model directory or pass bpe_dir=<folder>"
@@ -65,7 +66,7 @@ class GPT2BPE:
         merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
         bad = [m for m in merges if len(m) != 2]
         if bad:
-            raise ValueError(f"{vocab_bpe}: merge lines must hold two symbols, got {bad[0]!r}")
+            raise UserError(f"{vocab_bpe}: merge lines must hold two symbols, got {bad[0]!r}")
         self._tok = Tokenizer(models.BPE(vocab=self.encoder, merges=merges, unk_token=unk_token))
         self._tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
@@ -97,9 +98,9 @@ class FairseqDictionary:
             if overwrite:
                 word, _, field = word.rpartition(" ")
             if not word or not field.lstrip("-").isdigit():
-                raise ValueError(f"{dict_txt}:{lineno}: expected '<token> <count>', got {raw!r}")
+                raise UserError(f"{dict_txt}:{lineno}: expected '<token> <count>', got {raw!r}")
             if word in self.index and not overwrite:
-                raise ValueError(f"{dict_txt}:{lineno}: duplicate token {word!r}; fairseq refuses this dictionary too")
+                raise UserError(f"{dict_txt}:{lineno}: duplicate token {word!r}; fairseq refuses this dictionary too")
             self.add(word)
         self._add_extras(num_codes, num_bins)
 
@@ -109,9 +110,9 @@ class FairseqDictionary:
         vocab: dict[str, int] = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
         by_id = sorted((i, sym) for sym, i in vocab.items())
         if [i for i, _ in by_id] != list(range(len(by_id))):
-            raise ValueError(f"{vocab_json}: token ids must be 0..{len(by_id) - 1} without gaps or repeats")
+            raise UserError(f"{vocab_json}: token ids must be 0..{len(by_id) - 1} without gaps or repeats")
         if tuple(sym for _, sym in by_id[: len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"{vocab_json}: ids 0-3 must be {', '.join(SPECIALS)} (fairseq's specials), got "
+            raise UserError(f"{vocab_json}: ids 0-3 must be {', '.join(SPECIALS)} (fairseq's specials), got "
                              f"{[sym for _, sym in by_id[:4]]}")
         self = cls.__new__(cls)
         self.symbols, self.index = [], {}
@@ -186,7 +187,7 @@ def _check_added_tokens(path: Path, dictionary: FairseqDictionary) -> None:
     wrong = [(sym, i, dictionary.index.get(sym)) for sym, i in added.items() if dictionary.index.get(sym) != i]
     if wrong:
         sym, theirs, ours = wrong[0]
-        raise ValueError(f"{path}: {sym!r} has id {theirs} there but {ours} in OFA's order (<mask>, codes, bins "
+        raise UserError(f"{path}: {sym!r} has id {theirs} there but {ours} in OFA's order (<mask>, codes, bins "
                          f"after vocab.json); {len(wrong)} symbol(s) disagree. Check num_codes/num_bins")
 
 
@@ -202,7 +203,7 @@ def write_bart_layout(bpe_dir: str | Path, out_dir: str | Path, num_codes: int =
     """
     files = find_bpe_files(bpe_dir)
     if "dict.txt" not in files:
-        raise ValueError(f"{bpe_dir} already holds the BART layout (vocab.json + merges.txt)")
+        raise UserError(f"{bpe_dir} already holds the BART layout (vocab.json + merges.txt)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     token_of = {i: s for s, i in json.loads(files["encoder.json"].read_text(encoding="utf-8")).items()}
@@ -214,7 +215,7 @@ def write_bart_layout(bpe_dir: str | Path, out_dir: str | Path, num_codes: int =
             added[sym] = i
         elif sym.isdigit():
             if int(sym) not in token_of:
-                raise ValueError(f"{files['dict.txt']}: GPT-2 id {sym} is not in {files['encoder.json']}")
+                raise UserError(f"{files['dict.txt']}: GPT-2 id {sym} is not in {files['encoder.json']}")
             vocab[token_of[int(sym)]] = i
         else:
             vocab[sym] = i

@@ -169,21 +169,3 @@ def test_huge_gets_its_official_decode_settings_unless_told_otherwise(tiny_dir, 
     chosen = OFACaptioner(str(huge), device="cpu", settings=DecodeSettings(beam=3), temperature=1.0).describe()["decode"]
     assert (chosen["beam"], chosen["length_penalty"], chosen["temperature"]) == (3, 1.0, 1.0)
     assert OFACaptioner(str(tiny_dir), device="cpu").describe()["decode"]["beam"] == 5
-
-
-def test_nan_logits_give_a_clear_error(tiny_dir, tmp_path):
-    """A model whose logits are NaN leaves every candidate at -inf, so no caption is ever finalised:
-    a named error, not an IndexError from an empty hypothesis list."""
-    from caption.ofa.beam import BeamSearchError
-    from caption.ofa.checkpoint import load_converted, save_converted
-
-    cfg, state, meta = load_converted(tiny_dir)
-    broken = tmp_path / "nan"
-    shutil.copytree(tiny_dir, broken)
-    state = dict(state)
-    state["decoder.layer_norm.bias"] = torch.full_like(state["decoder.layer_norm.bias"], float("nan"))
-    save_converted(broken, cfg, state, meta)
-    captioner = OFACaptioner(str(broken), device="cpu", batch_size=2)
-    with pytest.raises(BeamSearchError, match=r"images 0\.\.1 of this call: beam search ended with no hypothesis "
-                                              r"for sentence\(s\) \[0, 1\] of 2: the model's log-probabilities were NaN"):
-        captioner.generate(frames(3))

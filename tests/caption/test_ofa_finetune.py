@@ -76,6 +76,12 @@ def test_loss_falls_and_the_log_records_it(finetuned):
     assert np.mean(losses[-5:]) < 0.35 * np.mean(losses[:5]), losses
     log = [json.loads(line) for line in (out / "finetune_log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 1 and log[-1]["step"] == 60 and log[-1]["loss"] == pytest.approx(losses[-1])
+    # Each row holds the rate its step trained at: 3e-3 with warm-up over 6 of 60 steps (step s at
+    # s/6 of it), then linear decay whose last step still trains (1/54 of it), never 0.
+    for row in log:
+        s = row["step"]
+        assert row["lr"] == pytest.approx(3e-3 * (s / 6 if s <= 6 else (61 - s) / 54), rel=1e-12), row
+    assert [row["step"] for row in log][:3] == [1, 5, 10] and log[-1]["lr"] > 0
 
 
 def test_beam_search_reproduces_the_memorised_captions(finetuned):
@@ -165,7 +171,7 @@ def test_targets_follow_ofas_caption_preprocessing(tiny_dir, pairs_manifest):
 
 def test_shards_and_video_manifests_feed_the_same_pairs(tiny_dir, synth_clips, tmp_path):
     """A video row contributes its middle frame; a shard sample its jpg and a text field."""
-    from pipeline.frames import middle_frame
+    from video.frames import middle_frame
 
     rows = [json.loads(line) for line in synth_clips.read_text().splitlines()][:4]
     manifest = tmp_path / "videos.jsonl"

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from common.jsonio import config_json
 from jobs import config
 
 
@@ -46,7 +47,7 @@ def test_missing_file_is_clear(tmp_path):
 
 def test_resolved_config_round_trips(tmp_path):
     cfg = Outer(name="r", inner=Inner(size=9))
-    config.write_resolved(cfg, tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(config_json(cfg))
     back = config.load(Outer, tmp_path / "config.json")
     assert back == cfg
 
@@ -85,7 +86,7 @@ def test_yaml_file_values_are_parsed_by_type_too(tmp_path):
 
 
 def test_paper_lr_override_reaches_the_trainer_as_a_float():
-    from jobs import train_configs
+    from train import configs as train_configs
     from train.loop import TrainConfig
 
     cfg = config.load(TrainConfig, None, ["optim.lr=5e-6", "optim.betas=[0.9, 0.99]", "loss_terms=vsc,fc"],
@@ -118,7 +119,7 @@ def test_a_mistyped_value_in_a_file_names_the_key(tmp_path):
 
 
 def test_real_configs_refuse_mistyped_overrides():
-    from jobs import train_configs
+    from train import configs as train_configs
     from train.loop import TrainConfig
     from pipeline.run import CurateConfig
 

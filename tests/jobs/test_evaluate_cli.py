@@ -20,8 +20,8 @@ from model.clip_vip import CLIPViP, get_config
 @pytest.fixture(scope="module")
 def two_head_checkpoint(synth_tokenizer, tmp_path_factory):
     """A debug-size CLIP-ViP with 2 heads (the flavour has 4), saved as the released files are
-    (``clipmodel.`` prefix, fp16, position_ids), and the CLIP config.json that names its heads."""
-    from transformers import CLIPConfig
+    (``clipmodel.`` prefix, fp16, position_ids), and the CLIP config.json it was built from."""
+    from tests.model.test_convert import _hf_config
 
     out = tmp_path_factory.mktemp("official")
     torch.manual_seed(5)
@@ -32,8 +32,8 @@ def two_head_checkpoint(synth_tokenizer, tmp_path_factory):
     state["clipmodel.text_model.embeddings.position_ids"] = torch.arange(model.config.context_length)[None]
     state["clipmodel.vision_model.embeddings.position_ids"] = torch.arange(model.config.num_patches + 1)[None]
     torch.save(state, out / "two_heads.pt")
-    CLIPConfig(text_config=dict(hidden_size=64, num_attention_heads=2),
-               vision_config=dict(hidden_size=64, num_attention_heads=2)).save_pretrained(out / "clip")
+    _hf_config(model.config).save_pretrained(out / "clip")
+    _hf_config(model.config, **{"vision.hidden_size": 128}).save_pretrained(out / "wider")
     return out / "two_heads.pt", out / "clip"
 
 
@@ -63,6 +63,11 @@ def test_evaluate_reads_heads_from_clip_config_and_applies_the_tie_rule(two_head
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot tell the attention heads" in err[0] and "--clip-config" in err[0]
     assert not (tmp_path / "refused.json").exists()
+    # A config of another model: one line naming the field that differs, nothing written.
+    assert cli.main(base + ["--clip-config", str(clip_config.parent / "wider"), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not describe this checkpoint: vision_width 128 there, 64 in the weights" in err[0]
+    assert not (tmp_path / "r.json").exists()
 
     for ties in ("official", "optimistic"):
         out = tmp_path / f"{ties}.json"

@@ -12,7 +12,9 @@ import json
 import pytest
 import webdataset as wds
 
+from common.jsonio import config_json
 from jobs.cli import main as clipvip
+from jobs.nmi import build_parser, config_from_args
 from jobs.common import cli_main
 from jobs.nmi import main
 
@@ -42,14 +44,15 @@ def corpora(tmp_path):
 
 def test_cli_writes_every_report_file(corpora, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = clipvip(["nmi", "--pretrain", f"subs={corpora}/subs.txt",
-                  "--pretrain", f"ofa={corpora}/shard-*.tar:caption",
-                  "--downstream", f"caps={corpora}/caps.jsonl",
-                  "--n", "30", "--seeds", "0", "1", "--restarts", "3", "--cache-dir", str(tmp_path / "cache"),
-                  "--set", "cluster.max_iter=30", "--out", str(out), "--no-progress"])
+    argv = ["--pretrain", f"subs={corpora}/subs.txt", "--pretrain", f"ofa={corpora}/shard-*.tar:caption",
+            "--downstream", f"caps={corpora}/caps.jsonl", "--n", "30", "--seeds", "0", "1", "--restarts", "3",
+            "--cache-dir", str(tmp_path / "cache"), "--set", "cluster.max_iter=30", "--out", str(out), "--no-progress"]
+    rc = clipvip(["nmi", *argv])
     assert rc == 0
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["cluster"] == {"backend": "auto", "restarts": 3, "max_iter": 30, "faiss_threads": 1}
+    # The same text every run writes for its resolved config (common.jsonio.config_json).
+    assert (out / "config.json").read_text() == config_json(config_from_args(build_parser().parse_args(argv)))
     for name in ("report.json", "report.md", "nmi_matrix.png", "projection.png", "config.json"):
         assert (out / name).stat().st_size > 0, name
     for png in ("nmi_matrix.png", "projection.png"):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import pretrain, train_configs
+from jobs import pretrain
+from train import configs as train_configs
 from train.log import read_metrics
 
 

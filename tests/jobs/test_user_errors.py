@@ -90,7 +90,7 @@ def test_pretrain_resume_of_a_crafted_pickle_is_refused_without_running_it(synth
 
 
 def test_pretrain_resume_with_a_changed_batch_size_names_the_difference(synth_shards, tmp_path, capsys):
-    from jobs import train_configs
+    from train import configs as train_configs
     from train import checkpoint as ckpt
 
     run_dir = tmp_path / "run"

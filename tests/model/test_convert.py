@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import UserError
 from model.clip_vip import CLIPViP, get_config
 from model.convert import from_hf_clip, load_checkpoint, load_official_clipvip, save_checkpoint
 
@@ -145,6 +146,22 @@ def test_safetensors_round_trip(tmp_path):
         load_checkpoint(tmp_path / "nothing")
 
 
+def _hf_config(cfg, **changes):
+    """The transformers CLIP config a CLIP-ViP architecture is built from, as a user would save it."""
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+                num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                max_position_embeddings=cfg.context_length, eos_token_id=cfg.eot_token_id)
+    vision = dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
+                  num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                  image_size=cfg.image_size, patch_size=cfg.patch_size)
+    for key, value in changes.items():
+        tower, field = key.split(".")
+        (text if tower == "text" else vision)[field] = value
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.embed_dim)
+
+
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -153,8 +170,6 @@ def test_head_count_is_read_or_refused_never_guessed(tmp_path):
     """Head count changes no shape: a 64-wide tower with 2 heads (head size 32) loads without one
     missing key under a width/64 or any other guess, with wrong features. It must come from the
     caller or the CLIP config, or the load must stop."""
-    from transformers import CLIPConfig
-
     torch.manual_seed(3)
     cfg = get_config("debug", vocab_size=300, eot_token_id=299, vision_heads=2, text_heads=2)
     source = CLIPViP(cfg).eval()
@@ -166,9 +181,7 @@ def test_head_count_is_read_or_refused_never_guessed(tmp_path):
     with torch.no_grad():
         want_v, want_t = source.encode_video(video), source.encode_text(ids)
         # The caller's count, or the transformers CLIP config the model was built from.
-        hf = CLIPConfig(text_config=dict(hidden_size=64, num_attention_heads=2),
-                        vision_config=dict(hidden_size=64, num_attention_heads=2))
-        hf.save_pretrained(tmp_path / "clip")
+        _hf_config(cfg).save_pretrained(tmp_path / "clip")
         for model, report in (load_official_clipvip(tmp_path / "heads2.pt", vision_heads=2, text_heads=2),
                               load_official_clipvip(tmp_path / "heads2.pt", clip_config=tmp_path / "clip"),
                               load_official_clipvip(tmp_path / "heads2.pt", clip_config=tmp_path / "clip" / "config.json")):
@@ -182,7 +195,7 @@ def test_head_count_is_read_or_refused_never_guessed(tmp_path):
         assert _relative_error(wrong.encode_video(video), want_v) > 0.01
         assert _relative_error(wrong.encode_text(ids), want_t) > 0.01
     (tmp_path / "not_clip.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a transformers CLIP config.json"):
+    with pytest.raises(UserError, match="not a transformers CLIP config.json"):
         load_official_clipvip(tmp_path / "heads2.pt", clip_config=tmp_path / "not_clip.json")
 
 

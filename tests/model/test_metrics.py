@@ -57,10 +57,12 @@ def test_several_captions_per_video():
 
 def test_dsl_is_softmax_over_texts_per_video():
     sim = np.array([[0.3, 0.1], [0.2, 0.25], [0.1, 0.0]])
-    got = dsl_similarity(sim)
+    precise, official = dsl_similarity(sim, ties="optimistic"), dsl_similarity(sim)
+    assert precise.dtype == np.float64 and official.dtype == np.float32
     for j in range(2):
         weights = np.exp(100 * sim[:, j]) / np.exp(100 * sim[:, j]).sum()
-        np.testing.assert_allclose(got[:, j], sim[:, j] * weights, rtol=1e-12)
+        np.testing.assert_allclose(precise[:, j], sim[:, j] * weights, rtol=1e-12)
+        np.testing.assert_allclose(official[:, j], sim[:, j] * weights, rtol=1e-5)
     # DSL re-weights each video column by how much it prefers that text over all others.
     plain, dsl = retrieval_metrics(SIM), retrieval_metrics(SIM, dsl=True)
     expected = retrieval_metrics(dsl_similarity(SIM))
@@ -154,11 +156,24 @@ def test_ties_with_several_captions_per_video():
     assert t2v.tolist() == [0, 0, 0] and v2t.tolist() == [0, 1]
 
 
-def test_nan_similarities_are_refused():
+def test_non_finite_similarities_are_refused_with_their_count():
     sim = TIED.copy()
     sim[2, 2] = np.nan
-    with pytest.raises(ValueError, match="1 NaN values"):
+    with pytest.raises(ValueError, match=r"similarities hold 1 non-finite values \(1 NaN, 0 inf\)"):
         retrieval_metrics(sim)
+    # +inf: the official code drops the query (inf - inf is NaN, equal to nothing), a strict rank
+    # counts it as a hit; -inf would rank last whatever the model thinks. Refused in both modes.
+    sim = np.random.default_rng(1).normal(size=(6, 6))
+    sim[1, 1], sim[3, 0], sim[4, 5] = np.inf, -np.inf, np.inf
+    for ties in ("official", "optimistic"):
+        with pytest.raises(ValueError, match=r"hold 3 non-finite values \(0 NaN, 3 inf\)"):
+            retrieval_metrics(sim, ties=ties)
+        with pytest.raises(ValueError, match=r"non-finite"):
+            retrieval_metrics(sim, dsl=True, ties=ties)
+    features = np.eye(6)
+    features[2, 3] = np.inf
+    with pytest.raises(ValueError, match=r"non-finite values"):
+        evaluate_all(features, np.eye(6))
 
 
 def _official_dsl_float32(sim: np.ndarray) -> np.ndarray:
@@ -169,15 +184,16 @@ def _official_dsl_float32(sim: np.ndarray) -> np.ndarray:
     return x * (y / y.sum(axis=0, keepdims=True))
 
 
-def test_dsl_float64_keeps_the_order_float32_loses():
+def test_dsl_precise_mode_keeps_the_order_float32_loses():
     """Text 2 scores far below each video's best text. In float32 its DSL weights underflow to 0, so
-    its whole row ties at 0; in float64 the scores stay ordered and its own video ranks second."""
+    its whole row ties at 0; the float64 mode keeps the scores ordered and its own video ranks second,
+    while the official mode gives the official (float32) numbers."""
     sim = np.array([
         [0.9, 0.0, 0.95],
         [0.0, 0.9, 0.95],
         [-0.2, -0.15, -0.1],
     ])
-    ours = dsl_similarity(sim)
+    ours = dsl_similarity(sim, ties="optimistic")
     # Hand formula in float64, column by column (softmax over texts, temperature 100).
     for j in range(3):
         w = np.exp(100 * (sim[:, j] - sim[:, j].max()))
@@ -186,10 +202,11 @@ def test_dsl_float64_keeps_the_order_float32_loses():
     assert np.all(ours[2] < 0) and ours[2, 0] > ours[2, 2] > ours[2, 1]
     official = _official_dsl_float32(sim)
     assert np.all(official[2] == 0)
-    m64 = retrieval_metrics(sim, dsl=True)
+    assert np.array_equal(dsl_similarity(sim), official)
+    m64 = retrieval_metrics(sim, dsl=True, ties="optimistic")
     assert m64["t2v_r1"] == pytest.approx(200 / 3) and m64["t2v_meanr"] == pytest.approx(4 / 3)  # ranks 0, 0, 1
     # float32 with the official tie rule: text 2 spreads over positions 0, 1, 2 -> [0, 0, 0, 1, 2].
-    m32 = retrieval_metrics(official.astype(np.float64))
+    m32 = retrieval_metrics(sim, dsl=True)
     assert m32["t2v_r1"] == pytest.approx(60.0) and m32["t2v_meanr"] == pytest.approx(1.6)
     # and with the best tied rank, text 2 would count as a hit it is not.
     assert retrieval_metrics(official.astype(np.float64), ties="optimistic")["t2v_r1"] == 100.0

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import decode_worker
 from pipeline.decode_worker import CRASH_ENV, DecoderProcess, DecodeWorkerBug
-from pipeline.frames import FrameConfig
+from video.frames import FrameConfig
 
 
 @pytest.fixture()

@@ -70,6 +70,10 @@ def test_curate_with_captions_failures_and_resume(local_ray, curate_manifest, tm
     assert meta["caption"]["model"] == f"hf:{model}" and samples[0]["caption.txt"]
     sizes = json.loads((tmp_path / "out" / "sizes.json").read_text())
     assert sum(sizes.values()) == len(samples) and len(sizes) == summary["shards"] == -(-len(keys) // 7)
+    # The run's config.json is the same text every run writes for its config (common.jsonio.config_json).
+    from common.jsonio import config_json
+
+    assert (tmp_path / "out" / "config.json").read_text() == config_json(cfg)
 
     # Rerun: nothing left to do, nothing rewritten.
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("t-*")}

@@ -12,11 +12,11 @@ from PIL import Image
 from caption.protocol import DecodeSettings
 from pipeline import caption_service
 from pipeline.caption_service import CaptionConfig
-from pipeline.frames import FrameConfig
 from pipeline.manifest import ManifestConfig, scan_local
 from pipeline.record import ClipRecord
 from pipeline.shard_task import ShardJob, decoded
 from pipeline.writer import ShardWriterConfig
+from video.frames import FrameConfig
 
 KEEP = ["clip000004", "clip000000", "broken_truncated", "broken_missing", "broken_empty_text", "broken_span"]
 

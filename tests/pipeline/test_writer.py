@@ -13,6 +13,7 @@ import webdataset as wds
 from pipeline import writer
 from pipeline.record import ClipRecord
 from pipeline.writer import ShardWriter, ShardWriterConfig
+from shards import format as fmt
 
 
 def _row(shard: int, row: int, status: str = "ok") -> ClipRecord:
@@ -30,10 +31,10 @@ def _row(shard: int, row: int, status: str = "ok") -> ClipRecord:
 
 def test_names_are_zero_padded_from_the_input_shard():
     cfg = ShardWriterConfig(output_dir="s3://bucket/out/", prefix="hdvila")
-    assert writer.shard_name("hdvila", 7) == "hdvila-000007"
-    assert writer.shard_paths(cfg, 12) == {"tar": "s3://bucket/out/hdvila-000012.tar",
-                                           "parquet": "s3://bucket/out/hdvila-000012.parquet",
-                                           "stats": "s3://bucket/out/hdvila-000012_stats.json"}
+    assert fmt.shard_name("hdvila", 7) == "hdvila-000007"
+    assert fmt.shard_files(cfg.output_dir, cfg.prefix, 12) == {"tar": "s3://bucket/out/hdvila-000012.tar",
+                                                               "parquet": "s3://bucket/out/hdvila-000012.parquet",
+                                                               "stats": "s3://bucket/out/hdvila-000012_stats.json"}
 
 
 def test_shard_round_trip_through_webdataset(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.jsonio import config_json
 from train import checkpoint as ckpt
 from train.optim import OptimConfig, warmup_cosine
 from train.loop import TrainConfig
@@ -162,6 +163,7 @@ def test_resume_refuses_changed_settings_then_replays_without_duplicate_rows(tin
     restore()
     assert _train_steps(tmp_path) == [1, 2, 3]  # the checkpoint is at step 2: step 3 will run again
     before = {name: (tmp_path / name).read_text() for name in ("config.json", "metrics.jsonl")}
+    assert before["config.json"] == config_json(tiny_pretrain(tmp_path))  # the text every run writes
 
     changed = tiny_pretrain(tmp_path, resume=True, steps=8, optim=OptimConfig(lr=5e-4, warmup_ratio=0.2),
                         data=dataclasses.replace(tiny_pretrain(tmp_path).data, batch_size=2))

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shards.format import MEMBERS, expand_pattern
-from train.data import (LoaderState, ShardDataConfig, ShardLoader, ShardStream, read_sizes,
-                        shards_for_worker)
+from shards.format import MEMBERS, expand_pattern, read_sizes
+from train.data import LoaderState, ShardDataConfig, ShardLoader, ShardStream, shards_for_worker
 
 
 def small_cfg(shards: str, **kw) -> ShardDataConfig:
@@ -41,7 +40,7 @@ def test_batches_hold_video_frame_and_tokenised_texts(synth_shards, synth_tokeni
 
 def test_rank_and_worker_split_is_disjoint_and_epoch_order_is_seeded(synth_shards):
     urls = expand_pattern(synth_shards)
-    assert len(urls) == 6 and read_sizes(synth_shards)[Path(urls[0]).name] == 4
+    assert len(urls) == 6 and read_sizes(urls)[Path(urls[0]).name] == 4
     parts = [shards_for_worker(urls, seed=1, epoch=0, worker=g, num_workers=3) for g in range(3)]
     assert sorted(itertools.chain(*parts)) == sorted(urls)
     again = [shards_for_worker(urls, seed=1, epoch=0, worker=g, num_workers=3) for g in range(3)]

@@ -1,6 +1,6 @@
-"""Middle frame and training re-encode (pipeline/frames.py), checked against full decodes, against
+"""Middle frame and training re-encode (video/frames.py), checked against full decodes, against
 decord (the trainer's decoder, which applies display rotation itself) and against PyAV's documented
-display-matrix semantics. Run: ``.venv/bin/python -m pytest tests/pipeline/test_frames.py -q``."""
+display-matrix semantics. Run: ``.venv/bin/python -m pytest tests/video/test_frames.py -q``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from train.video import DecodeError, decode_frames
-from pipeline.frames import ClipError, FrameConfig, middle_frame, process_clip, readable_width, scaled_size
+from video.frames import ClipError, FrameConfig, middle_frame, process_clip, readable_width, scaled_size
 from demo.synth import write_awkward_clips
 
 

@@ -3,7 +3,7 @@
 x264's MB-tree rate control made the same frames encode to different bytes (and decoded pixels)
 from one run to the next for about one clip in ten here; both encoders turn it off. With it on,
 three tries of this file all failed (both tests once, one of them twice).
-Run: .venv/bin/python -m pytest tests/pipeline/test_reproducible_encoding.py -q
+Run: .venv/bin/python -m pytest tests/video/test_reproducible_encoding.py -q
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 
 from demo import synth
-from pipeline.frames import FrameConfig, process_clip
+from video.frames import FrameConfig, process_clip
 
 
 def test_synthesised_clips_are_byte_identical_run_to_run(tmp_path):

@@ -1,0 +1,1 @@
+"""Reading video files: a clip span's middle frame and its re-encoded training copy (PyAV)."""
