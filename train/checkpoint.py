@@ -166,10 +166,15 @@ def read_state(folder: Path) -> dict[str, Any]:
 # ---- checkpoint folders -----------------------------------------------------------------------
 
 
+def folder(ckpt_dir: Path, step: int) -> Path:
+    """The folder of checkpoint ``step``."""
+    return ckpt_dir / f"step_{step:08d}"
+
+
 def save(ckpt_dir: Path, step: int, state: dict[str, Any], model_for_export=None, keep: int = 2) -> Path:
     """Write ``state`` as checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step_{step:08d}"
+    final = folder(ckpt_dir, step)
     tmp = temp_dir_beside(final)
     write_state(tmp, state)
     if model_for_export is not None:

@@ -6,7 +6,10 @@ Kept apart from :mod:`train.loop` so the loop itself reads top to bottom in one 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch.distributed as dist
 from train import checkpoint as ckpt
 from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
                          train_loop)
+from train.preempt import Preempted, StopOnSignal
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +29,59 @@ def _barrier(rt: Runtime) -> None:
         dist.barrier()
 
 
+def hub_hint(spec: str) -> str:
+    """How to get ``spec`` (a hub id) onto a machine without hub access, for an error message."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True", "ON", "on", "yes"):
+        return "a folder saved with save_pretrained or a hub id reachable from here"
+    return (f"the Hugging Face hub is off here (HF_HUB_OFFLINE=1, clipvip's default) and its cache holds no copy of "
+            f"{spec!r}; save it once where there is network (python -c \"from transformers import CLIPModel, "
+            f"CLIPTokenizerFast; [c.from_pretrained('{spec}').save_pretrained('clip') for c in (CLIPModel, "
+            f"CLIPTokenizerFast)]\"), then set model.init=hf:<that folder> model.tokenizer=<that folder> "
+            "(or HF_HUB_OFFLINE=0 to download here)")
+
+
+def load_configured_tokenizer(cfg: TrainConfig):
+    """``model.tokenizer``, or :class:`ModelInitError` naming it (a missing folder, an unreachable hub id)."""
+    from model.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(cfg.model.tokenizer)
+    except (OSError, ValueError) as exc:
+        local = cfg.model.tokenizer.startswith(("/", ".", "~")) or Path(cfg.model.tokenizer).exists()
+        raise ModelInitError(f"model.tokenizer={cfg.model.tokenizer!r}: "
+                             + (str(exc) if local else hub_hint(cfg.model.tokenizer))) from exc
+
+
+def tokenizer_of(init: str) -> str:
+    """Where the tokenizer of a ``ckpt:`` model folder written by training is, or "" when unknown.
+
+    A model folder is ``<run_dir>/best`` or ``<run_dir>/checkpoints/step_N/model``; its run's
+    ``config.json`` names the tokenizer, or the run trained one into ``<run_dir>/tokenizer``.
+    """
+    kind, _, where = init.partition(":")
+    if kind != "ckpt":
+        return ""
+    folder = Path(where).expanduser()
+    for run_dir in (folder.parent, folder.parent.parent.parent):
+        config = run_dir / "config.json"
+        if config.is_file():
+            try:
+                named = json.loads(config.read_text()).get("model", {}).get("tokenizer", "")
+            except (ValueError, AttributeError):
+                named = ""
+            if named:
+                return named
+            if (run_dir / "tokenizer" / "vocab.json").is_file():
+                return str(run_dir / "tokenizer")
+    return ""
+
+
 def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
     """The configured tokenizer; with none configured, a small BPE learnt from the training texts."""
     from model.tokenizer import load_tokenizer, train_clip_bpe
 
     if cfg.model.tokenizer:
-        return load_tokenizer(cfg.model.tokenizer)
+        return load_configured_tokenizer(cfg)
     out = run_dir / "tokenizer"
     if rt.rank == 0 and not (out / "vocab.json").is_file():
         logger.warning("model.tokenizer is empty: training a small BPE on the training texts (debug runs only; "
@@ -46,13 +97,14 @@ class ModelInitError(ValueError):
     """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
 
 
-def check_tokenizer_fits(model, tokenizer, setting: str) -> None:
+def check_tokenizer_fits(model, tokenizer, setting: str, right: str = "") -> None:
     """Refuse a tokenizer whose ids the model's text embedding cannot take; ``setting`` names where
-    the user chose it."""
+    the user chose it, ``right`` the tokenizer the model was trained with when it is known."""
     if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
         raise ModelInitError(f"{setting}: the tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does "
                              f"not fit the model (eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); "
-                             "give the checkpoint's tokenizer")
+                             + (f"give the one it was trained with: {setting}={right}" if right
+                                else "give the checkpoint's tokenizer"))
 
 
 def build_model(cfg: TrainConfig, tokenizer):
@@ -73,7 +125,11 @@ def build_model(cfg: TrainConfig, tokenizer):
     else:
         try:
             if kind == "hf":
-                model = from_hf_clip(where, attention=m.attention)
+                try:
+                    model = from_hf_clip(where, attention=m.attention)
+                except OSError as exc:
+                    local = where.startswith(("/", ".", "~")) or Path(where).exists()
+                    raise ModelInitError(f"model.init={init!r}: {exc if local else hub_hint(where)}") from exc
             elif kind == "clipvip":
                 model, _ = load_official_clipvip(where, clip_config=m.clip_config or None)
             else:
@@ -81,9 +137,11 @@ def build_model(cfg: TrainConfig, tokenizer):
         except HeadCountError as exc:
             raise ModelInitError(f"model.init={init!r}: {exc.detail}; set model.clip_config=<the transformers CLIP "
                                  "config.json it was built from>") from exc
+        except ModelInitError:
+            raise
         except ValueError as exc:  # the loaders name the file and what is wrong with it
             raise ModelInitError(f"model.init={init!r}: {exc}") from exc
-    check_tokenizer_fits(model, tokenizer, "model.tokenizer")
+    check_tokenizer_fits(model, tokenizer, "model.tokenizer", tokenizer_of(init))
     model.gradient_checkpointing = m.gradient_checkpointing
     return model
 
@@ -105,20 +163,38 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
 
 
 def resume_state(cfg: TrainConfig, rt: Runtime) -> dict[str, Any] | None:
-    """The latest checkpoint's state when resuming, once it is known to fit this run; else None.
+    """The latest checkpoint's state when ``run_dir`` holds one, once it is known to fit this run; else None.
 
-    Refused (:class:`train.checkpoint.CheckpointError`): a checkpoint of another world size, or of
-    a run whose settings differ in anything that changes the numbers (batch size, lr, steps, ...)
-    unless ``cfg.resume_changed`` says the change is meant.
+    A run whose ``run_dir`` holds a checkpoint continues from it (``resume``, the default), so the
+    same command restarts a preempted run, a requeued job or a ``torchrun --max-restarts`` group
+    where it stopped. Every rank reads the checkpoint itself, and the ranks compare what they found
+    and the settings they were started with before any uses it.
+
+    Refused (:class:`train.checkpoint.CheckpointError`), on every rank alike: ranks that disagree
+    (``run_dir`` not shared by all nodes, different commands), a checkpoint of another world size,
+    a checkpoint of a run whose settings differ in anything that changes the numbers (batch size,
+    lr, steps, ...) unless ``cfg.resume_changed`` says the change is meant, and ``resume=false``
+    with a checkpoint present.
     """
-    if not cfg.resume:
-        return None
     ckpt_dir = Path(cfg.run_dir) / "checkpoints"
     last = ckpt.latest(ckpt_dir)
-    if last is None:
-        logger.warning("resume requested but %s holds no checkpoint: starting fresh", ckpt_dir)
+    state, problem = None, ""
+    if last is not None:
+        try:
+            state = ckpt.load(last)
+        except ckpt.CheckpointError as exc:
+            problem = str(exc)
+    found = {"step": state["step"] if state else None, "checkpoint": str(last) if last else "", "problem": problem,
+             "config": dataclasses.asdict(cfg), "host": socket.gethostname()}
+    check_ranks_agree(gather_objects(found, rt), ckpt_dir)
+    if problem:
+        raise ckpt.CheckpointError(problem)
+    if state is None:
         return None
-    state = ckpt.load(last)
+    if not cfg.resume:
+        raise ckpt.CheckpointError(f"resume=false but {ckpt_dir} holds a checkpoint of an earlier run (step "
+                                   f"{state['step']}); resume it (drop resume=false), give a new run_dir, or delete "
+                                   f"{ckpt_dir} to start over")
     if len(state["loader"]) != rt.world_size:
         raise ckpt.CheckpointError(f"checkpoint {last} was written by {len(state['loader'])} rank(s); resume with "
                                    f"the same number (now {rt.world_size})")
@@ -126,11 +202,40 @@ def resume_state(cfg: TrainConfig, rt: Runtime) -> dict[str, Any] | None:
     if changes and not cfg.resume_changed:
         raise ckpt.CheckpointError(f"checkpoint {last} was written with other settings, so the run would not "
                                    f"continue exactly: {'; '.join(changes)}. Resume with the original values, or "
-                                   f"pass --resume-changed if the change is meant")
+                                   f"pass --resume-changed if the change is meant (a new run_dir starts afresh)")
     if changes:
         logger.warning("resuming %s with changed settings (--resume-changed): %s", last, "; ".join(changes))
-    logger.info("resuming from %s", last)
+    if rt.rank == 0:
+        logger.info("run_dir holds checkpoint %s: resuming from step %d", last, state["step"])
     return state
+
+
+def check_ranks_agree(found: list[dict[str, Any]], ckpt_dir: Path) -> None:
+    """Refuse ranks that would start from different places or with different settings.
+
+    ``found``: per rank (in rank order) the step of the checkpoint it found (``None``: none), its
+    path, a problem reading it, its settings and its host. Every rank runs this on the same list,
+    so every rank refuses alike.
+    """
+    first = found[0]
+    for rank, other in enumerate(found[1:], start=1):
+        changes = ckpt.changed_settings(first["config"], other["config"], safe=())
+        if changes:
+            raise ckpt.CheckpointError(f"rank {rank} was started with other settings than rank 0 ({'; '.join(changes)}); "
+                                       "start every rank with the same command")
+    where = [(f["step"], f["checkpoint"], bool(f["problem"])) for f in found]
+    if len(set(where)) > 1:
+        def says(rank: int, f: dict[str, Any]) -> str:
+            if f["problem"]:
+                return f"rank {rank} ({f['host']}) cannot read {f['checkpoint']}"
+            if f["step"] is None:
+                return f"rank {rank} ({f['host']}) finds no checkpoint"
+            return f"rank {rank} ({f['host']}) finds step {f['step']} ({f['checkpoint']})"
+
+        raise ckpt.CheckpointError(
+            f"the ranks disagree on where to start in {ckpt_dir}: "
+            + "; ".join(says(r, f) for r, f in enumerate(found))
+            + ". run_dir must be one folder every node shares (a network file system), not a folder per node")
 
 
 def restore(state: dict[str, Any], raw_model, optimizer, scheduler, *, new_hyperparameters: bool = False) -> None:
@@ -175,7 +280,8 @@ class TrainingRun:
     # -- steps ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Runtime and checks; nothing is written before a resume is known to fit."""
+        """Runtime and checks; nothing is written before a resume is known to fit and the model and
+        tokenizer are known to load (a configured tokenizer is loaded here, and the model with it)."""
         from train.log import strict_dumps
         from train.tasks import warn_ignored
 
@@ -186,11 +292,41 @@ class TrainingRun:
         if rt.rank == 0:
             warn_ignored(cfg)
         self.state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
+        self.tokenizer = self.raw_model = None
+        if cfg.model.tokenizer:
+            self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
+            self.raw_model = self._model()
+        elif cfg.model.init:
+            right = tokenizer_of(cfg.model.init)
+            raise ModelInitError(f"model.init={cfg.model.init!r} needs the tokenizer it was trained with, and "
+                                 "model.tokenizer is empty (which trains a new one for a random model); set "
+                                 + (f"model.tokenizer={right}" if right else
+                                    "model.tokenizer=<its run_dir>/tokenizer, or the CLIP tokenizer it started from"))
+        config = strict_dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n"
         if rt.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(strict_dumps(dataclasses.asdict(cfg), indent=2,
-                                                                   sort_keys=True) + "\n")
+            (self.run_dir / "config.json").write_text(config)
         _barrier(rt)
+        self._check_shared_run_dir(config)
+
+    def _check_shared_run_dir(self, config: str) -> None:
+        """Every rank must see the ``config.json`` rank 0 just wrote: checkpoints, the debug tokenizer
+        and resumption all live in one ``run_dir`` that every node shares."""
+        rt = self.rt
+        if rt.world_size == 1:
+            return
+        path = self.run_dir / "config.json"
+        sees = gather_objects((path.is_file() and path.read_text() == config, socket.gethostname()), rt)
+        blind = [f"rank {r} ({host})" for r, (ok, host) in enumerate(sees) if not ok]
+        if blind:
+            raise ckpt.CheckpointError(f"{', '.join(blind)} cannot see {path}, which rank 0 ({sees[0][1]}) wrote: "
+                                       "run_dir must be one folder every node shares (a network file system), not "
+                                       "a folder per node")
+
+    def _model(self):
+        # The seed sets a random model's initial weights: the same on every rank and every restart.
+        torch.manual_seed(self.cfg.seed)
+        return build_model(self.cfg, self.tokenizer).to(self.rt.device)
 
     def build(self) -> None:
         """Tokenizer, model, loss, data, optimizer and schedule; on resume, their saved state."""
@@ -200,9 +336,9 @@ class TrainingRun:
         from train.tasks import steps_for
 
         cfg, rt, task = self.cfg, self.rt, self.task
-        torch.manual_seed(cfg.seed)
-        self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
-        self.raw_model = build_model(cfg, self.tokenizer).to(rt.device)
+        if self.raw_model is None:
+            self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
+            self.raw_model = self._model()
         self.loss_fn = OCLLoss(task.loss_terms(cfg), gather_grad=cfg.gather_grad)
         n_items, dataset = task.dataset(cfg)
         self.total = steps_for(cfg, task, n_items, rt.world_size)
@@ -233,15 +369,23 @@ class TrainingRun:
         logger.info("resumed from step %d of %s", self.start_step, self.run_dir / "checkpoints")
 
     def train(self) -> list[float]:
-        if self.start_step == 0 and self.cfg.eval.at_start:
-            self.evaluate(0)
+        """The loop, under :class:`train.preempt.StopOnSignal`: a signal ends it at a step boundary
+        with a checkpoint (:class:`train.preempt.Preempted`)."""
+        if self.start_step >= self.total:
+            if self.rt.rank == 0:
+                logger.info("%s already holds the final checkpoint (step %d): nothing to train",
+                            self.run_dir / "checkpoints", self.total)
+            return []
         try:
-            losses = train_loop(cfg=self.cfg, rt=self.rt, per_rank=self.task.data(self.cfg).batch_size,
-                                model=self.model, raw_model=self.raw_model, loss_fn=self.loss_fn,
-                                optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches,
-                                start_step=self.start_step, total_steps=self.total, save=self.save,
-                                evaluate=self.evaluate, run_log=self.run_log)
-        except NonFiniteError:
+            with StopOnSignal(self.rt.world_size, self.rt.flag_group, announce=self.rt.rank == 0) as stop:
+                if self.start_step == 0 and self.cfg.eval.at_start:
+                    self.evaluate(0)
+                losses = train_loop(cfg=self.cfg, rt=self.rt, per_rank=self.task.data(self.cfg).batch_size,
+                                    model=self.model, raw_model=self.raw_model, loss_fn=self.loss_fn,
+                                    optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches,
+                                    start_step=self.start_step, total_steps=self.total, save=self.save,
+                                    evaluate=self.evaluate, run_log=self.run_log, stop=stop)
+        except (NonFiniteError, Preempted):
             self.run_log.close()
             raise
         if self.start_step < self.total:
@@ -297,8 +441,8 @@ class TrainingRun:
             {"split": split, "metric": self.cfg.eval.select_metric, **self.best}) + "\n")
         replace_dir(tmp, self.run_dir / "best")
 
-    def save(self, step: int) -> None:
-        """A checkpoint with every rank's loader position and RNG state."""
+    def save(self, step: int) -> Path:
+        """A checkpoint with every rank's loader position and RNG state; returns its folder."""
         rt = self.rt
         loaders = gather_objects(self.batches.state_dict(), rt)
         rngs = gather_objects(ckpt.rng_state(), rt)
@@ -309,14 +453,37 @@ class TrainingRun:
                 "loader": loaders, "rng": rngs, "best": self.best, "config": dataclasses.asdict(self.cfg)},
                 model_for_export=self.raw_model, keep=self.cfg.keep_checkpoints)
         _barrier(rt)
+        return ckpt.folder(self.run_dir / "checkpoints", step)
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Prepare, build, train, finish (see :class:`TrainingRun`)."""
+    """Prepare, build, train, finish (see :class:`TrainingRun`).
+
+    In a distributed run a failed collective becomes :class:`train.peers.PeerFailed`, naming the
+    rank that failed; a rank's own error stands as it is (after leaving its note for the others).
+    """
+    from train.peers import diagnose
+
     run = TrainingRun(cfg)
-    run.prepare()
-    run.build()
-    return run.finish(run.train())
+    try:
+        run.prepare()
+        run.build()
+        return run.finish(run.train())
+    except (Exception, KeyboardInterrupt) as exc:
+        rt = getattr(run, "rt", None)
+        if rt is None or isinstance(exc, Preempted):
+            raise
+        last = ckpt.latest(run.run_dir / "checkpoints")
+        # torchrun signals the survivors of a failed rank: let it not cut the report short.
+        with StopOnSignal(announce=False):
+            peer = diagnose(exc, rt.rank, rt.world_size, str(last) if last else None)
+        if peer is None:
+            raise
+        raise peer from exc
+    finally:
+        batches = getattr(run, "batches", None)
+        if batches is not None:
+            batches.close()
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
