@@ -107,6 +107,22 @@ def check_tokenizer_fits(model, tokenizer, setting: str, right: str = "") -> Non
                                 else "give the checkpoint's tokenizer"))
 
 
+def check_same_tokenizer(tokenizer, given: str, right: str) -> None:
+    """Refuse a tokenizer whose vocabulary differs from the one the model was trained with (``right``,
+    when known): it can fit the embedding's size and still map every word to another row."""
+    if not right or not given or Path(given).expanduser().resolve() == Path(right).expanduser().resolve():
+        return
+    from model.tokenizer import load_tokenizer
+
+    try:
+        trained = load_tokenizer(right)
+    except (OSError, ValueError):  # not readable here (a hub id offline): the size check above is all we have
+        return
+    if trained.get_vocab() != tokenizer.get_vocab():
+        raise ModelInitError(f"model.tokenizer={given!r} is not the tokenizer model.init was trained with (another "
+                             f"vocabulary, so every word would map to another embedding); set model.tokenizer={right}")
+
+
 def build_model(cfg: TrainConfig, tokenizer):
     """Random (flavour), HF CLIP, official CLIP-ViP or our own checkpoint, per ``model.init``."""
     from model.clip_vip import CLIPViP, get_config
@@ -141,7 +157,9 @@ def build_model(cfg: TrainConfig, tokenizer):
             raise
         except ValueError as exc:  # the loaders name the file and what is wrong with it
             raise ModelInitError(f"model.init={init!r}: {exc}") from exc
-    check_tokenizer_fits(model, tokenizer, "model.tokenizer", tokenizer_of(init))
+    right = tokenizer_of(init)
+    check_tokenizer_fits(model, tokenizer, "model.tokenizer", right)
+    check_same_tokenizer(tokenizer, cfg.model.tokenizer, right)
     model.gradient_checkpointing = m.gradient_checkpointing
     return model
 
