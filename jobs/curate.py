@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jobs.help import HelpFormatter
 from jobs.common import cli_main, offline_defaults, setup_logging
 from jobs.config import load
 
@@ -55,7 +56,7 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clipvip curate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", help="TOML/YAML/JSON config (see jobs/configs/curate_example.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
                    help="override a config value, e.g. --set manifest.path=clips.jsonl (repeatable)")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import config as config_io
+from jobs.help import HelpFormatter
 from jobs.common import UserError, cli_main, offline_defaults, setup_logging
 from demo.config import VARIANTS, DemoConfig, small
 
@@ -106,7 +107,7 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="clipvip demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", help="TOML/YAML file with DemoConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--out", help="output folder (default demo_out)")

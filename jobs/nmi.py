@@ -21,9 +21,11 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 
 from analysis.corpora import CorpusError
 from analysis.report import NMIConfig, check_config, run
+from jobs.help import HelpFormatter
 from jobs.common import UserError, cli_main, offline_defaults, setup_logging
 from jobs.config import load, to_dict
 
@@ -32,7 +34,7 @@ logger = logging.getLogger("jobs.nmi")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipvip nmi", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("corpora", nargs="*", metavar="NAME=PATH[:FIELD]", help="corpora with no role")
     p.add_argument("--pretrain", action="append", default=[], metavar="NAME=PATH[:FIELD]",
                    help="a pretraining corpus (repeatable)")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, OutputError, ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
     print(markdown(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {cfg.out_dir}/config.json")
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {Path(cfg.out_dir) / 'config.json'}")
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from jobs import train_configs
 from jobs.common import UserError, offline_defaults, setup_logging
+from jobs.help import HelpFormatter
 from jobs.config import load
 from train.loop import TrainConfig
 
@@ -46,14 +47,26 @@ def _configs(task: str) -> list[str]:
     return sorted(n for n, make in train_configs.CONFIGS.items() if make().task == task)
 
 
+def _config_lines(task: str) -> str:
+    """One line per named config of ``task``: its main numbers (``--show-config`` prints all)."""
+    lines = []
+    for name in _configs(task):
+        c = train_configs.get(name)
+        d = c.data if task == "pretrain" else c.finetune
+        length = f"{c.steps} steps" if c.steps else f"{c.epochs:g} epochs"
+        lines.append(f"  {name:<22} {c.model.init or 'random ' + c.model.flavour}, {length}, {d.batch_size}/rank, "
+                     f"lr {c.optim.lr:g}, {d.num_frames} frames, run_dir {c.run_dir}")
+    return "\n".join(lines)
+
+
 def parser(prog: str, default_config: str, task: str) -> argparse.ArgumentParser:
     """The command line of ``clipvip <task>`` (its help differs per task: configs, examples)."""
     about, example = ABOUT[task]
     p = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"{prog}: {about}.\n\nNamed configs for this command: {', '.join(_configs(task))} "
-                    "(jobs/train_configs.py); print one's values with --show-config. Override any value with "
-                    "section.field=value, anywhere on the line.\n\nexamples:\n  " + example,
+        prog=prog, formatter_class=HelpFormatter,
+        description=f"{prog}: {about}.\n\nnamed configs (jobs/train_configs.py; --config NAME --show-config prints "
+                    f"every value):\n{_config_lines(task)}\n\nOverride any value with section.field=value, anywhere "
+                    "on the line.\n\nexamples:\n  " + example,
         epilog="Resuming: a run_dir that holds a checkpoint is resumed from its latest one, so the same command "
                "continues a run stopped by SIGTERM/SIGINT (which saves a checkpoint first and exits with code "
                "75), a requeued job or a torchrun --max-restarts group. Settings that change the numbers must "
@@ -94,6 +107,7 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
         raise UserError(f"config {args.config!r} is a {cfg.task!r} run; use 'clipvip {cfg.task}'")
     if args.resume or args.resume_changed:
         cfg = dataclasses.replace(cfg, resume=True, resume_changed=args.resume_changed)
+    cfg = evaluation_switch(cfg)
     if args.show_config:
         from jobs.config import to_dict
         from train.log import strict_dumps
@@ -108,6 +122,24 @@ def parse(argv: list[str] | None, prog: str, default_config: str, task: str) -> 
 def is_rank0() -> bool:
     """Whether this process is rank 0 (or the only one): the one that reports."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def evaluation_switch(cfg: TrainConfig) -> TrainConfig:
+    """``eval.every=0`` turns evaluation off, so its set is not read (nor required to exist); an
+    ``eval.every`` without a set says that nothing will be evaluated."""
+    log = logging.getLogger(__name__)
+    given = [k for k, v in (("eval.shards", cfg.eval.shards), ("eval.manifest.manifest", cfg.eval.manifest.manifest))
+             if v]
+    if cfg.eval.every <= 0 and given:
+        log.warning("eval.every=0 turns evaluation off: %s is not read (set eval.every=<steps> to evaluate)",
+                    " and ".join(given))
+        return dataclasses.replace(cfg, eval=dataclasses.replace(
+            cfg.eval, shards="", manifest=dataclasses.replace(cfg.eval.manifest, manifest="")))
+    if cfg.eval.every > 0 and not given:
+        log.warning("eval.every=%d but no evaluation set is given (eval.shards or eval.manifest.manifest): nothing "
+                    "will be evaluated%s", cfg.eval.every,
+                    " and no best/ is picked" if cfg.task == "finetune" else "")
+    return cfg
 
 
 class Stopped(Exception):

@@ -62,7 +62,7 @@ class ModelSection:
 class EvalSection:
     """Held-out retrieval evaluation during training (shards for pretraining, a manifest otherwise)."""
 
-    every: int = 1000  # steps; 0 disables (the end of training always evaluates when a set is given)
+    every: int = 1000  # steps, and at the end of training; 0 turns evaluation off (the set is not read)
     at_start: bool = True
     shards: str = ""  # held-out shards
     text_field: str = "caption.txt"  # see train.data.HeldOutShards

@@ -432,7 +432,7 @@ class TrainingRun:
         from train.evaluate import evaluate_retrieval
 
         cfg, rt = self.cfg, self.rt
-        if not (cfg.eval.shards or cfg.eval.manifest.manifest):
+        if not (cfg.eval.shards or cfg.eval.manifest.manifest) or cfg.eval.every <= 0:
             return
         if rt.rank == 0:
             split = "heldout" if cfg.eval.shards else cfg.eval.split
