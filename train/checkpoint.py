@@ -145,8 +145,8 @@ def read_state(folder: Path) -> dict[str, Any]:
         if (folder / LEGACY_PICKLE).exists():
             raise CheckpointError(
                 f"checkpoint {folder} holds only {LEGACY_PICKLE}, a pickle (the format of older versions), and "
-                f"loading a pickle can run arbitrary code, so it is not loaded; start the run again without "
-                f"--resume (or in a new run_dir)")
+                f"loading a pickle can run arbitrary code, so it is not loaded; start in a new run_dir (a run_dir "
+                f"that holds a checkpoint is resumed) or move {folder.parent} away")
         raise CheckpointError(f"checkpoint {folder} has no {STATE_JSON}; it is not a training checkpoint")
     try:
         doc = json.loads((folder / STATE_JSON).read_text(), parse_constant=_refuse_constant)

@@ -6,9 +6,7 @@ Kept apart from :mod:`train.loop` so the loop itself reads top to bottom in one 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,10 @@ import torch.distributed as dist
 from train import checkpoint as ckpt
 from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
                          train_loop)
+from train.model_init import (ModelInitError, build_model, build_tokenizer, check_tokenizer_fits,  # noqa: F401
+                              tokenizer_of)
 from train.preempt import Preempted, StopOnSignal
+from train.resume import check_ranks_agree, restore, resume_state  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -27,141 +28,6 @@ logger = logging.getLogger(__name__)
 def _barrier(rt: Runtime) -> None:
     if rt.world_size > 1:
         dist.barrier()
-
-
-def hub_hint(spec: str) -> str:
-    """How to get ``spec`` (a hub id) onto a machine without hub access, for an error message."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True", "ON", "on", "yes"):
-        return "a folder saved with save_pretrained or a hub id reachable from here"
-    return (f"the Hugging Face hub is off here (HF_HUB_OFFLINE=1, clipvip's default) and its cache holds no copy of "
-            f"{spec!r}; save it once where there is network (python -c \"from transformers import CLIPModel, "
-            f"CLIPTokenizerFast; [c.from_pretrained('{spec}').save_pretrained('clip') for c in (CLIPModel, "
-            f"CLIPTokenizerFast)]\"), then set model.init=hf:<that folder> model.tokenizer=<that folder> "
-            "(or HF_HUB_OFFLINE=0 to download here)")
-
-
-def load_configured_tokenizer(cfg: TrainConfig):
-    """``model.tokenizer``, or :class:`ModelInitError` naming it (a missing folder, an unreachable hub id)."""
-    from model.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(cfg.model.tokenizer)
-    except (OSError, ValueError) as exc:
-        local = cfg.model.tokenizer.startswith(("/", ".", "~")) or Path(cfg.model.tokenizer).exists()
-        raise ModelInitError(f"model.tokenizer={cfg.model.tokenizer!r}: "
-                             + (str(exc) if local else hub_hint(cfg.model.tokenizer))) from exc
-
-
-def tokenizer_of(init: str) -> str:
-    """Where the tokenizer of a ``ckpt:`` model folder written by training is, or "" when unknown.
-
-    A model folder is ``<run_dir>/best`` or ``<run_dir>/checkpoints/step_N/model``; its run's
-    ``config.json`` names the tokenizer, or the run trained one into ``<run_dir>/tokenizer``.
-    """
-    kind, _, where = init.partition(":")
-    if kind != "ckpt":
-        return ""
-    folder = Path(where).expanduser()
-    for run_dir in (folder.parent, folder.parent.parent.parent):
-        config = run_dir / "config.json"
-        if config.is_file():
-            try:
-                named = json.loads(config.read_text()).get("model", {}).get("tokenizer", "")
-            except (ValueError, AttributeError):
-                named = ""
-            if named:
-                return named
-            if (run_dir / "tokenizer" / "vocab.json").is_file():
-                return str(run_dir / "tokenizer")
-    return ""
-
-
-def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
-    """The configured tokenizer; with none configured, a small BPE learnt from the training texts."""
-    from model.tokenizer import load_tokenizer, train_clip_bpe
-
-    if cfg.model.tokenizer:
-        return load_configured_tokenizer(cfg)
-    out = run_dir / "tokenizer"
-    if rt.rank == 0 and not (out / "vocab.json").is_file():
-        logger.warning("model.tokenizer is empty: training a small BPE on the training texts (debug runs only; "
-                       "real runs use the CLIP checkpoint's tokenizer)")
-        from train.tasks import get_task
-
-        train_clip_bpe(get_task(cfg).texts(cfg), out, num_merges=300)
-    _barrier(rt)
-    return load_tokenizer(str(out))
-
-
-class ModelInitError(ValueError):
-    """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
-
-
-def check_tokenizer_fits(model, tokenizer, setting: str, right: str = "") -> None:
-    """Refuse a tokenizer whose ids the model's text embedding cannot take; ``setting`` names where
-    the user chose it, ``right`` the tokenizer the model was trained with when it is known."""
-    if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
-        raise ModelInitError(f"{setting}: the tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does "
-                             f"not fit the model (eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); "
-                             + (f"give the one it was trained with: {setting}={right}" if right
-                                else "give the checkpoint's tokenizer"))
-
-
-def check_same_tokenizer(tokenizer, given: str, right: str) -> None:
-    """Refuse a tokenizer whose vocabulary differs from the one the model was trained with (``right``,
-    when known): it can fit the embedding's size and still map every word to another row."""
-    if not right or not given or Path(given).expanduser().resolve() == Path(right).expanduser().resolve():
-        return
-    from model.tokenizer import load_tokenizer
-
-    try:
-        trained = load_tokenizer(right)
-    except (OSError, ValueError):  # not readable here (a hub id offline): the size check above is all we have
-        return
-    if trained.get_vocab() != tokenizer.get_vocab():
-        raise ModelInitError(f"model.tokenizer={given!r} is not the tokenizer model.init was trained with (another "
-                             f"vocabulary, so every word would map to another embedding); set model.tokenizer={right}")
-
-
-def build_model(cfg: TrainConfig, tokenizer):
-    """Random (flavour), HF CLIP, official CLIP-ViP or our own checkpoint, per ``model.init``."""
-    from model.clip_vip import CLIPViP, get_config
-    from model.convert import HeadCountError, from_hf_clip, load_checkpoint, load_official_clipvip
-
-    init, m = cfg.model.init, cfg.model
-    kind, _, where = init.partition(":")
-    if not init:
-        extra = {"temporal_init_std": m.temporal_init_std}
-        if m.logit_scale_init is not None:
-            extra["logit_scale_init"] = m.logit_scale_init
-        model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
-                                   attention=m.attention, **extra))
-    elif kind not in ("hf", "clipvip", "ckpt"):
-        raise ModelInitError(f"model.init={init!r}: use '', 'hf:<path>', 'clipvip:<file.pt>' or 'ckpt:<model dir>'")
-    else:
-        try:
-            if kind == "hf":
-                try:
-                    model = from_hf_clip(where, attention=m.attention)
-                except OSError as exc:
-                    local = where.startswith(("/", ".", "~")) or Path(where).exists()
-                    raise ModelInitError(f"model.init={init!r}: {exc if local else hub_hint(where)}") from exc
-            elif kind == "clipvip":
-                model, _ = load_official_clipvip(where, clip_config=m.clip_config or None)
-            else:
-                model = load_checkpoint(where)
-        except HeadCountError as exc:
-            raise ModelInitError(f"model.init={init!r}: {exc.detail}; set model.clip_config=<the transformers CLIP "
-                                 "config.json it was built from>") from exc
-        except ModelInitError:
-            raise
-        except ValueError as exc:  # the loaders name the file and what is wrong with it
-            raise ModelInitError(f"model.init={init!r}: {exc}") from exc
-    right = tokenizer_of(init)
-    check_tokenizer_fits(model, tokenizer, "model.tokenizer", right)
-    check_same_tokenizer(tokenizer, cfg.model.tokenizer, right)
-    model.gradient_checkpointing = m.gradient_checkpointing
-    return model
 
 
 def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
@@ -178,106 +44,6 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
     entries = load_manifest(split_cfg.manifest, split_cfg.dataset, split_cfg.video_root)
     ds = RetrievalEvalDataset(entries, split_cfg.num_frames, split_cfg.image_size)
     return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval)
-
-
-def resume_state(cfg: TrainConfig, rt: Runtime) -> dict[str, Any] | None:
-    """The latest checkpoint's state when ``run_dir`` holds one, once it is known to fit this run; else None.
-
-    A run whose ``run_dir`` holds a checkpoint continues from it (``resume``, the default), so the
-    same command restarts a preempted run, a requeued job or a ``torchrun --max-restarts`` group
-    where it stopped. Every rank reads the checkpoint itself, and the ranks compare what they found
-    and the settings they were started with before any uses it.
-
-    Refused (:class:`train.checkpoint.CheckpointError`), on every rank alike: ranks that disagree
-    (``run_dir`` not shared by all nodes, different commands), a checkpoint of another world size,
-    a checkpoint of a run whose settings differ in anything that changes the numbers (batch size,
-    lr, steps, ...) unless ``cfg.resume_changed`` says the change is meant, and ``resume=false``
-    with a checkpoint present.
-    """
-    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    last = ckpt.latest(ckpt_dir)
-    state, problem = None, ""
-    if last is not None:
-        try:
-            state = ckpt.load(last)
-        except ckpt.CheckpointError as exc:
-            problem = str(exc)
-    found = {"step": state["step"] if state else None, "checkpoint": str(last) if last else "", "problem": problem,
-             "config": dataclasses.asdict(cfg), "host": socket.gethostname()}
-    check_ranks_agree(gather_objects(found, rt), ckpt_dir)
-    if problem:
-        raise ckpt.CheckpointError(problem)
-    if state is None:
-        return None
-    if not cfg.resume:
-        raise ckpt.CheckpointError(f"resume=false but {ckpt_dir} holds a checkpoint of an earlier run (step "
-                                   f"{state['step']}); resume it (drop resume=false), give a new run_dir, or delete "
-                                   f"{ckpt_dir} to start over")
-    if len(state["loader"]) != rt.world_size:
-        raise ckpt.CheckpointError(f"checkpoint {last} was written by {len(state['loader'])} rank(s); resume with "
-                                   f"the same number (now {rt.world_size})")
-    changes = ckpt.changed_settings(state.get("config", {}), dataclasses.asdict(cfg))
-    if changes and not cfg.resume_changed:
-        raise ckpt.CheckpointError(f"checkpoint {last} was written with other settings, so the run would not "
-                                   f"continue exactly: {'; '.join(changes)}. Resume with the original values, or "
-                                   f"pass --resume-changed if the change is meant (a new run_dir starts afresh)")
-    if changes:
-        logger.warning("resuming %s with changed settings (--resume-changed): %s", last, "; ".join(changes))
-    if rt.rank == 0:
-        logger.info("run_dir holds checkpoint %s: resuming from step %d", last, state["step"])
-    return state
-
-
-def check_ranks_agree(found: list[dict[str, Any]], ckpt_dir: Path) -> None:
-    """Refuse ranks that would start from different places or with different settings.
-
-    ``found``: per rank (in rank order) the step of the checkpoint it found (``None``: none), its
-    path, a problem reading it, its settings and its host. Every rank runs this on the same list,
-    so every rank refuses alike.
-    """
-    first = found[0]
-    for rank, other in enumerate(found[1:], start=1):
-        changes = ckpt.changed_settings(first["config"], other["config"], safe=())
-        if changes:
-            raise ckpt.CheckpointError(f"rank {rank} was started with other settings than rank 0 ({'; '.join(changes)}); "
-                                       "start every rank with the same command")
-    where = [(f["step"], f["checkpoint"], bool(f["problem"])) for f in found]
-    if len(set(where)) > 1:
-        def says(rank: int, f: dict[str, Any]) -> str:
-            if f["problem"]:
-                return f"rank {rank} ({f['host']}) cannot read {f['checkpoint']}"
-            if f["step"] is None:
-                return f"rank {rank} ({f['host']}) finds no checkpoint"
-            return f"rank {rank} ({f['host']}) finds step {f['step']} ({f['checkpoint']})"
-
-        raise ckpt.CheckpointError(
-            f"the ranks disagree on where to start in {ckpt_dir}: "
-            + "; ".join(says(r, f) for r, f in enumerate(found))
-            + ". run_dir must be one folder every node shares (a network file system), not a folder per node")
-
-
-def restore(state: dict[str, Any], raw_model, optimizer, scheduler, *, new_hyperparameters: bool = False) -> None:
-    """Load model, optimizer and scheduler state from a checkpoint.
-
-    Loading puts the checkpoint's lr, betas, eps and weight decay back into the optimizer; with
-    ``new_hyperparameters`` (a deliberate change, ``--resume-changed``) the configured ones replace
-    them again, and the lr follows the new schedule from the resumed step.
-    """
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise ckpt.CheckpointError(f"the checkpoint does not fit this model or optimizer: {exc}".replace("\n", " "))
-    if not new_hyperparameters:
-        return
-    for group, new in zip(optimizer.param_groups, fresh):
-        group.update({k: new[k] for k in ("weight_decay", "betas", "eps", "initial_lr") if k in new})
-    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 class TrainingRun:

@@ -176,3 +176,34 @@ def test_two_ranks_equal_one_process_trained_on_their_batches_side_by_side(synth
     assert sorted(one) == list(range(1, STEPS + 1))
     # Equal up to the order of float sums (the gathered batch is summed in another order).
     assert [one[s] for s in one] == pytest.approx([reference[s] for s in one], rel=1e-4)
+
+
+PEER_SCRIPT = '''
+import sys, torch, torch.distributed as dist
+from train.peers import PeerFailed, diagnose
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+try:
+    dist.all_reduce(torch.ones(1))
+    if rank == 1:
+        raise ValueError("shard 7 has no caption.txt")
+    dist.all_reduce(torch.ones(1))  # rank 0 waits here for a peer that has gone
+except Exception as exc:
+    peer = diagnose(exc, rank, world, checkpoint="/runs/x/checkpoints/step_00000004")
+    print(f"rank {rank}: {type(peer).__name__}: {peer}" if peer else f"rank {rank}: own error stands", flush=True)
+    sys.exit(1)
+'''
+
+
+def test_a_peer_that_raises_is_named_with_its_error(tmp_path):
+    """The other failure than a kill: a rank whose own error ends it leaves a note, and the rank
+    whose collective then fails names it with that error."""
+    script = tmp_path / "peer.py"
+    script.write_text(PEER_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=300)
+    assert "rank 1: own error stands" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert ("rank 0: PeerFailed: rank 1 failed: ValueError: shard 7 has no caption.txt. Rank 0 stopped with it; the "
+            "last checkpoint is /runs/x/checkpoints/step_00000004; rerun the same command to resume from it"
+            ) in proc.stdout, proc.stdout + proc.stderr[-2000:]
