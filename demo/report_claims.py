@@ -74,7 +74,8 @@ def longer_run_lines(results: dict[str, Any]) -> list[str]:
                       for name, (mean, seeds) in r1.items())
     return [
         f"**A longer run reverses the caption result.** At {LONGER_RUN['steps']} steps instead of {steps} (same data, "
-        f"captioner and seeds; BENCHMARKS.md, \"The end-to-end demo\"), t2v R@1 (mean of seeds 0 and 1, per seed in "
+        f"captioner and seeds; recorded in BENCHMARKS.md, \"The end-to-end demo\", on another 2-core machine: the "
+        f"numbers move by a query or two from one CPU to another), t2v R@1 (mean of seeds 0 and 1, per seed in "
         f"brackets) was: {cells}. Subtitles + captions no longer beat subtitles alone, and captions alone did best: "
         "the captions' head start in colour does not last once the subtitles' colour words have been learnt. "
         f"Reproduce it with `{LONGER_RUN['command']}` (about 14 minutes on 2 cores).", ""]
