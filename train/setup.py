@@ -19,7 +19,7 @@ from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, lo
                          train_loop)
 from train.model_init import (ModelInitError, build_model, build_tokenizer, check_tokenizer_fits,  # noqa: F401
                               tokenizer_of)
-from train.preempt import Preempted, StopOnSignal
+from train.preempt import Preempted, StopOnSignal, ignore_stop_signals
 from train.resume import check_ranks_agree, restore, resume_state  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
 
     entries = load_manifest(split_cfg.manifest, split_cfg.dataset, split_cfg.video_root)
     ds = RetrievalEvalDataset(entries, split_cfg.num_frames, split_cfg.image_size)
-    return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval)
+    return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval,
+                      worker_init_fn=ignore_stop_signals)
 
 
 class TrainingRun:
