@@ -5,6 +5,8 @@ Both draw with matplotlib's Agg backend (no display needed) and take plain array
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +86,11 @@ def nmi_heatmap(matrix: np.ndarray, names: tuple[str, ...] | list[str], path: st
     ax.set_frame_on(False)
     ax.tick_params(length=0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="NMI (0: same domain, 1: fully separated)")
-    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    # Wrapped to the figure's width: a small matrix makes a narrow figure that would cut a long line.
+    chars = max(24, int((size + 1.6) * 10))
+    wrap = textwrap.TextWrapper(chars, break_on_hyphens=False).wrap
+    ax.set_title("\n".join(wrap(title) + (wrap(subtitle) if subtitle else [])),
+                 fontsize=11)
     notes = []
     if std is not None:
         notes.append(f"mean ± sample sd over {n_seeds} seeds")

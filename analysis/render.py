@@ -116,8 +116,17 @@ def _how_to_read(report: NMIReport) -> list[str]:
     seeds = s["seeds"]
     n_seeds = len(seeds)
     level = int(round(100 * s.get("ci_level", 0.95)))
-    seed_text = (f"{n_seeds} seeds ({', '.join(str(x) for x in seeds)}), each drawing new sentences" if n_seeds > 1
-                 else f"one seed ({seeds[0]}); --seeds 0 1 2 shows how much the numbers move between samples")
+    key = "unique" if s.get("dedupe") else "non_empty"
+    whole = [c["name"] for c in report.corpora if c.get(key) == s["n"]]
+    if n_seeds > 1 and len(whole) == len(report.corpora):
+        seed_text = (f"{n_seeds} seeds ({', '.join(str(x) for x in seeds)}), each drawing the same sentences: n is "
+                     "every corpus's whole size, so the seeds differ only in K-means' starts")
+    elif n_seeds > 1:
+        seed_text = f"{n_seeds} seeds ({', '.join(str(x) for x in seeds)}), each drawing new sentences"
+        if whole:
+            seed_text += f" (all of {', '.join(whole)} every time: n is its whole size)"
+    else:
+        seed_text = f"one seed ({seeds[0]}); --seeds 0 1 2 shows how much the numbers move between samples"
     first = (
         f"**How to read this.** Each pair of corpora is pooled, n = {s['n']} sentences from each, and split by "
         "K-means into k = 2 clusters without the corpus labels; the number is the normalised mutual information "

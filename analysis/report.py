@@ -24,7 +24,7 @@ from analysis.embed import EmbeddingCache, embed_texts
 from analysis.encoders import EncoderConfig, TextEncoder, describe_encoder, open_encoder
 from analysis.gap import ClusterScore, Interval, Spread, bootstrap_nmi, pca_2d, score_clustering, spread
 from analysis.kmeans import ClusterConfig, kmeans, resolve_backend
-from analysis.sampling import Sample, draw_sample
+from analysis.sampling import Sample, check_sizes, draw_sample
 from common.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def check_config(cfg: NMIConfig) -> None:
 
 def draw_samples(cfg: NMIConfig, corpora: list[Corpus]) -> dict[int, list[Sample]]:
     """Per seed, one sample of ``cfg.n`` texts per corpus."""
+    check_sizes(corpora, cfg.n, unique=cfg.dedupe)
     return {seed: [draw_sample(c, cfg.n, seed, unique=cfg.dedupe) for c in corpora] for seed in cfg.seeds}
 
 

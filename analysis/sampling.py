@@ -26,6 +26,22 @@ def corpus_rng(seed: int, corpus_name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(corpus_name.encode("utf-8"))])
 
 
+def check_sizes(corpora: list[Corpus], n: int, *, unique: bool = False) -> None:
+    """Refuse, in one message, every corpus with fewer than ``n`` texts to draw from."""
+    short = []
+    for corpus in corpora:
+        population = corpus.unique_texts() if unique else corpus.texts
+        if len(population) < n:
+            short.append((corpus, len(population)))
+    if short:
+        what = "unique non-empty" if unique else "non-empty"
+        each = "; ".join(f"{c.name!r} ({c.source}) has {size} ({c.n_empty} empty, {c.n_duplicates} duplicates)"
+                         for c, size in short)
+        smallest = min(size for _, size in short)
+        raise CorpusError(f"{len(short)} corpus(es) hold fewer {what} texts than the sample size n={n}: {each}; "
+                          f"lower n (--n {smallest}) or give them more text")
+
+
 def draw_sample(corpus: Corpus, n: int, seed: int, *, unique: bool = False) -> Sample:
     """Draw ``n`` of the corpus's non-empty texts without replacement.
 

@@ -49,8 +49,8 @@ def build_pairs(videos: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, l
     return torch.cat([videos, reversed_]), list(texts) + [flip_direction(t) for t in texts]
 
 
-def score_pairs(video_feats: np.ndarray, text_feats: np.ndarray) -> DirectionResult:
-    """Score 2N normalised features laid out as :func:`build_pairs` returns them."""
+def per_video_scores(video_feats: np.ndarray, text_feats: np.ndarray) -> np.ndarray:
+    """1, 0.5 or 0 for each of the 2N videos laid out as :func:`build_pairs` returns them."""
     v = np.asarray(video_feats, dtype=np.float64)
     t = np.asarray(text_feats, dtype=np.float64)
     n = v.shape[0] // 2
@@ -59,5 +59,18 @@ def score_pairs(video_feats: np.ndarray, text_feats: np.ndarray) -> DirectionRes
     twin_text = np.concatenate([np.diag(sim[n:, :n]), np.diag(sim[:n, n:])])
     # Features are equal up to float rounding for order-blind models; compare with a tolerance.
     diff = own - twin_text
-    per_video = np.where(np.abs(diff) <= 1e-6, 0.5, (diff > 0).astype(np.float64))
-    return DirectionResult(pair_accuracy=float(per_video.mean()), chance_pair_accuracy=0.5, n_pairs=n)
+    return np.where(np.abs(diff) <= 1e-6, 0.5, (diff > 0).astype(np.float64))
+
+
+def per_clip_scores(video_feats: np.ndarray, text_feats: np.ndarray) -> np.ndarray:
+    """Per test clip: the mean score of the clip and its reversal (the unit a test query stands for)."""
+    per_video = per_video_scores(video_feats, text_feats)
+    n = per_video.shape[0] // 2
+    return (per_video[:n] + per_video[n:]) / 2
+
+
+def score_pairs(video_feats: np.ndarray, text_feats: np.ndarray) -> DirectionResult:
+    """Score 2N normalised features laid out as :func:`build_pairs` returns them."""
+    per_video = per_video_scores(video_feats, text_feats)
+    return DirectionResult(pair_accuracy=float(per_video.mean()), chance_pair_accuracy=0.5,
+                           n_pairs=per_video.shape[0] // 2)

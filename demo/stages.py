@@ -148,13 +148,16 @@ def nmi_report(cfg, out: Path, shards: str, data: dict, results: dict) -> None:
     )
     report = run(nmi_cfg)
     written = write_report(report, nmi_cfg.out_dir)
+    captions = next(c for c in report.corpora if c["name"] == "captions")
     results["nmi"] = {"out_dir": nmi_cfg.out_dir, "files": {k: str(v) for k, v in written.items()},
                       "vs_descriptions": {name: report.pair(name, "descriptions").nmi.mean
                                           for name in ("subtitles", "captions")},
                       "vs_descriptions_per_seed": {name: list(report.pair(name, "descriptions").nmi.values)
                                                    for name in ("subtitles", "captions")},
-                      "markdown": (Path(nmi_cfg.out_dir) / "report.md").read_text()
-                      if (Path(nmi_cfg.out_dir) / "report.md").is_file() else ""}
+                      "n": nmi_cfg.n, "seeds": list(nmi_cfg.seeds),
+                      # The captioner names a colour and a shape and nothing else: a handful of distinct
+                      # strings, each a description's opening words.
+                      "captions_unique": captions["unique"], "captions_total": captions["non_empty"]}
     results["commands"].append("clipvip nmi --pretrain " + " --pretrain ".join(nmi_cfg.pretrain) + " --downstream "
                                + " --downstream ".join(nmi_cfg.downstream) + f" --n {nmi_cfg.n} --out {nmi_cfg.out_dir}")
 
@@ -170,168 +173,6 @@ def tokenizer(cfg, out: Path, shards: str, data: dict) -> str:
     for name in ("finetune", "val"):
         texts += [r["text"] for r in _rows(data[name])]
     return str(train_clip_bpe(texts, out / "models" / "tokenizer", num_merges=300))
-
-
-def _train_config(cfg, out: Path, name: str, shards: str, tokenizer_dir: str, attention: str, terms, seed: int):
-    from train.configs import debug
-    from train.loop import EvalSection
-
-    base = debug()
-    init = f"hf:{cfg.clip_model}" if cfg.clip_model else ""
-    # The seed sets the initial weights, the shard order and shuffle, and the frame jitter.
-    return dataclasses.replace(
-        base, run_dir=str(out / "runs" / name), steps=cfg.pretrain_steps, seed=seed, loss_terms=tuple(terms),
-        model=dataclasses.replace(base.model, flavour=cfg.flavour, init=init, tokenizer=tokenizer_dir,
-                                  attention=attention,
-                                  logit_scale_init=None if cfg.clip_model else cfg.logit_scale_init,
-                                  temporal_init_std=0.0 if cfg.clip_model else cfg.temporal_init_std),
-        data=dataclasses.replace(base.data, shards=shards, batch_size=cfg.batch_size,
-                                 num_workers=cfg.num_workers, num_frames=cfg.num_frames, image_size=cfg.image_size,
-                                 shuffle_buffer=64, seed=seed),
-        optim=dataclasses.replace(base.optim, lr=cfg.lr),
-        eval=EvalSection(every=0, at_start=False), checkpoint_every=10**9, log_every=5, tensorboard=False,
-    )
-
-
-def train_command(job: str, run_cfg) -> str:
-    """The exact ``clipvip pretrain|finetune`` line for ``run_cfg``: the job's debug config plus every
-    changed field."""
-    import shlex
-
-    from common.dicts import differences
-    from common.jsonio import strict_json
-    from train import configs as train_configs
-
-    name = "debug" if job == "pretrain" else "debug_finetune"
-    changed = [f"{k}={json.dumps(v) if isinstance(v, list) else v}"
-               for k, _, v in differences(strict_json(train_configs.get(name)), strict_json(run_cfg))]
-    return f"clipvip {job} --config {name} " + " ".join(shlex.quote(c) for c in changed)
-
-
-def pretrain_runs(cfg) -> list[tuple[str, int, str]]:
-    """(variant, seed, run name) of every post-pretraining run: each variant at the first seed, then the
-    claim variants again at each further seed."""
-    seeds = [cfg.seed + k for k in range(cfg.seeds)]
-    runs = [(name, seeds[0], name) for name in cfg.variants]
-    runs += [(name, seed, f"{name}_seed{seed}") for seed in seeds[1:] for name in cfg.claim_variants]
-    return runs
-
-
-def _finetune_config(cfg, out: Path, name: str, init_dir: str, tokenizer_dir: str, data: dict):
-    """Fine-tuning ``name`` on the downstream-style clips (clean descriptions, L(V-S)); the checkpoint
-    is picked on the validation split, never on test."""
-    from train.configs import debug_finetune
-    from train.loop import EvalSection
-    from train.retrieval_data import RetrievalDataConfig
-
-    base = debug_finetune()
-    split = dict(dataset="msrvtt", num_frames=cfg.num_frames, image_size=cfg.image_size, max_text_len=32,
-                 batch_size=cfg.batch_size)
-    return dataclasses.replace(
-        base, run_dir=str(out / "runs" / f"{name}_finetuned"), steps=cfg.finetune_steps,
-        seed=cfg.seed,
-        model=dataclasses.replace(base.model, init=f"ckpt:{init_dir}", tokenizer=tokenizer_dir),
-        finetune=RetrievalDataConfig(manifest=str(data["finetune"]), num_workers=cfg.num_workers, **split),
-        optim=dataclasses.replace(base.optim, lr=cfg.finetune_lr),
-        eval=EvalSection(every=max(1, cfg.finetune_steps // 3), at_start=True, select_metric="t2v_r1",
-                         manifest=RetrievalDataConfig(manifest=str(data["val"]), num_workers=0, **split)),
-        checkpoint_every=10**9, log_every=5, tensorboard=False,
-    )
-
-
-def _train_one(run_cfg, threads: int) -> dict[str, Any]:
-    """One training run in a pool process on ``threads`` torch threads: on 2 cores, two runs on one
-    thread each keep the cores busier than one run on two (the tiny model's ops are too small to
-    split well)."""
-    torch.set_num_threads(threads)
-    from train.setup import run as train
-
-    result = train(run_cfg)
-    return {"run_dir": result["run_dir"], "losses": [float(x) for x in result["losses"]]}
-
-
-@dataclasses.dataclass
-class _Task:
-    name: str
-    make_config: Any  # (finished results by task name) -> TrainConfig
-    after: tuple[str, ...] = ()
-    label: str = ""
-
-
-def _run_tasks(tasks: list[_Task], workers: int) -> dict[str, dict[str, Any]]:
-    """Run training tasks ``workers`` at a time, in list order once their ``after`` tasks are done."""
-    import multiprocessing
-    import time
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    done: dict[str, dict[str, Any]] = {}
-    pending, running, started = list(tasks), {}, {}
-    threads = max(1, torch.get_num_threads() // workers)
-    # spawn: a forked child would inherit this process's torch and Ray threads in an unknown state
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        while pending or running:
-            for task in list(pending):
-                if len(running) < workers and all(a in done for a in task.after):
-                    pending.remove(task)
-                    running[pool.submit(_train_one, task.make_config(done), threads)] = task
-                    started[task.name] = time.monotonic()
-                    print(f"--- start {task.label}", flush=True)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = running.pop(future)
-                done[task.name] = future.result()
-                print(f"--- done  {task.label} in {time.monotonic() - started[task.name]:.0f} s "
-                      f"({len(done)}/{len(tasks)})", flush=True)
-    return done
-
-
-def train_all(cfg, out: Path, shards: str, tokenizer_dir: str, data: dict, results: dict) -> dict[str, str]:
-    """Every post-pretraining run (``pretrain_runs``) and the fine-tuning of ``cfg.finetune_variants``,
-    ``cfg.train_workers`` at a time; returns run name -> exported model folder."""
-    from demo.config import VARIANTS
-
-    plan = pretrain_runs(cfg)
-    configs: dict[str, Any] = {}
-    tasks = []
-    for name, seed, run_name in plan:
-        attention, terms, _ = VARIANTS[name]
-        configs[run_name] = _train_config(cfg, out, run_name, shards, tokenizer_dir, attention, terms, seed)
-        tasks.append(_Task(run_name, lambda done, c=configs[run_name]: c,
-                           label=f"pretrain {name}, seed {seed} ({attention} attention, loss {'+'.join(terms)}, "
-                                 f"{cfg.pretrain_steps} steps)"))
-    for name in cfg.finetune_variants:
-        def make(done, name=name):
-            configs[f"{name}_finetuned"] = _finetune_config(cfg, out, name, str(_final_model_dir(done[name]["run_dir"])),
-                                                            tokenizer_dir, data)
-            return configs[f"{name}_finetuned"]
-
-        # Queued right after the run it starts from, so it overlaps the remaining pretraining runs.
-        at = next(i for i, t in enumerate(tasks) if t.name == name) + 2
-        tasks.insert(at, _Task(f"{name}_finetuned", make, after=(name,),
-                               label=f"fine-tune {name} ({cfg.finetune_steps} steps, selection on val)"))
-    done = _run_tasks(tasks, cfg.train_workers)
-
-    runs = {run_name: str(_final_model_dir(done[run_name]["run_dir"])) for _, _, run_name in plan}
-    results["pretrain"] = {"runs": runs, "losses": {r: done[r]["losses"] for r in runs},
-                           "plan": [{"variant": n, "seed": s, "run": r} for n, s, r in plan]}
-    results["commands"] += [train_command("pretrain", configs[r]) for _, _, r in plan]
-    results["finetune"] = {}
-    for name in cfg.finetune_variants:
-        best_dir = Path(done[f"{name}_finetuned"]["run_dir"]) / "best"
-        results["finetune"][name] = {"best_dir": str(best_dir),
-                                     "selection": json.loads((best_dir / "selection.json").read_text()),
-                                     "losses": done[f"{name}_finetuned"]["losses"]}
-        results["commands"].append(train_command("finetune", configs[f"{name}_finetuned"]))
-    return runs
-
-
-def _final_model_dir(run_dir: str) -> Path:
-    from train import checkpoint as ckpt
-
-    last = ckpt.latest(Path(run_dir) / "checkpoints")
-    if last is None:
-        raise RuntimeError(f"training run {run_dir} saved no checkpoint")
-    return last / "model"
 
 
 def _test_videos(cfg, data: dict) -> tuple[torch.Tensor, list[str]]:
@@ -391,18 +232,31 @@ def score_model(cfg, model_dir: str, tokenizer_dir: str, videos: torch.Tensor, t
 
 
 def evaluate_variants(cfg, out: Path, runs: dict[str, str], tokenizer_dir: str, data: dict, results: dict) -> None:
-    """Score every run; ``evaluation`` holds the first seed's run of each variant, ``seeds`` every claim
-    variant's runs in seed order, and each fine-tuned variant gets its ``evaluation``."""
+    """Score every run and test the claims.
+
+    ``evaluation``: the first seed's run of each variant; ``seeds``: every variant's runs in seed
+    order; ``finetuned``: every fine-tuned variant's runs in seed order; ``claims``: each claim's
+    paired comparison (``demo/claims.py``); ``dsl``: what DSL does to each variant's t2v R@1.
+    """
+    from demo.claims import dsl_effect, evaluate_claims
+
     videos, texts = _test_videos(cfg, data)
     data["test_videos"], data["test_texts"] = videos, texts
-    scores = {name: score_model(cfg, d, tokenizer_dir, videos, texts, data["test_rows"]) for name, d in runs.items()}
+    rows = data["test_rows"]
+    scores = {name: score_model(cfg, d, tokenizer_dir, videos, texts, rows) for name, d in runs.items()}
     plan = results["pretrain"]["plan"]
-    first = cfg.seed
-    results["evaluation"] = {p["variant"]: scores[p["run"]] for p in plan if p["seed"] == first}
+    results["evaluation"] = {p["variant"]: scores[p["run"]] for p in plan if p["seed"] == cfg.seed}
     results["seeds"] = {name: [{"seed": p["seed"], **scores[p["run"]]} for p in plan if p["variant"] == name]
-                        for name in cfg.claim_variants}
-    for ft in results["finetune"].values():
-        ft["evaluation"] = score_model(cfg, ft["best_dir"], tokenizer_dir, videos, texts, data["test_rows"])
+                        for name in dict.fromkeys(p["variant"] for p in plan)}
+    ft = results["finetune"]
+    for run_name, run in ft["runs"].items():
+        run["evaluation"] = score_model(cfg, run["best_dir"], tokenizer_dir, videos, texts, rows)
+    results["finetuned"] = {name: [{"seed": p["seed"], **ft["runs"][p["run"]]["evaluation"]} for p in ft["plan"]
+                                   if p["variant"] == name]
+                            for name in dict.fromkeys(p["variant"] for p in ft["plan"])}
+    groups = {**results["seeds"], **{f"{name}_finetuned": r for name, r in results["finetuned"].items()}}
+    results["claims"] = evaluate_claims(groups, rows)
+    results["dsl"] = {name: dsl_effect(r, rows) for name, r in groups.items()}
     results["chance"] = {"r1": 100.0 / len(texts), "r5": 100.0 * min(5, len(texts)) / len(texts),
                          "medr": (len(texts) + 1) / 2, "pair_accuracy": 0.5}
 

@@ -3,7 +3,7 @@
     clipvip caption convert-ofa caption_large_best_clean.pt models/ofa-large --bpe-dir OFA/utils/BPE
     clipvip caption images --model ofa:models/ofa-large frame1.jpg frame2.jpg [--out captions.jsonl]
     clipvip caption finetune --model ofa:models/ofa-large --manifest pairs.jsonl --out models/ofa-large-mine
-    clipvip caption finetune --model ofa:models/ofa-large --shards 'shards/train-*.tar' --text-field json.label \
+    clipvip caption finetune --model ofa:models/ofa-large --shards 'shards/train-*.tar' --text-field json.label \\
         --out models/ofa-large-mine
     clipvip caption tiny-ofa models/ofa-tiny-random
 
@@ -23,32 +23,36 @@ from pathlib import Path
 
 from common.errors import UserError
 from jobs.common import cli_main, offline_defaults, setup_logging
+from jobs.help import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipvip caption", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="clipvip caption", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
 
-    conv = sub.add_parser("convert-ofa", help="official fairseq OFA .pt -> safetensors + config.json (+ BPE files)")
-    conv.add_argument("checkpoint", type=Path)
-    conv.add_argument("out_dir", type=Path)
+    conv = sub.add_parser("convert-ofa", formatter_class=HelpFormatter,
+                          help="official fairseq OFA .pt -> safetensors + config.json (+ BPE files)")
+    conv.add_argument("checkpoint", type=Path, help="the official OFA checkpoint, e.g. caption_large_best_clean.pt")
+    conv.add_argument("out_dir", type=Path, help="folder for the converted model (loads as ofa:<out_dir>)")
     conv.add_argument("--bpe-dir", type=Path, default=None, help="OFA's utils/BPE folder, copied into out_dir")
 
-    img = sub.add_parser("images", help="caption image files, one JSON line per image")
-    img.add_argument("images", nargs="+", type=Path)
+    img = sub.add_parser("images", formatter_class=HelpFormatter, help="caption image files, one JSON line per image")
+    img.add_argument("images", nargs="+", type=Path, help="image files (jpg, png, ...)")
     img.add_argument("--model", required=True, help="ofa:<dir or .pt> or hf:<model>")
-    img.add_argument("--device", default="auto")
-    img.add_argument("--batch-size", type=int, default=None)
-    img.add_argument("--beam", type=int, default=5)
-    img.add_argument("--max-new-tokens", type=int, default=16)
+    img.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    img.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the "
+                     "captioner's own)")
+    img.add_argument("--beam", type=int, default=5, help="beam size (OFA's caption setting)")
+    img.add_argument("--max-new-tokens", type=int, default=16, help="longest caption in tokens")
     img.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
     img.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=None,
                      help="ofa: weights and activations (auto: fp16 on GPU as the official scripts, fp32 on CPU)")
     img.add_argument("--out", type=Path, default=None, help="also write JSON lines here")
 
-    ft = sub.add_parser("finetune", help="fine-tune an OFA captioner on (image, caption) pairs (OFA caption stage 1)")
+    ft = sub.add_parser("finetune", formatter_class=HelpFormatter,
+                        help="fine-tune an OFA captioner on (image, caption) pairs (OFA caption stage 1)")
     ft.add_argument("--model", required=True, help="ofa:<converted dir> or ofa:<official .pt>")
     ft.add_argument("--out", required=True, type=Path, dest="out_dir", help="folder for the fine-tuned model")
     ft.add_argument("--manifest", default="", help='JSON lines: {"image" or "video": path, "caption": text}')
@@ -57,18 +61,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="manifest column; for shards caption, subtitle or json.<key> (default caption)")
     ft.add_argument("--bpe-dir", type=Path, default=None, help="for ofa:<file.pt>, the folder with the BPE files")
     ft.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
-    ft.add_argument("--epochs", type=float, default=None)
-    ft.add_argument("--batch-size", type=int, default=None)
-    ft.add_argument("--lr", type=float, default=None)
-    ft.add_argument("--label-smoothing", type=float, default=None)
-    ft.add_argument("--device", default=None)
-    ft.add_argument("--seed", type=int, default=None)
+    ft.add_argument("--epochs", type=float, default=None, help="passes over the pairs (default: 2, as OFA's "
+                    "stage-1 script)")
+    ft.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: 32)")
+    ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-5, OFA's)")
+    ft.add_argument("--label-smoothing", type=float, default=None, help="(default: 0.1, OFA's)")
+    ft.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    ft.add_argument("--seed", type=int, default=None, help="(default: 0)")
     ft.add_argument("--config", default=None, help="TOML/YAML/JSON file of CaptionFinetuneConfig fields")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field")
 
-    tiny = sub.add_parser("tiny-ofa", help="write a tiny random OFA (for offline demos and tests)")
-    tiny.add_argument("out_dir", type=Path)
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny = sub.add_parser("tiny-ofa", formatter_class=HelpFormatter,
+                          help="write a tiny random OFA (for offline demos and tests)")
+    tiny.add_argument("out_dir", type=Path, help="folder for the model (loads as ofa:<out_dir>)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     return parser
 
 

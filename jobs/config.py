@@ -106,7 +106,7 @@ def _describe(tp: Any, example: bool = True) -> str:
     if tp is int:
         return "an integer (e.g. 10)" if example else "integer"
     if tp is float:
-        return "a number (e.g. 5e-6)" if example else "number"
+        return "a number (e.g. 0.5 or 5e-6)" if example else "number"
     if tp is str:
         return "a string" if example else "string"
     if dataclasses.is_dataclass(tp):
@@ -293,7 +293,14 @@ def parse_value(value: Any, tp: Any, key: str, current: Any = None) -> Any:
         return value
     except _Mismatch as exc:
         why = f" ({exc})" if str(exc) else ""
-        raise ConfigError(f"config key {key}: {_show(value)} is not {_describe(tp)}{why}") from None
+        raise ConfigError(f"config key {key}: {_show(value)} is not {_describe_for(tp, current)}{why}") from None
+
+
+def _describe_for(tp: Any, current: Any) -> str:
+    """The expected type, with the key's own present value as the example where it has a number."""
+    if tp in (int, float) and isinstance(current, (int, float)) and not isinstance(current, bool):
+        return f"{'an integer' if tp is int else 'a number'} (e.g. {current!r}, its value now)"
+    return _describe(tp)
 
 
 def _show(value: Any) -> str:

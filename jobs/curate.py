@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs.common import cli_main, offline_defaults, setup_logging
+from jobs.help import HelpFormatter
+from jobs.common import UserError, cli_main, offline_defaults, setup_logging
 from jobs.config import load
 
 logger = logging.getLogger("jobs.curate")
@@ -46,17 +47,34 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines = [("shards complete", f"{summary['shards_complete']}/{summary['shards']}"),
              ("rows", summary["rows"]), ("samples written", summary["samples"])]
     lines += [(f"status {k}", v) for k, v in sorted(summary["counts"].items())]
+    rate = run.get("clips_per_s")
     lines += [("this run: rows", run.get("rows")), ("this run: shards", run.get("shards")),
               ("this run: skipped (done)", run.get("skipped_shards")), ("this run: wall s", run.get("wall_s")),
-              ("this run: clips/s", run.get("clips_per_s"))]
+              ("this run: clips/s", rate if rate is not None else "- (no row to process: every shard was done)")]
     lines += [(f"failure: {k}", v) for k, v in run.get("failures", {}).items()]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 
 
+def check_output_dir(output_dir: str) -> None:
+    """A local ``writer.output_dir`` that is a file, or lies under one, is refused before Ray starts."""
+    if not output_dir:
+        raise UserError("writer.output_dir is empty; set --set writer.output_dir=<folder or URL for the shards>")
+    if "://" in output_dir and not output_dir.startswith("file://"):
+        return
+    path = Path(output_dir.removeprefix("file://")).expanduser().absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"lies under {p}, which is a file"
+                raise UserError(f"writer.output_dir={output_dir!r} {what}; give a folder (new or holding this "
+                                "run's shards) with --set writer.output_dir=<folder>")
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clipvip curate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--config", help="TOML/YAML/JSON config (see jobs/configs/curate_example.toml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="A.B=VALUE",
                    help="override a config value, e.g. --set manifest.path=clips.jsonl (repeatable)")
@@ -71,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     cfg = load(CurateConfig, args.config, overrides)
+    check_output_dir(cfg.writer.output_dir)
     if cfg.ray.address and cfg.ray.address.startswith("ray://"):
         import ray
 

@@ -36,7 +36,8 @@ from common.errors import UserError
 from common.jsonio import config_json, strict_json
 from jobs import config as config_io
 from jobs.common import cli_main, offline_defaults, setup_logging
-from demo.config import VARIANTS, DemoConfig, small
+from jobs.help import HelpFormatter
+from demo.config import VARIANTS, DemoConfig, fields_help, small
 
 logger = logging.getLogger("clipvip.demo")
 
@@ -74,6 +75,7 @@ class StageClock:
 def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
     """Run every stage; return the results dict that ``report.md`` is written from."""
     from demo import stages as st
+    from demo import training
 
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -93,9 +95,10 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
     with clock("NMI domain-gap report"):
         st.nmi_report(cfg, out, shards, data, results)
     tokenizer_dir = st.tokenizer(cfg, out, shards, data)
-    with clock(f"post-pretrain {len(st.pretrain_runs(cfg))} CLIP-ViP runs and fine-tune {len(cfg.finetune_variants)}, "
+    with clock(f"post-pretrain {len(training.pretrain_runs(cfg))} CLIP-ViP runs and fine-tune "
+               f"{len(training.finetune_runs(cfg))}, "
                f"{cfg.train_workers} at a time"):
-        runs = st.train_all(cfg, out, shards, tokenizer_dir, data, results)
+        runs = training.train_all(cfg, out, shards, tokenizer_dir, data, results)
     with clock("evaluate retrieval and the direction probe"):
         st.evaluate_variants(cfg, out, runs, tokenizer_dir, data, results)
     with clock("write the report"):
@@ -107,12 +110,14 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="clipvip demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="TOML/YAML file with DemoConfig fields")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    p = argparse.ArgumentParser(prog="clipvip demo", description=__doc__, formatter_class=HelpFormatter,
+                                epilog="fields (--set FIELD=VALUE, or a --config file), with their defaults:\n"
+                                       + fields_help())
+    p.add_argument("--config", help="TOML/YAML file with the fields below")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (below)")
     p.add_argument("--out", help="output folder (default demo_out)")
-    p.add_argument("--small", action="store_true", help="the reduced size CI runs")
+    p.add_argument("--small", action="store_true", help="the reduced size CI runs: a smoke test of every stage in "
+                   "about 3 minutes, whose numbers mean nothing")
     args = p.parse_args(argv)
     offline_defaults()
     setup_logging("WARNING")

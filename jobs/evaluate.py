@@ -11,35 +11,51 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from common.errors import UserError
 from jobs.common import cli_main, offline_defaults, setup_logging
+from jobs.help import HelpFormatter
+
+
+def default_workers() -> int:
+    """Loader processes: 4, or fewer on a machine with fewer cores (PyTorch warns beyond them)."""
+    return max(0, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="a model dir (config.json + model.safetensors), or "
-                   "clipvip:<official .pt>")
+    p = argparse.ArgumentParser(prog="clipvip evaluate", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True, help="a model dir (config.json + model.safetensors: <run_dir>/best or "
+                   "<run_dir>/checkpoints/step_N/model), or clipvip:<official .pt>")
     p.add_argument("--clip-config", help="clipvip:<.pt> of an architecture other than the released B/32 and B/16: "
                    "the transformers CLIP config.json (or its folder) it was built from, which gives its head counts")
-    p.add_argument("--tokenizer", required=True, help="CLIP tokenizer dir or hub id")
-    p.add_argument("--dataset", required=True, choices=("msrvtt", "didemo", "activitynet", "lsmdc"))
+    p.add_argument("--tokenizer", required=True, help="the CLIP tokenizer dir or hub id the model was trained with")
+    p.add_argument("--dataset", required=True, choices=("msrvtt", "didemo", "activitynet", "lsmdc"),
+                   help="how the manifest's texts are read (paragraph datasets join their sentences)")
     p.add_argument("--manifest", required=True, help="JSONL: clip_name/video + text (module train.retrieval_data)")
-    p.add_argument("--video-root", default="")
-    p.add_argument("--frames", type=int, default=None, help="default 32 for activitynet, else 12")
-    p.add_argument("--max-text-len", type=int, default=None, help="default 70 for activitynet, else 50")
-    p.add_argument("--image-size", type=int, default=None, help="default: the model's")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--video-root", default="", help="folder the manifest's clip names are relative to (default: "
+                   "the manifest's own paths)")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (default: 32 for activitynet, else 12)")
+    p.add_argument("--max-text-len", type=int, default=None, help="tokens per text (default: 70 for activitynet, "
+                   "else 50)")
+    p.add_argument("--image-size", type=int, default=None, help="frame size in pixels (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=32, help="videos per forward pass")
+    p.add_argument("--workers", type=int, default=default_workers(), help="video-decoding processes (default: 4, "
+                   "at most the cores available)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="autocast precision on CUDA "
+                   "(the CPU computes in fp32)")
     p.add_argument("--ties", default="official", choices=("official", "optimistic"),
                    help="'official' is the official evaluation (float32 scores, every tied position counted), as "
                         "the papers' tables; 'optimistic' scores in float64 and ranks a query by the candidates "
                         "strictly better")
-    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--out", help="write the metrics and what produced them (model, manifest, frames, tie rule, ...) "
+                   "as JSON here")
     args = p.parse_args(argv)
     setup_logging()
     offline_defaults()
@@ -85,9 +101,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from train.log import strict_dumps
 
+        record = provenance(args, frames=frames, text_len=text_len, image_size=size, device=str(device))
+        record.update(n_videos=metrics.pop("n_videos"), n_texts=metrics.pop("n_texts"), metrics=metrics)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(strict_dumps(metrics, indent=2) + "\n")
+        Path(args.out).write_text(strict_dumps(record, indent=2) + "\n")
     return 0
+
+
+def provenance(args: argparse.Namespace, **resolved: Any) -> dict[str, Any]:
+    """What a result was computed from: enough to tell two result files apart and to rerun one."""
+    import hashlib
+
+    manifest = Path(args.manifest).expanduser()
+    return {"model": args.model, "clip_config": args.clip_config, "tokenizer": args.tokenizer,
+            "dataset": args.dataset, "manifest": str(manifest.resolve()),
+            "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+            "video_root": args.video_root, "frames": resolved["frames"], "max_text_len": resolved["text_len"],
+            "image_size": resolved["image_size"], "ties": args.ties, "precision": args.precision,
+            "device": resolved["device"], "command": "clipvip evaluate " + shlex.join(_argv_of(args))}
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    """The options as a command line (the parsed values, so defaults are spelt out)."""
+    out = []
+    for key, value in vars(args).items():
+        if value not in (None, ""):
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
 
 
 def check(args: argparse.Namespace) -> None:

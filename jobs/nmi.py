@@ -20,18 +20,20 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 from analysis.report import NMIConfig, check_config, run
 from common.jsonio import config_json
 from jobs.common import cli_main, offline_defaults, setup_logging
 from jobs.config import load
+from jobs.help import HelpFormatter
 
 logger = logging.getLogger("jobs.nmi")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipvip nmi", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("corpora", nargs="*", metavar="NAME=PATH[:FIELD]", help="corpora with no role")
     p.add_argument("--pretrain", action="append", default=[], metavar="NAME=PATH[:FIELD]",
                    help="a pretraining corpus (repeatable)")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(cfg)
     paths = write_report(report, cfg.out_dir, extra={"config.json": config_json(cfg)})
     print(markdown(report))
-    print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {cfg.out_dir}/config.json")
+    print("wrote " + ", ".join(str(p) for p in paths.values()) + f" and {Path(cfg.out_dir) / 'config.json'}")
     return 0
 
 

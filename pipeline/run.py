@@ -35,6 +35,7 @@ from common.dicts import differences
 from common.jsonio import config_json
 from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
+from pipeline.lock import output_lock
 from pipeline.manifest import ManifestConfig
 from pipeline.caption_service import CaptionConfig
 from pipeline.driver import Driver, describe_demand, free_resources
@@ -332,6 +333,12 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     logger.info("manifest %s: %d rows in %d part(s), %d shard(s)", cfg.manifest.path, plan.n_rows, len(plan.parts),
                 plan.n_shards)
     fp = fingerprint(cfg, plan)
+    with output_lock(cfg.writer.output_dir):  # one run at a time writes a folder (pipeline/lock.py)
+        return _write(cfg, plan, fp, slots, stats)
+
+
+def _write(cfg: CurateConfig, plan: Plan, fp: dict[str, Any], slots: int, stats: dict[str, int]) -> dict[str, Any]:
+    """Steps 4 to 6 of :func:`run`, while the run holds the output folder."""
     check_fingerprint(cfg.writer, fp)
     # Inputs are valid: from here on the run writes.
     base = cfg.writer.output_dir.rstrip("/")

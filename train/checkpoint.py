@@ -145,8 +145,8 @@ def read_state(folder: Path) -> dict[str, Any]:
         if (folder / LEGACY_PICKLE).exists():
             raise CheckpointError(
                 f"checkpoint {folder} holds only {LEGACY_PICKLE}, a pickle (the format of older versions), and "
-                f"loading a pickle can run arbitrary code, so it is not loaded; start the run again without "
-                f"--resume (or in a new run_dir)")
+                f"loading a pickle can run arbitrary code, so it is not loaded; start in a new run_dir (a run_dir "
+                f"that holds a checkpoint is resumed) or move {folder.parent} away")
         raise CheckpointError(f"checkpoint {folder} has no {STATE_JSON}; it is not a training checkpoint")
     try:
         doc = json.loads((folder / STATE_JSON).read_text(), parse_constant=_refuse_constant)
@@ -166,10 +166,15 @@ def read_state(folder: Path) -> dict[str, Any]:
 # ---- checkpoint folders -----------------------------------------------------------------------
 
 
+def folder(ckpt_dir: Path, step: int) -> Path:
+    """The folder of checkpoint ``step``."""
+    return ckpt_dir / f"step_{step:08d}"
+
+
 def save(ckpt_dir: Path, step: int, state: dict[str, Any], model_for_export=None, keep: int = 2) -> Path:
     """Write ``state`` as checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    final = ckpt_dir / f"step_{step:08d}"
+    final = folder(ckpt_dir, step)
     tmp = temp_dir_beside(final)
     write_state(tmp, state)
     if model_for_export is not None:

@@ -31,7 +31,8 @@ def debug() -> TrainConfig:
                              shuffle_buffer=16),
         # A random-init tiny model needs a far larger lr than fine-tuning a pretrained CLIP.
         optim=OptimConfig(lr=2e-3, weight_decay=0.05, warmup_ratio=0.1, grad_clip=5.0),
-        eval=EvalSection(every=12, text_field="json:caption_gt",
+        # No evaluation set by default: give eval.shards=... eval.every=N to watch held-out retrieval.
+        eval=EvalSection(every=0, text_field="json:caption_gt",
                          manifest=RetrievalDataConfig(batch_size=8, max_text_len=32, num_workers=0)),
         checkpoint_every=12, log_every=1)
 

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.errors import UserError
 from train.checks import out_of_range
+from train.preempt import ignore_stop_signals
 from train.video import DecodeError, decode_frames, decode_image, preprocess
 from shards.format import expand_pattern, raw_samples
 
@@ -256,7 +257,7 @@ class ShardLoader:
                                    positions=self.state.positions, rotation=self.state.next_worker)
         self.num_workers = n
         self.loader = DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=pin_memory,
-                                 persistent_workers=cfg.num_workers > 0,
+                                 persistent_workers=cfg.num_workers > 0, worker_init_fn=ignore_stop_signals,
                                  prefetch_factor=2 if cfg.num_workers > 0 else None)
         self._it: Iterator | None = None
 
@@ -275,6 +276,23 @@ class ShardLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.to_dict()
+
+    def close(self) -> None:
+        """Stop the worker processes now (they ignore SIGTERM, see ``train.preempt``)."""
+        shutdown_workers(self._it)
+        self._it = None
+
+
+def shutdown_workers(iterator: Any) -> None:
+    """End a DataLoader iterator's worker processes the way its own clean-up does.
+
+    Needed where the iterator may outlive the run (an exception's traceback holds it until the
+    process exits): multiprocessing's exit handler would then SIGTERM the workers, which ignore
+    it, and wait for them for ever.
+    """
+    stop = getattr(iterator, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
 
 
 class HeldOutShards(IterableDataset):

@@ -69,7 +69,7 @@ def evaluate_retrieval(model, batches: Iterable[dict[str, Any]], tokenizer, *, t
     ``ties``: how exact score ties rank (:mod:`model.metrics`)."""
     text, video, t2v = encode_eval_set(model, batches, tokenizer, **kw)
     metrics = evaluate_all(text, video, t2v, ties=ties)
-    metrics.update(n_videos=float(video.shape[0]), n_texts=float(text.shape[0]))
+    metrics.update(n_videos=int(video.shape[0]), n_texts=int(text.shape[0]))
     return metrics
 
 

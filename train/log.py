@@ -99,26 +99,37 @@ def read_metrics(path: Path, kind: str = "train") -> list[dict]:
 Series = dict[str, tuple[list[int], list[float]]]  # label -> (steps, values)
 
 
-def plot_loss_panels(panels: list[tuple[str, Series]], out_png: Path, ylabel: str = "loss") -> Path:
-    """Loss against step, one panel per (title, series) side by side, saved as one PNG. Every loss
-    picture the project draws goes through here: a training run's ``loss_curve.png`` and the demo
-    report's ``loss_curves.png``."""
+def plot_loss_panels(panels: list[tuple[str, Series]], out_png: Path, ylabel: str = "loss", columns: int = 0) -> Path:
+    """Loss against step, one panel per (title, series), saved as one PNG. Every loss picture the
+    project draws goes through here: a training run's ``loss_curve.png`` and the demo report's
+    ``loss_curves.png``.
+
+    ``columns``: panels per row (0: all in one row). Within a panel each series gets its own line
+    style and marker, so curves that coincide stay visible under one another.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    width = 7 if len(panels) == 1 else 5 * len(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4), squeeze=False)
-    for ax, (title, series) in zip(axes[0], panels):
-        for label, (steps, values) in series.items():
-            ax.plot(steps, values, label=label)
-        ax.set_title(title)
+    cols = columns or len(panels)
+    rows = -(-len(panels) // cols)
+    width = 7 if cols == 1 else 5 * cols
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 4 * rows), squeeze=False)
+    styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v", "x")
+    for ax, (title, series) in zip(axes.flat, panels):
+        for i, (label, (steps, values)) in enumerate(series.items()):
+            ax.plot(steps, values, label=label, linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+                    markersize=3, markevery=max(1, len(steps) // 12), alpha=0.85)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         if series:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

@@ -3,8 +3,21 @@
 ``run(cfg)`` is the whole run: set up (distributed, tokenizer, model, data, optimizer, resume),
 then :func:`train_loop`, then the final checkpoint, evaluation and loss plot. Launch with
 ``torchrun --nproc_per_node N -m jobs.pretrain ...`` for DDP (NCCL on CUDA, gloo on CPU) or as a
-plain process. The contrastive loss all-gathers features, so every rank computes the loss of the
-global batch and DDP's gradient average equals the single-process gradient on the combined batch.
+plain process.
+
+What N ranks compute: the contrastive loss all-gathers features, so every rank computes the loss
+of the global batch, the ranks' batches side by side. One N-rank step therefore equals one
+process's step on that combined batch: exactly with ``gather_grad=sum``, and with each tower's
+gradient 1/N of it with ``mean`` (the official code's). Which samples form the global batch
+depends on the task. Fine-tuning splits each global batch of ``batch_size x N`` videos among the
+ranks, so N ranks see the batches that one process with ``batch_size x N`` sees. Pretraining
+reads shards: each rank's readers own their shards, so the global batch is made of N readers'
+samples and an N-rank run sees other batches than a one-process run; the two are alike in
+distribution, not step for step (and a checkpoint resumes only with the world size it was
+written with).
+
+A SIGTERM, SIGINT or SIGUSR1 stops the loop at a step boundary on every rank, after a checkpoint
+(:mod:`train.preempt`); the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from train.checks import not_one_of, out_of_range
 from train.data import ShardDataConfig
 from train.evaluate import autocast_for, format_metrics
 from train.optim import OptimConfig
+from train.preempt import Preempted, StopOnSignal, flag_group
 from train.retrieval_data import RetrievalDataConfig
 from train.video import preprocess_on_device
 
@@ -74,7 +88,7 @@ class ModelSection:
 class EvalSection:
     """Held-out retrieval evaluation during training (shards for pretraining, a manifest otherwise)."""
 
-    every: int = 1000  # steps; 0 disables (the end of training always evaluates when a set is given)
+    every: int = 1000  # steps, and at the end of training; 0 turns evaluation off (the set is not read)
     at_start: bool = True
     shards: str = ""  # held-out shards
     text_field: str = "caption.txt"  # see train.data.HeldOutShards
@@ -121,7 +135,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     tensorboard: bool = True
-    resume: bool = False
+    # Continue from run_dir's latest checkpoint when it holds one, so the same command restarts a
+    # preempted or requeued run where it stopped; false refuses a run_dir that holds a checkpoint.
+    resume: bool = True
     # Resume although settings that change the numbers (batch size, lr, steps, ...) differ from the
     # checkpoint's; without it such a resume is refused, naming the differences.
     resume_changed: bool = False
@@ -185,6 +201,7 @@ class Runtime:
     device: torch.device
     precision: str
     image_size: int
+    flag_group: Any = None  # a gloo group for the per-step stop flag (train.preempt); None with one process
 
 
 def setup_distributed(device: str) -> Runtime:
@@ -200,7 +217,7 @@ def setup_distributed(device: str) -> Runtime:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Runtime(rank, world, dev, "fp32", 224)
+    return Runtime(rank, world, dev, "fp32", 224, flag_group(world))
 
 
 class FiniteGuard:
@@ -303,8 +320,14 @@ class Every:
 
 
 def train_loop(*, cfg: TrainConfig, rt: Runtime, per_rank: int, model, raw_model, loss_fn, optimizer, scheduler,
-               batches, start_step: int, total_steps: int, save, evaluate, run_log) -> list[float]:
-    """Steps ``start_step+1 .. total_steps``; returns the per-step total losses of this invocation."""
+               batches, start_step: int, total_steps: int, save, evaluate, run_log,
+               stop: StopOnSignal | None = None) -> list[float]:
+    """Steps ``start_step+1 .. total_steps``; returns the per-step total losses of this invocation.
+
+    ``stop`` (optional): asked after every step but the last; when it says so, the step just done
+    is saved (``save(step)`` returns the checkpoint folder) and :class:`train.preempt.Preempted` is
+    raised.
+    """
     should_log, should_eval, should_save = Every(cfg.log_every), Every(cfg.eval.every), Every(cfg.checkpoint_every)
     losses, window_start, window_steps, wait = [], time.perf_counter(), 0, 0.0
     guard = FiniteGuard(rt.device)
@@ -334,7 +357,11 @@ def train_loop(*, cfg: TrainConfig, rt: Runtime, per_rank: int, model, raw_model
         if evaluating and step != total_steps:
             evaluate(step)
         if saving and step != total_steps:
-            save(step)
+            saved = save(step)
+        if stop is not None and step != total_steps and stop.requested():
+            guard.check()  # never save a step the guard would refuse
+            folder = saved if saving else save(step)
+            raise Preempted(stop.signal_name or "a signal", step, total_steps, str(folder) if folder else None)
     return [float(v) for v in torch.stack(losses).tolist()] if losses else []
 
 

@@ -200,7 +200,10 @@ class FinetuneLoader:
         batches = [order[b * gb:(b + 1) * gb][self.rank::self.world_size].tolist()
                    for b in range(start, self.per_epoch)]
         self.dataset.set_epoch(epoch)
+        from train.preempt import ignore_stop_signals
+
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
+                            worker_init_fn=ignore_stop_signals,
                             collate_fn=functools.partial(collate_train, tokenizer=self.tokenizer,
                                                                max_text_len=self.cfg.max_text_len))
         return iter(loader)
@@ -220,3 +223,10 @@ class FinetuneLoader:
 
     def state_dict(self) -> dict[str, int]:
         return dict(self.state)
+
+    def close(self) -> None:
+        """Stop the worker processes now (see :func:`train.data.shutdown_workers`)."""
+        from train.data import shutdown_workers
+
+        shutdown_workers(self._it)
+        self._it = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from common.errors import UserError
 from train import checkpoint as ckpt
 from train.loop import (NonFiniteError, Runtime, TrainConfig, gather_objects, log_metrics, setup_distributed,
                          train_loop)
+from train.model_init import (ModelInitError, build_model, build_tokenizer, check_tokenizer_fits,  # noqa: F401
+                              tokenizer_of)
+from train.preempt import Preempted, StopOnSignal, ignore_stop_signals
+from train.resume import check_ranks_agree, restore, resume_state  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -24,69 +29,6 @@ logger = logging.getLogger(__name__)
 def _barrier(rt: Runtime) -> None:
     if rt.world_size > 1:
         dist.barrier()
-
-
-def build_tokenizer(cfg: TrainConfig, rt: Runtime, run_dir: Path):
-    """The configured tokenizer; with none configured, a small BPE learnt from the training texts."""
-    from model.tokenizer import load_tokenizer, train_clip_bpe
-
-    if cfg.model.tokenizer:
-        return load_tokenizer(cfg.model.tokenizer)
-    out = run_dir / "tokenizer"
-    if rt.rank == 0 and not (out / "vocab.json").is_file():
-        logger.warning("model.tokenizer is empty: training a small BPE on the training texts (debug runs only; "
-                       "real runs use the CLIP checkpoint's tokenizer)")
-        from train.tasks import get_task
-
-        train_clip_bpe(get_task(cfg).texts(cfg), out, num_merges=300)
-    _barrier(rt)
-    return load_tokenizer(str(out))
-
-
-class ModelInitError(UserError):
-    """``model.init`` or ``model.tokenizer`` that cannot give this run a model; the message says why."""
-
-
-def check_tokenizer_fits(model, tokenizer, setting: str) -> None:
-    """Refuse a tokenizer whose ids the model's text embedding cannot take; ``setting`` names where
-    the user chose it."""
-    if model.config.eot_token_id != tokenizer.eos_token_id or model.config.vocab_size < len(tokenizer):
-        raise ModelInitError(f"{setting}: the tokenizer (eos {tokenizer.eos_token_id}, {len(tokenizer)} tokens) does "
-                             f"not fit the model (eot {model.config.eot_token_id}, vocab {model.config.vocab_size}); "
-                             "give the checkpoint's tokenizer")
-
-
-def build_model(cfg: TrainConfig, tokenizer):
-    """Random (flavour), HF CLIP, official CLIP-ViP or our own checkpoint, per ``model.init``."""
-    from model.clip_vip import CLIPViP, get_config
-    from model.convert import HeadCountError, from_hf_clip, load_checkpoint, load_official_clipvip
-
-    init, m = cfg.model.init, cfg.model
-    kind, where = m.init_source()
-    if not init:
-        extra = {"temporal_init_std": m.temporal_init_std}
-        if m.logit_scale_init is not None:
-            extra["logit_scale_init"] = m.logit_scale_init
-        model = CLIPViP(get_config(m.flavour, vocab_size=len(tokenizer), eot_token_id=tokenizer.eos_token_id,
-                                   attention=m.attention, **extra))
-    elif m.init_problem():
-        raise ModelInitError(m.init_problem())
-    else:
-        try:
-            if kind == "hf":
-                model = from_hf_clip(where, attention=m.attention)
-            elif kind == "clipvip":
-                model, _ = load_official_clipvip(where, clip_config=m.clip_config or None)
-            else:
-                model = load_checkpoint(where)
-        except HeadCountError as exc:
-            raise ModelInitError(f"model.init={init!r}: {exc.detail}; set model.clip_config=<the transformers CLIP "
-                                 "config.json it was built from>") from exc
-        except UserError as exc:  # the loaders name the file and what is wrong with it
-            raise ModelInitError(f"model.init={init!r}: {exc}") from exc
-    check_tokenizer_fits(model, tokenizer, "model.tokenizer")
-    model.gradient_checkpointing = m.gradient_checkpointing
-    return model
 
 
 def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
@@ -102,60 +44,8 @@ def _eval_batches(cfg: TrainConfig, split_cfg) -> Any:
 
     entries = load_manifest(split_cfg.manifest, split_cfg.dataset, split_cfg.video_root)
     ds = RetrievalEvalDataset(entries, split_cfg.num_frames, split_cfg.image_size)
-    return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval)
-
-
-def resume_state(cfg: TrainConfig, rt: Runtime) -> dict[str, Any] | None:
-    """The latest checkpoint's state when resuming, once it is known to fit this run; else None.
-
-    Refused (:class:`train.checkpoint.CheckpointError`): a checkpoint of another world size, or of
-    a run whose settings differ in anything that changes the numbers (batch size, lr, steps, ...)
-    unless ``cfg.resume_changed`` says the change is meant.
-    """
-    if not cfg.resume:
-        return None
-    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    last = ckpt.latest(ckpt_dir)
-    if last is None:
-        logger.warning("resume requested but %s holds no checkpoint: starting fresh", ckpt_dir)
-        return None
-    state = ckpt.load(last)
-    if len(state["loader"]) != rt.world_size:
-        raise ckpt.CheckpointError(f"checkpoint {last} was written by {len(state['loader'])} rank(s); resume with "
-                                   f"the same number (now {rt.world_size})")
-    changes = ckpt.changed_settings(state.get("config", {}), dataclasses.asdict(cfg))
-    if changes and not cfg.resume_changed:
-        raise ckpt.CheckpointError(f"checkpoint {last} was written with other settings, so the run would not "
-                                   f"continue exactly: {'; '.join(changes)}. Resume with the original values, or "
-                                   f"pass --resume-changed if the change is meant")
-    if changes:
-        logger.warning("resuming %s with changed settings (--resume-changed): %s", last, "; ".join(changes))
-    logger.info("resuming from %s", last)
-    return state
-
-
-def restore(state: dict[str, Any], raw_model, optimizer, scheduler, *, new_hyperparameters: bool = False) -> None:
-    """Load model, optimizer and scheduler state from a checkpoint.
-
-    Loading puts the checkpoint's lr, betas, eps and weight decay back into the optimizer; with
-    ``new_hyperparameters`` (a deliberate change, ``--resume-changed``) the configured ones replace
-    them again, and the lr follows the new schedule from the resumed step.
-    """
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise ckpt.CheckpointError(f"the checkpoint does not fit this model or optimizer: {exc}".replace("\n", " "))
-    if not new_hyperparameters:
-        return
-    for group, new in zip(optimizer.param_groups, fresh):
-        group.update({k: new[k] for k in ("weight_decay", "betas", "eps", "initial_lr") if k in new})
-    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return DataLoader(ds, batch_size=split_cfg.batch_size, num_workers=split_cfg.num_workers, collate_fn=collate_eval,
+                      worker_init_fn=ignore_stop_signals)
 
 
 class TrainingRun:
@@ -176,8 +66,9 @@ class TrainingRun:
     # -- steps ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Checks, then the runtime; nothing is written before the config, its inputs and a resume
-        are known to fit (:meth:`train.loop.TrainConfig.check`, :func:`resume_state`)."""
+        """Checks, then the runtime; nothing is written before the config, its inputs and a resume are
+        known to fit (:meth:`train.loop.TrainConfig.check`, :func:`resume_state`) and the model and
+        tokenizer are known to load (a configured tokenizer is loaded here, and the model with it)."""
         from common.jsonio import config_json
         from train.tasks import warn_ignored
 
@@ -189,10 +80,41 @@ class TrainingRun:
         if rt.rank == 0:
             warn_ignored(cfg)
         self.state = resume_state(cfg, rt)  # refused before anything is written if the checkpoint does not fit
+        self.tokenizer = self.raw_model = None
+        if cfg.model.tokenizer:
+            self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
+            self.raw_model = self._model()
+        elif cfg.model.init:
+            right = tokenizer_of(cfg.model.init)
+            raise ModelInitError(f"model.init={cfg.model.init!r} needs the tokenizer it was trained with, and "
+                                 "model.tokenizer is empty (which trains a new one for a random model); set "
+                                 + (f"model.tokenizer={right}" if right else
+                                    "model.tokenizer=<its run_dir>/tokenizer, or the CLIP tokenizer it started from"))
+        config = config_json(cfg)
         if rt.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(config_json(cfg))
+            (self.run_dir / "config.json").write_text(config)
         _barrier(rt)
+        self._check_shared_run_dir(config)
+
+    def _check_shared_run_dir(self, config: str) -> None:
+        """Every rank must see the ``config.json`` rank 0 just wrote: checkpoints, the debug tokenizer
+        and resumption all live in one ``run_dir`` that every node shares."""
+        rt = self.rt
+        if rt.world_size == 1:
+            return
+        path = self.run_dir / "config.json"
+        sees = gather_objects((path.is_file() and path.read_text() == config, socket.gethostname()), rt)
+        blind = [f"rank {r} ({host})" for r, (ok, host) in enumerate(sees) if not ok]
+        if blind:
+            raise ckpt.CheckpointError(f"{', '.join(blind)} cannot see {path}, which rank 0 ({sees[0][1]}) wrote: "
+                                       "run_dir must be one folder every node shares (a network file system), not "
+                                       "a folder per node")
+
+    def _model(self):
+        # The seed sets a random model's initial weights: the same on every rank and every restart.
+        torch.manual_seed(self.cfg.seed)
+        return build_model(self.cfg, self.tokenizer).to(self.rt.device)
 
     def build(self) -> None:
         """Tokenizer, model, loss, data, optimizer and schedule; on resume, their saved state."""
@@ -202,9 +124,9 @@ class TrainingRun:
         from train.tasks import steps_for
 
         cfg, rt, task = self.cfg, self.rt, self.task
-        torch.manual_seed(cfg.seed)
-        self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
-        self.raw_model = build_model(cfg, self.tokenizer).to(rt.device)
+        if self.raw_model is None:
+            self.tokenizer = build_tokenizer(cfg, rt, self.run_dir)
+            self.raw_model = self._model()
         self.loss_fn = OCLLoss(task.loss_terms(cfg), gather_grad=cfg.gather_grad)
         n_items, dataset = task.dataset(cfg)
         self.total = steps_for(cfg, task, n_items, rt.world_size)
@@ -235,15 +157,23 @@ class TrainingRun:
         logger.info("resumed from step %d of %s", self.start_step, self.run_dir / "checkpoints")
 
     def train(self) -> list[float]:
-        if self.start_step == 0 and self.cfg.eval.at_start:
-            self.evaluate(0)
+        """The loop, under :class:`train.preempt.StopOnSignal`: a signal ends it at a step boundary
+        with a checkpoint (:class:`train.preempt.Preempted`)."""
+        if self.start_step >= self.total:
+            if self.rt.rank == 0:
+                logger.info("%s already holds the final checkpoint (step %d): nothing to train",
+                            self.run_dir / "checkpoints", self.total)
+            return []
         try:
-            losses = train_loop(cfg=self.cfg, rt=self.rt, per_rank=self.task.data(self.cfg).batch_size,
-                                model=self.model, raw_model=self.raw_model, loss_fn=self.loss_fn,
-                                optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches,
-                                start_step=self.start_step, total_steps=self.total, save=self.save,
-                                evaluate=self.evaluate, run_log=self.run_log)
-        except NonFiniteError:
+            with StopOnSignal(self.rt.world_size, self.rt.flag_group, announce=self.rt.rank == 0) as stop:
+                if self.start_step == 0 and self.cfg.eval.at_start:
+                    self.evaluate(0)
+                losses = train_loop(cfg=self.cfg, rt=self.rt, per_rank=self.task.data(self.cfg).batch_size,
+                                    model=self.model, raw_model=self.raw_model, loss_fn=self.loss_fn,
+                                    optimizer=self.optimizer, scheduler=self.scheduler, batches=self.batches,
+                                    start_step=self.start_step, total_steps=self.total, save=self.save,
+                                    evaluate=self.evaluate, run_log=self.run_log, stop=stop)
+        except (NonFiniteError, Preempted):
             self.run_log.close()
             raise
         if self.start_step < self.total:
@@ -272,7 +202,7 @@ class TrainingRun:
         from train.evaluate import evaluate_retrieval
 
         cfg, rt = self.cfg, self.rt
-        if not (cfg.eval.shards or cfg.eval.manifest.manifest):
+        if not (cfg.eval.shards or cfg.eval.manifest.manifest) or cfg.eval.every <= 0:
             return
         if rt.rank == 0:
             split = "heldout" if cfg.eval.shards else cfg.eval.split
@@ -299,8 +229,8 @@ class TrainingRun:
             {"split": split, "metric": self.cfg.eval.select_metric, **self.best}) + "\n")
         replace_dir(tmp, self.run_dir / "best")
 
-    def save(self, step: int) -> None:
-        """A checkpoint with every rank's loader position and RNG state."""
+    def save(self, step: int) -> Path:
+        """A checkpoint with every rank's loader position and RNG state; returns its folder."""
         rt = self.rt
         loaders = gather_objects(self.batches.state_dict(), rt)
         rngs = gather_objects(ckpt.rng_state(), rt)
@@ -311,14 +241,37 @@ class TrainingRun:
                 "loader": loaders, "rng": rngs, "best": self.best, "config": dataclasses.asdict(self.cfg)},
                 model_for_export=self.raw_model, keep=self.cfg.keep_checkpoints)
         _barrier(rt)
+        return ckpt.folder(self.run_dir / "checkpoints", step)
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Prepare, build, train, finish (see :class:`TrainingRun`)."""
+    """Prepare, build, train, finish (see :class:`TrainingRun`).
+
+    In a distributed run a failed collective becomes :class:`train.peers.PeerFailed`, naming the
+    rank that failed; a rank's own error stands as it is (after leaving its note for the others).
+    """
+    from train.peers import diagnose
+
     run = TrainingRun(cfg)
-    run.prepare()
-    run.build()
-    return run.finish(run.train())
+    try:
+        run.prepare()
+        run.build()
+        return run.finish(run.train())
+    except (Exception, KeyboardInterrupt) as exc:
+        rt = getattr(run, "rt", None)
+        if rt is None or isinstance(exc, Preempted):
+            raise
+        last = ckpt.latest(run.run_dir / "checkpoints")
+        # torchrun signals the survivors of a failed rank: let it not cut the report short.
+        with StopOnSignal(announce=False):
+            peer = diagnose(exc, rt.rank, rt.world_size, str(last) if last else None)
+        if peer is None:
+            raise
+        raise peer from exc
+    finally:
+        batches = getattr(run, "batches", None)
+        if batches is not None:
+            batches.close()
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:

@@ -127,6 +127,12 @@ def test_real_configs_refuse_mistyped_overrides():
         config.load(TrainConfig, None, ["optim.lr=abc"], base=train_configs.get("debug"))
     with pytest.raises(config.ConfigError, match=r"writer\.samples_per_shard: 'abc' is not an integer"):
         config.load(CurateConfig, None, ["writer.samples_per_shard=abc"])
+    # The example is the key's own value, not one borrowed from another key (the learning rate).
+    with pytest.raises(config.ConfigError) as err:
+        config.load(CurateConfig, None, ["caption.num_gpus=yes"])
+    assert str(err.value) == "config key caption.num_gpus: 'yes' is not a number (e.g. 0.0, its value now)"
+    with pytest.raises(config.ConfigError, match=r"optim\.lr: 'abc' is not a number \(e\.g\. 5e-06, its value now\)"):
+        config.load(TrainConfig, None, ["optim.lr=abc"], base=train_configs.get("pretrain_b32"))
 
 
 @pytest.mark.parametrize("override, guess", [

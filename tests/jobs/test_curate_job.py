@@ -180,6 +180,14 @@ def test_sigkill_driver_then_resume(synth_clips, tmp_path):
     assert summary["this_run"]["skipped_shards"] >= done_at_kill and summary["shards_complete"] == len(many) // 4
     assert "shards complete" in summary_table(summary)
 
+    # Once more: nothing left to do, and the table says so rather than "clips/s None".
+    assert main(["--config", str(config), "--log-level", "WARNING"]) == 0
+    ray.shutdown()
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["this_run"]["rows"] == 0 and summary["this_run"]["clips_per_s"] is None
+    table = summary_table(summary)
+    assert "None" not in table and "- (no row to process: every shard was done)" in table
+
 
 def _curate(args: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jobs.curate", "--log-level", "WARNING", *args], cwd=REPO_ROOT,
@@ -209,6 +217,37 @@ def test_user_errors_are_one_line_and_exit_2(synth_clips, tmp_path, case, fragme
     assert len(lines) == 1 and fragment.format(tmp=tmp_path) in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not out.exists()  # nothing is written before the inputs are valid
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_ray_starts(synth_clips, tmp_path):
+    taken = tmp_path / "shards.tar"
+    taken.write_text("not a folder")
+    for out, words in ((taken, "is a file"), (taken / "sub", f"lies under {taken}, which is a file")):
+        t0 = time.monotonic()
+        proc = _curate(["--set", f"manifest.path={synth_clips}", "--set", f"writer.output_dir={out}"])
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+        assert "ray" not in proc.stderr.lower().replace("clipvip curate", "")
+        assert time.monotonic() - t0 < 60
+    assert taken.read_text() == "not a folder"
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(synth_clips, tmp_path):
+    """The lock a running curation holds on its output folder (pipeline/lock.py): a second run into
+    the folder is refused in one line and touches nothing there."""
+    from pipeline.lock import output_lock
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / "c-000000.tar.tmp-1234abcd").write_bytes(b"the first run's shard, half written")
+    with output_lock(str(out)):
+        proc = _curate(["--set", f"manifest.path={synth_clips}", "--set", f"writer.output_dir={out}",
+                        "--set", "ray.num_cpus=1", "--set", "writer.prefix=c"])
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("clipvip curate")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lines == [f"clipvip curate: error: writer.output_dir {out} is being written by another curation run "
+                     "right now; wait for it to finish (then rerun to resume) or give another writer.output_dir"]
+    assert sorted(p.name for p in out.iterdir()) == ["c-000000.tar.tmp-1234abcd"]  # its temporary file survived
 
 
 def test_a_stalled_run_says_what_it_waits_for(synth_clips, tmp_path):

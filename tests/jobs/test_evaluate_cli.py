@@ -80,7 +80,13 @@ def test_evaluate_reads_heads_from_clip_config_and_applies_the_tie_rule(two_head
             batch_size=32, collate_fn=collate_eval)
         want = evaluate_retrieval(model, batches, synth_tokenizer, max_text_len=16, image_size=32,
                                   device=torch.device("cpu"), ties=ties)
-        assert got == pytest.approx(want) and got["n_videos"] == 8
+        n_videos, n_texts = want.pop("n_videos"), want.pop("n_texts")
+        assert got["metrics"] == pytest.approx(want) and (got["n_videos"], got["n_texts"]) == (8, 8) == (n_videos, n_texts)
+        assert isinstance(got["n_videos"], int)  # a count, written 8, not 8.0
+        # What produced the numbers, enough to rerun them.
+        assert (got["model"], got["ties"], got["frames"], got["dataset"]) == (f"clipvip:{pt}", ties, 4, "msrvtt")
+        assert got["manifest"] == str(manifest.resolve()) and len(got["manifest_sha256"]) == 64
+        assert got["command"].startswith("clipvip evaluate --model clipvip:") and f"--ties {ties}" in got["command"]
 
 
 def test_a_missing_test_video_is_refused_before_the_model_loads(two_head_checkpoint, synth_clips, tmp_path,

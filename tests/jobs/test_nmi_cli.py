@@ -93,7 +93,9 @@ def test_cli_errors_name_the_corpus_and_leave_no_folder(corpora, tmp_path, capsy
     assert "corpus 'a'" in err and "no field 'caption'" in err
     assert nmi([f"a={corpora}/caps.jsonl", f"b={corpora}/subs.txt", *args, "--n", "500"]) == 2
     err = _one_line_error(capsys)
-    assert "corpus 'a'" in err and "fewer than the sample size n=500" in err
+    # Every corpus that is too small, in the one line, not one per rerun.
+    assert "2 corpus(es) hold fewer non-empty texts than the sample size n=500" in err
+    assert "'a' (" in err and "'b' (" in err and "--n " in err
     assert nmi([f"only={corpora}/caps.jsonl", *args]) == 2
     assert "at least two corpora" in _one_line_error(capsys)
     (tmp_path / "blob.txt").write_bytes(b"\x1f\x8b\x08\x00binary")
@@ -120,3 +122,14 @@ def test_cli_out_must_be_a_report_folder(corpora, tmp_path, capsys):
     _one_line_error(capsys)
     assert sorted(p.name for p in earlier.iterdir()) == ["config.json", "report.md"]
     assert (earlier / "config.json").read_text() == '{"n": 7}\n'
+
+
+def test_a_sample_of_every_text_is_not_called_a_new_draw(corpora, tmp_path, capsys):
+    """caps.jsonl and the shard captions hold 48 texts each: with n=48 every seed draws all of them."""
+    out = tmp_path / "whole"
+    assert clipvip(["nmi", f"a={corpora}/caps.jsonl", f"b={corpora}/shard-*.tar:caption", "--n", "48", "--seeds", "0",
+                    "1", "--restarts", "2", "--no-cache", "--no-progress", "--out", f"{out}/"]) == 0
+    md = (out / "report.md").read_text()
+    assert "each drawing the same sentences: n is every corpus's whole size" in md
+    assert "each drawing new sentences" not in md
+    assert f"{out}/config.json" in capsys.readouterr().out  # one slash, though --out ended in one
