@@ -30,6 +30,7 @@ from search import parts
 logger = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
+MODEL_FILE = "_model.json"
 
 
 class EmbedError(ValueError):
@@ -231,6 +232,10 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     wcfg = _writer_cfg(cfg)
     writer_mod.remove_stale_temp_files(wcfg)  # also makes the folder
     writer_mod.write_atomic(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
+    # Where the model was loaded from, for the index and the server (not part of the fingerprint:
+    # the same weights at another path are the same run).
+    writer_mod.write_atomic(f"{base}/{MODEL_FILE}", json.dumps({"model": cfg.model, "tokenizer": cfg.tokenizer,
+                                                                "clip_config": cfg.clip_config}).encode())
     done = writer_mod.finished_shards(wcfg, range(len(units)))
     todo = [u for u in units if u.index not in done]
     logger.info("%d unit(s): %d to embed, %d already complete", len(units), len(todo), len(done))

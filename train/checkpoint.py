@@ -220,7 +220,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Settings added after checkpoints were first written, with the value that reproduces what a run
 # written before them did: such a checkpoint resumes exactly with that value and names it otherwise.
-SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": ""}
+SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": "", "data.exclude_keys": ""}
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], safe: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from train.video import DecodeError, decode_frames, decode_image, preprocess
 from shards import format as shard_format
 from shards.format import expand_pattern, raw_samples
+from shards.keys import read_key_list
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class ShardDataConfig:
     seed: int = 42
     resize_on_device: bool = False  # ship uint8 frames and squash on the accelerator (same numbers)
     missing_caption: str = "None"  # the official code's stand-in when a clip has no caption
+    # A key list (one key a line, e.g. ``clipvip dedup``'s drop_keys.txt): these samples are never read.
+    exclude_keys: str = ""
 
 
 def shards_for_worker(urls: list[str], *, seed: int, epoch: int, worker: int, num_workers: int) -> list[str]:
@@ -157,6 +160,7 @@ class ShardStream(IterableDataset):
             raise ValueError(f"loader state has {len(self.positions)} worker positions but data.num_workers="
                              f"{cfg.num_workers}; resume with the same num_workers and world size")
         self.rotation = rotation
+        self.excluded = read_key_list(cfg.exclude_keys) if cfg.exclude_keys else frozenset()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -181,7 +185,10 @@ class ShardStream(IterableDataset):
         while True:
             urls = shards_for_worker(self.urls, seed=cfg.seed, epoch=epoch, worker=g,
                                      num_workers=self.num_workers * self.world_size)
-            stream = seeded_shuffle(raw_samples(urls, on_shard_error), cfg.shuffle_buffer,
+            raw = raw_samples(urls, on_shard_error)
+            if self.excluded:  # before the shuffle, so positions and the buffer count kept samples only
+                raw = (r for r in raw if r["__key__"] not in self.excluded)
+            stream = seeded_shuffle(raw, cfg.shuffle_buffer,
                                     random.Random(f"{cfg.seed}-{epoch}-{g}"))
             seen = 0
             for index, raw in enumerate(stream):
