@@ -47,3 +47,31 @@ def embedded(local_ray, synth_shards, search_model, tmp_path_factory) -> Path:
                               progress_every_s=1.0))
     assert summary["units_complete"] == summary["units"] == 6
     return out
+
+
+def write_parts(folder: Path, chunks: list, model_id: str = "sha256:test", start: int = 0,
+                text_chunks: list | None = None) -> list[str]:
+    """Embedding parts as the embed worker writes them (``parts.build_table``, parquet, then the marker)
+    from arrays of vectors; keys ``v<global row>``, durations cycling 1..9 s, a ``topic`` column."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from search import parts
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "_run.json").exists():
+        (folder / "_run.json").write_text(json.dumps({"format": 1, "model_id": model_id}))
+    names, offset = [], start
+    for j, vectors in enumerate(chunks):
+        name = parts.part_name(len(list(folder.glob("embed-*_stats.json"))))
+        rows = [{"key": f"v{offset + r}", "subtitle": f"subtitle {offset + r}", "caption": f"caption {(offset + r) % 7}",
+                 "duration": float(1 + (offset + r) % 9), "start": 0.0, "end": float(1 + (offset + r) % 9),
+                 "meta": {"topic": str((offset + r) % 5)}} for r in range(len(vectors))]
+        texts = {"subtitle_vector": text_chunks[j]} if text_chunks is not None else {}
+        table = parts.build_table(rows, vectors, texts, model_id, vectors.shape[1])
+        pq.write_table(table, folder / f"{name}.parquet")
+        (folder / f"{name}_stats.json").write_text(json.dumps({"counts": {"ok": len(rows)}, "samples": len(rows)}))
+        names.append(name)
+        offset += len(vectors)
+    return names
