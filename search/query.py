@@ -94,7 +94,7 @@ def ranked(store: Store, query: np.ndarray, want: int, mask: np.ndarray | None,
     return ids[0][keep][:want], scores[0][keep][:want], mode
 
 
-def fold(store: Store, ids: np.ndarray, threshold: float) -> list[tuple[int, list[int]]]:
+def fold_duplicates(store: Store, ids: np.ndarray, threshold: float) -> list[tuple[int, list[int]]]:
     """Greedy near-duplicate folding of ranked ``ids``: (kept row, rows folded into it)."""
     if len(ids) == 0:
         return []
@@ -207,7 +207,7 @@ class Searcher:
             fetch = want * 4
             while True:
                 ids, scores, mode = ranked(store, q, min(fetch, MAX_RESULTS * 4), mask, exclude)
-                groups = fold(store, ids, self.fold_threshold)
+                groups = fold_duplicates(store, ids, self.fold_threshold)
                 if len(groups) >= want or len(ids) < fetch or fetch >= MAX_RESULTS * 4:
                     break
                 fetch *= 4
