@@ -264,7 +264,6 @@ def create_app(searcher: Searcher, cfg: ServeConfig = ServeConfig()):
     app.router.add_get("/metrics", prometheus)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    app["metrics"] = metrics
     return app
 
 

@@ -75,3 +75,61 @@ def write_parts(folder: Path, chunks: list, model_id: str = "sha256:test", start
         names.append(name)
         offset += len(vectors)
     return names
+
+
+class LiveServer:
+    """``search.server.create_app`` served on an ephemeral loopback port from a background thread."""
+
+    def __init__(self, searcher, cfg=None) -> None:
+        import asyncio
+        import threading
+
+        from search.server import ServeConfig, create_app
+
+        self.loop = asyncio.new_event_loop()
+        self.app = create_app(searcher, cfg or ServeConfig())
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), "the server did not start"
+
+    def _run(self) -> None:
+        import asyncio
+
+        from aiohttp import web
+
+        asyncio.set_event_loop(self.loop)
+        self.runner = web.AppRunner(self.app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def demo_index(embedded, tmp_path_factory) -> Path:
+    """The index of the embedded synthetic shards (24 clips, a Flat index)."""
+    from search.index import IndexConfig, build
+
+    out = tmp_path_factory.mktemp("served") / "index"
+    build(IndexConfig(embeddings=str(embedded), out=str(out)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def live_server(demo_index):
+    from search.query import Searcher
+
+    server = LiveServer(Searcher.open([f"demo={demo_index}"], device="cpu"))
+    yield server
+    server.close()
