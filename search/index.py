@@ -145,7 +145,7 @@ def _train_and_add(key: str, vectors: np.ndarray, use_gpu: bool, seed: int):
     if not index.is_trained:
         nlist = faiss.extract_index_ivf(index).nlist if "IVF" in key else 256
         rng = np.random.default_rng(seed)
-        size = min(len(vectors), max(64 * nlist, 100_000))
+        size = min(len(vectors), max(40 * nlist, 50_000))  # faiss wants >= 39 points a centroid
         sample = vectors[np.sort(rng.choice(len(vectors), size=size, replace=False))].astype(np.float32)
         work.train(sample)
     add_batches(work, vectors)

@@ -117,3 +117,16 @@ def test_mean_pooling_scores_chance_on_direction_by_construction(demo_run):
     with torch.no_grad():
         feats = model.encode_video(pair_videos)
     torch.testing.assert_close(feats[:3], feats[3:], atol=1e-5, rtol=0)
+
+
+def test_the_demo_ends_with_search(demo_run):
+    """The last stage embeds and indexes the curated clips, draws the query examples and prints the
+    search and serve commands for its own index."""
+    examples = json.loads((demo_run / "search" / "examples.json").read_text())
+    assert examples["embed"]["units_complete"] == examples["embed"]["units"]
+    assert examples["index"]["count"] == examples["embed"]["counts"]["ok"]
+    assert len(examples["examples"]) == 4 and all(len(e["top5"]) == 5 for e in examples["examples"])
+    assert (demo_run / "report" / "search_examples.png").stat().st_size > 1000
+    commands = (demo_run / "report" / "commands.txt").read_text().splitlines()
+    assert any(c.startswith("clipvip search --index ") for c in commands)
+    assert f"clipvip serve --index demo={demo_run / 'search' / 'index'}" in commands
