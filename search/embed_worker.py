@@ -79,6 +79,9 @@ class EmbedActor:
         except (DecodeError, ValueError, OSError) as exc:
             return item, None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
+    def _submit(self, batch: list[dict[str, Any]] | None) -> list[Any] | None:
+        return None if batch is None else [self.pool.submit(self._decode, item) for item in batch]
+
     def _items(self, unit: Unit) -> Iterator[dict[str, Any]]:
         from search.inputs import manifest_rows, tar_samples
 
@@ -99,10 +102,13 @@ class EmbedActor:
         vectors: list[np.ndarray] = []
         failures: list[tuple[str, str]] = []
         decode_s = encode_s = 0.0
-        for batch in _batches(self._items(unit), self.cfg.batch_size):
+        batches = _batches(self._items(unit), self.cfg.batch_size)
+        ahead = self._submit(next(batches, None))
+        while ahead is not None:
             t = time.time()
-            decoded = list(self.pool.map(self._decode, batch))
+            decoded = [f.result() for f in ahead]
             decode_s += time.time() - t
+            ahead = self._submit(next(batches, None))  # the next batch decodes while this one encodes
             ok = [(item, frames) for item, frames, err in decoded if not err]
             failures += [(item["key"], err) for item, _, err in decoded if err]
             if not ok:
