@@ -223,7 +223,6 @@ def build(cfg: IndexConfig) -> dict[str, Any]:
         logger.info("building %s over %d vectors: %s", key, len(vectors), why)
         index = _train_and_add(key, vectors, cfg.use_gpu, cfg.seed)
         meta = metadata_table(table)
-        queries_table = table
     else:
         index = faiss.read_index(str(out / INDEX_FILE))
         old_vectors = np.load(out / VECTORS_FILE, mmap_mode="r")
@@ -232,11 +231,10 @@ def build(cfg: IndexConfig) -> dict[str, Any]:
         old_meta = pa.ipc.open_file(pa.memory_map(str(out / META_FILE))).read_all()
         meta = pa.concat_tables([old_meta, metadata_table(table)], promote_options="default")
         key, why = info["index_key"], info["why"]
-        queries_table = table
         logger.info("added %d vectors from %d new part(s) to %s (%d in all)", len(new_vectors), len(new),
                     key, len(vectors))
     build_s = time.perf_counter() - t0
-    queries, loo, self_ids = held_out_queries(queries_table, vectors, cfg.queries, cfg.seed)
+    queries, loo, self_ids = held_out_queries(table, vectors, cfg.queries, cfg.seed)
     truth = tune.exact_neighbours(vectors, queries, tune.K, exclude_self=loo) if not loo else \
         _loo_truth(vectors, queries, self_ids)
     if info is None:

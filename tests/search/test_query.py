@@ -16,19 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def index_dir(embedded, tmp_path_factory) -> Path:
-    from search.index import IndexConfig, build
-
-    out = tmp_path_factory.mktemp("q") / "index"
-    build(IndexConfig(embeddings=str(embedded), out=str(out)))
-    return out
+def index_dir(demo_index) -> Path:
+    return demo_index
 
 
 @pytest.fixture(scope="module")
-def searcher(index_dir, search_model):
+def searcher(demo_index):
     from search.query import Searcher
 
-    return Searcher.open([f"demo={index_dir}"], device="cpu")
+    return Searcher.open([f"demo={demo_index}"], device="cpu")
 
 
 def _reference(searcher, query: np.ndarray, keep) -> list[str]:
@@ -120,4 +116,4 @@ def test_search_cli_prints_the_results(index_dir):
     assert all("red" in line for line in lines[1:])
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "search", "--index", str(index_dir), "--like", "nokey"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("key 'nokey' is not in index index")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(f"key 'nokey' is not in index {index_dir.name}")
