@@ -127,8 +127,30 @@ def describe_model(cfg: EmbedConfig) -> dict[str, Any]:
         raise EmbedError(str(exc)) from None
     weights = where if kind == "official" else where / "model.safetensors"
     settings = run_settings(run_dir) if run_dir is not None else {}
+    check_tokenizer(cfg, kind, where, cfg.tokenizer or settings.get("tokenizer") or "")
     return {"model_id": f"sha256:{file_digest(weights)[:16]}",
             "num_frames": int(cfg.num_frames or settings.get("num_frames") or DEFAULT_FRAMES)}
+
+
+def check_tokenizer(cfg: EmbedConfig, kind: str, where: Any, tokenizer: str) -> None:
+    """The tokenizer the actors will load exists and fits the model, checked here before anything is
+    written (the model's weights are read only by the actors)."""
+    import types
+
+    from model.clip_vip import CLIPViPConfig
+    from model.tokenizer import load_tokenizer
+    from train.setup import ModelInitError, check_tokenizer_fits
+
+    if not tokenizer:
+        raise EmbedError(f"model {cfg.model}: no tokenizer is recorded for it; give --tokenizer, the CLIP tokenizer "
+                         "folder or hub id it was trained with")
+    try:
+        tok = load_tokenizer(tokenizer)
+        if kind == "dir":
+            config = CLIPViPConfig(**json.loads((where / "config.json").read_text()))
+            check_tokenizer_fits(types.SimpleNamespace(config=config), tok, "tokenizer")
+    except (OSError, ValueError, TypeError, ModelInitError) as exc:
+        raise EmbedError(f"model {cfg.model}: tokenizer {tokenizer}: {exc}") from None
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

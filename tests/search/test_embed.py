@@ -96,9 +96,12 @@ def test_a_mismatched_rerun_is_refused_naming_the_difference(embedded, synth_sha
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("clipvip embed: error: output_dir") and "num_frames" in last
     assert "Traceback" not in proc.stderr
-    for args, fragment in [(("--manifest", "nope.jsonl"), "manifest"), (("--shards", "/nonexistent/x-{0..1}.tar"),
-                                                                          "does not exist")]:
-        proc = subprocess.run([sys.executable, "-m", "jobs.cli", "embed", "--model", search_model[0], *args, "--out",
+    for args, fragment in [(("--manifest", "nope.jsonl"), "manifest"),
+                           (("--shards", "/nonexistent/x-{0..1}.tar"), "does not exist"),
+                           (("--shards", synth_shards, "--tokenizer", str(tmp_path)), "no CLIP tokenizer"),
+                           (("--shards", synth_shards, "--tokenizer", ""), "no tokenizer is recorded")]:
+        extra = () if "--tokenizer" in args else ("--tokenizer", search_model[1])
+        proc = subprocess.run([sys.executable, "-m", "jobs.cli", "embed", "--model", search_model[0], *extra, *args, "--out",
                                str(tmp_path / "new"), "--ray-num-cpus", "1"], cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]
