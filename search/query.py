@@ -195,14 +195,15 @@ class Searcher:
         """One page of results for exactly one of ``text``, ``key`` (more like this clip) or ``vector``.
         ``text_vector``: the text already encoded (the server encodes concurrent queries together)."""
         store = self.store(index)
-        given = [n for n, v in (("text", text), ("key", key), ("vector", vector)) if v is not None and v != ""]
+        given = [n for n, v in (("text", text), ("key", key), ("vector", vector))
+                 if v is not None and not (isinstance(v, str) and not v)]
         if len(given) != 1:
             raise QueryError(f"give exactly one of text, key or vector (got {given or 'none'})")
         if k < 1 or offset < 0 or offset + k > MAX_RESULTS:
             raise QueryError(f"k={k}, offset={offset}: need k >= 1, offset >= 0 and offset + k <= {MAX_RESULTS}")
         filters = filters if isinstance(filters, Filters) else Filters.parse(filters)
         exclude = None
-        if text is not None and text != "":
+        if isinstance(text, str) and text:
             q = text_vector if text_vector is not None else self.encode_texts([text])[0]
         elif key is not None:
             exclude = store.row_of(key)

@@ -42,8 +42,9 @@ def test_a_text_query_ranks_every_clip_by_cosine(searcher):
     q = searcher.encode_texts(["a red circle moving left"])[0]
     assert [h.key for h in page.hits] == _reference(searcher, q, lambda r: True)
     assert page.mode == "exact" and not page.has_more
-    same = searcher.search("demo", vector=q.tolist(), k=24)
-    assert [h.key for h in same.hits] == [h.key for h in page.hits]
+    for vector in (q.tolist(), q):
+        same = searcher.search("demo", vector=vector, k=24)
+        assert [h.key for h in same.hits] == [h.key for h in page.hits]
 
 
 @pytest.mark.parametrize("filters, keep", [
