@@ -234,7 +234,7 @@ class Searcher:
         keys_of = {}
         dup_rows = [d for _, ds in page for d in ds]
         if dup_rows:
-            keys_of = dict(zip(dup_rows, store.meta["key"].take(dup_rows).to_pylist()))
+            keys_of = dict(zip(dup_rows, store.keys(dup_rows)))
         hits = [Hit(key=m["key"], score=round(score_of[r], 6), row=r, subtitle=m.get("subtitle") or "",
                     caption=m.get("caption") or "", duration=m.get("duration"), start=m.get("start"), end=m.get("end"),
                     meta=m["meta"], duplicates=[keys_of[d] for d in ds]) for (r, ds), m in zip(page, rows)]

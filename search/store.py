@@ -98,6 +98,10 @@ class Store:
         i = pc.index(self.meta["key"], key).as_py()
         return None if i < 0 else int(i)
 
+    def keys(self, ids: list[int]) -> list[str]:
+        column = self.meta["key"]
+        return [column[int(i)].as_py() for i in ids]
+
     def vector(self, row: int) -> np.ndarray:
         return np.asarray(self.vectors[row], dtype=np.float32)
 
@@ -133,9 +137,13 @@ class Store:
 
     def rows(self, ids: list[int]) -> list[dict[str, Any]]:
         """Metadata rows of ``ids`` (the ``m.`` columns folded back into ``meta``)."""
+        import pyarrow as pa
+
         if not ids:
             return []
-        sub = self.meta.take(ids).to_pylist()
+        # One-row slices are views into the mapped file; ``take`` on the chunked table would first
+        # concatenate whole columns (tens of milliseconds at a million rows).
+        sub = pa.concat_tables([self.meta.slice(int(i), 1) for i in ids]).to_pylist()
         out = []
         for r in sub:
             meta = json.loads(r.pop("meta") or "{}")
