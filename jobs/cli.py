@@ -22,6 +22,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("jobs.pretrain", "post-pretrain CLIP-ViP on curated shards (OCL losses)"),
     "finetune": ("jobs.finetune", "fine-tune CLIP-ViP for text-video retrieval"),
     "evaluate": ("jobs.evaluate", "evaluate retrieval (R@K, MdR, MnR, with and without DSL)"),
+    "encode": ("jobs.encode", "texts and videos to normalised embeddings with a trained model"),
+    "embed": ("jobs.embed", "embed curated shards or a video manifest into parquet parts (Ray)"),
+    "index": ("jobs.index", "build or grow a faiss index over embedding parts, tuned to a latency budget"),
+    "search": ("jobs.search", "text, more-like-this or vector queries over an index, with filters"),
+    "dedup": ("jobs.dedup", "semantic near-duplicates: a report and the trainer's exclusion list"),
+    "serve": ("jobs.serve", "an HTTP JSON API and a web page over one or more indices"),
 }
 
 

@@ -14,7 +14,9 @@
 6. evaluate text-to-video retrieval zero-shot on the held-out clips (with and without DSL) and the
    motion-direction probe (``demo/direction.py``), where order-blind pooling is at chance, and the
    fine-tuned model again;
-7. write ``report.md`` with the tables, caption examples, loss curves and NMI heatmap, and the
+7. embed the curated clips with the fine-tuned model, index them and search them with a few text
+   queries (``search_examples.png``), printing the ``clipvip search`` and ``clipvip serve`` commands;
+8. write ``report.md`` with the tables, caption examples, loss curves and NMI heatmap, and the
    commands that made them.
 
 With a CLIP (``clip_model``) or captioner (``caption_model``) given, the same run uses those
@@ -80,7 +82,7 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config_json(cfg))
-    clock = StageClock(total=7)
+    clock = StageClock(total=8)
     results: dict[str, Any] = {"config": strict_json(cfg), "commands": [], "notes": st.weights_notes(cfg)}
     results["commands"].append("clipvip demo " + " ".join(shlex.quote(a) for a in argv))
     for line in results["notes"]:
@@ -101,6 +103,11 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
         runs = training.train_all(cfg, out, shards, tokenizer_dir, data, results)
     with clock("evaluate retrieval and the direction probe"):
         st.evaluate_variants(cfg, out, runs, tokenizer_dir, data, results)
+    with clock("embed, index and search the clips"):
+        from demo.search_stage import search_stage
+
+        model_dir = next((ft["best_dir"] for ft in results["finetune"].values()), None) or next(iter(runs.values()))
+        search_stage(cfg, out, shards, model_dir, results)
     with clock("write the report"):
         results["timings_s"] = dict(clock.times, total=round(clock.elapsed, 2))
         report = st.write_report(cfg, out, results)

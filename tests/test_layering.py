@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "caption", "model", "train", "analysis", "jobs", "shards", "common", "demo", "video")
+PACKAGES = ("pipeline", "caption", "model", "train", "analysis", "jobs", "shards", "common", "demo", "video",
+            "search")
 
 
 def _graph() -> dict[str, set[str]]:
@@ -174,7 +175,16 @@ def test_product_packages_do_not_import_the_demo():
     """demo/ holds synthetic data, toy models and the demo's stages; only jobs/ (its CLIs), the tests
     and the benchmarks may use it."""
     graph = _graph()
-    product = ("pipeline", "caption", "model", "train", "analysis", "shards", "common")
+    product = ("pipeline", "caption", "model", "train", "analysis", "shards", "common", "search")
     leaks = [(a, b) for a, deps in graph.items() for b in deps
              if a.split(".")[0] in product and b.split(".")[0] == "demo"]
     assert leaks == []
+
+
+def test_search_imports_downward_only():
+    """search/ sits above model, train, shards and pipeline: nothing below it (and no other room
+    beside it) imports it; only jobs/, the demo and the tests do."""
+    graph = _graph()
+    upward = [(a, b) for a, deps in graph.items() for b in deps
+              if b.split(".")[0] == "search" and a.split(".")[0] not in ("search", "jobs", "demo")]
+    assert upward == []

@@ -216,7 +216,7 @@ RESUME_SAFE_KEYS = ("run_dir", "resume", "resume_changed", "eval", "checkpoint_e
 
 # Settings added after checkpoints were first written, with the value that reproduces what a run
 # written before them did: such a checkpoint resumes exactly with that value and names it otherwise.
-SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": ""}
+SETTINGS_ADDED = {"gather_grad": "sum", "model.clip_config": "", "data.exclude_keys": ""}
 
 
 def changed_settings(saved: dict[str, Any], now: dict[str, Any], safe: tuple[str, ...] = RESUME_SAFE_KEYS) -> list[str]:

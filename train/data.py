@@ -37,6 +37,7 @@ from train.checks import out_of_range
 from train.preempt import ignore_stop_signals
 from train.video import DecodeError, decode_frames, decode_image, preprocess
 from shards.format import expand_pattern, raw_samples
+from shards.keys import read_key_list
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class ShardDataConfig:
     seed: int = 42
     resize_on_device: bool = False  # ship uint8 frames and squash on the accelerator (same numbers)
     missing_caption: str = "None"  # the official code's stand-in when a clip has no caption
+    # A key list (one key a line, e.g. ``clipvip dedup``'s drop_keys.txt): these samples are never read.
+    exclude_keys: str = ""
 
     def problems(self, section: str = "data") -> list[str]:
         """Sizes below 1 (a negative worker count), each named; empty when none."""
@@ -173,6 +176,7 @@ class ShardStream(IterableDataset):
             raise ValueError(f"loader state has {len(self.positions)} worker positions but data.num_workers="
                              f"{cfg.num_workers}; resume with the same num_workers and world size")
         self.rotation = rotation
+        self.excluded = read_key_list(cfg.exclude_keys) if cfg.exclude_keys else frozenset()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -197,7 +201,10 @@ class ShardStream(IterableDataset):
         while True:
             urls = shards_for_worker(self.urls, seed=cfg.seed, epoch=epoch, worker=g,
                                      num_workers=self.num_workers * self.world_size)
-            stream = seeded_shuffle(raw_samples(urls, on_shard_error), cfg.shuffle_buffer,
+            raw = raw_samples(urls, on_shard_error)
+            if self.excluded:  # before the shuffle, so positions and the buffer count kept samples only
+                raw = (r for r in raw if r["__key__"] not in self.excluded)
+            stream = seeded_shuffle(raw, cfg.shuffle_buffer,
                                     random.Random(f"{cfg.seed}-{epoch}-{g}"))
             seen = 0
             for index, raw in enumerate(stream):

@@ -168,3 +168,16 @@ def test_each_claim_reports_its_seeds_and_a_paired_interval_from_the_saved_embed
         idx = np.random.default_rng(0).integers(0, ca.shape[1], size=(2000, ca.shape[1]))
         boot = (ca[:, idx] - cb[:, idx]).mean(axis=2).mean(axis=0) * 100
         assert (first["low"], first["high"]) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
+
+
+def test_the_demo_ends_with_search(demo_run):
+    """The last stage embeds and indexes the curated clips, draws the query examples and prints the
+    search and serve commands for its own index."""
+    examples = json.loads((demo_run / "search" / "examples.json").read_text())
+    assert examples["embed"]["units_complete"] == examples["embed"]["units"]
+    assert examples["index"]["count"] == examples["embed"]["counts"]["ok"]
+    assert len(examples["examples"]) == 4 and all(len(e["top5"]) == 5 for e in examples["examples"])
+    assert (demo_run / "report" / "search_examples.png").stat().st_size > 1000
+    commands = (demo_run / "report" / "commands.txt").read_text().splitlines()
+    assert any(c.startswith("clipvip search --index ") for c in commands)
+    assert f"clipvip serve --index demo={demo_run / 'search' / 'index'}" in commands
