@@ -6,8 +6,9 @@ Two layouts (``caption.placement``):
   holding one captioner on its GPU. Every shard task sends its decoded middle frames to the
   application as they are decoded, ``caption.frames_per_request`` to a request. Serve's request
   batching (``@serve.batch``) gathers the requests waiting at a replica, from however many shard
-  tasks sent them, into one ``generate`` call of up to ``caption.batch_size`` frames, waiting at
-  most ``caption.batch_wait_s`` for a batch to fill. Serve routes each request to a live replica,
+  tasks sent them, into one ``generate`` call of up to ``caption.batch_size`` frames; an idle
+  replica waits at most ``caption.batch_wait_s`` for a batch to fill, a busy one lets the next
+  batch fill for as long as the current one takes. Serve routes each request to a live replica,
   restarts a replica whose process or node died (wherever the cluster has room, a node that
   joins later included), and with ``caption.max_concurrency`` above ``concurrency`` adds
   replicas while frames queue. Requests in flight on a replica that dies fail with
@@ -53,7 +54,9 @@ class CaptionConfig:
     device: str = "auto"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra keyword arguments of the captioner
     batch_size: int = 32  # frames per generate() call: 128 on an H100 (OFA-base 568 img/s vs 277 at 32)
-    batch_wait_s: float = 0.1  # actors: how long a replica waits for a batch to fill before it starts
+    # actors: how long an idle replica waits for a batch to fill; a busy one lets the next batch fill
+    # for as long as the current one takes.
+    batch_wait_s: float = 0.1
     # "actors": a Ray Serve pool of ``concurrency`` replicas any shard task sends frames to (the GPU
     # layout); "inline": each shard task loads the captioner itself (CPU-only clusters: no frame
     # leaves its process); "auto": actors when num_gpus > 0, else inline.

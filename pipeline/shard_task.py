@@ -25,7 +25,7 @@ setting                             sizes
 ``writer.samples_per_shard``        rows per shard task
 ``writer.max_in_flight``            shard tasks submitted at once (0: twice the CPU slots)
 ``caption.batch_size``              frames per ``generate`` call, wherever the captioner runs
-``caption.batch_wait_s``            how long a replica waits for a batch to fill
+``caption.batch_wait_s``            how long an idle replica waits for a batch to fill
 ``caption.frames_per_request``      frames a shard task sends to the replicas in one request
 ``caption.max_in_flight_per_task``  records one shard task holds between decode and write
 ``caption.concurrency``             caption replicas (``max_concurrency``: the autoscaling cap)
