@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
 
-if TYPE_CHECKING:
-    from pipeline.frames import FrameConfig, Orientation
+from pipeline.orientation import Orientation
 
 # The one colour encoding of every training copy: BT.601 matrix, limited ("tv", MPEG) range.
 OUTPUT_PIX_FMT = "yuv420p"
@@ -83,10 +82,19 @@ def to_output_encoding(frame: av.VideoFrame, width: int, height: int) -> av.Vide
                           dst_color_range=OUTPUT_COLOR_RANGE, interpolation=SCALE_FLAGS)
 
 
-class TrainingEncoder:
-    """H.264 into an in-memory mp4, sized on the first frame (as displayed)."""
+class EncodeSettings(Protocol):
+    """The settings the encoder reads (``FrameConfig`` has them)."""
 
-    def __init__(self, cfg: FrameConfig, fps: float):
+    short_side: int
+    keyframe_interval: int
+    crf: int
+    preset: str
+
+
+class TrainingEncoder:
+    """H.264 into an in-memory mp4 at ``fps``, sized on the first frame (as displayed)."""
+
+    def __init__(self, fps: float, cfg: EncodeSettings):
         self.cfg, self.fps = cfg, fps
         self.buf = io.BytesIO()
         self.container: av.container.OutputContainer | None = None

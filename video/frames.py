@@ -47,8 +47,9 @@ import av
 import numpy as np
 from PIL import Image
 
+from pipeline.orientation import Orientation, orientation_of
 from pipeline.reencode import TrainingEncoder, scaled_size
-from pipeline.source import (DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ClipError, open_capped, pixel_cap_named)
+from pipeline.source import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ClipError, open_capped, pixel_cap_named
 
 
 # A decode must reach this close to the span's end (beyond the last frame's own duration) or the
@@ -118,61 +119,6 @@ class ClipOutput:
 
     def meta(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("jpg", "mp4")}
-
-
-@dataclasses.dataclass(frozen=True)
-class Orientation:
-    """How to turn stored frames into displayed ones, from the stream's display matrix.
-
-    ``ops`` are applied in order to an HxWxC array: ``transpose``, ``cw``/``ccw`` (quarter turns)
-    and ``hflip``/``vflip``.
-    """
-
-    rotation: int = 0  # degrees counter-clockwise, FFmpeg's ``av_display_rotation_get`` rounded
-    mirrored: bool = False
-    ops: tuple[str, ...] = ()
-
-    @property
-    def swaps_axes(self) -> bool:
-        return any(op in ("transpose", "cw", "ccw") for op in self.ops)
-
-    def apply(self, arr: np.ndarray) -> np.ndarray:
-        for op in self.ops:
-            arr = {"transpose": lambda a: a.transpose(1, 0, 2), "cw": lambda a: np.rot90(a, -1),
-                   "ccw": lambda a: np.rot90(a, 1), "hflip": lambda a: a[:, ::-1],
-                   "vflip": lambda a: a[::-1]}[op](arr)
-        return np.ascontiguousarray(arr)
-
-    def display_size(self, width: int, height: int) -> tuple[int, int]:
-        return (height, width) if self.swaps_axes else (width, height)
-
-
-def orientation_of(frame: av.VideoFrame, path: str) -> Orientation:
-    """The display transform a player applies to ``frame``.
-
-    Follows the auto-rotation of the ``ffmpeg`` and ``ffplay`` tools case by case (``theta`` is the
-    clockwise angle; the matrix entries decide between a plain quarter turn and a mirrored one), so
-    the outputs look the way the clip plays. Other angles raise ``ClipError``.
-    """
-    matrix = next((np.frombuffer(bytes(sd), dtype=np.int32) for sd in frame.side_data
-                   if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
-    if matrix is None:
-        return Orientation()
-    rotation = 180 if int(frame.rotation) == -180 else int(frame.rotation)  # FFmpeg returns [-180, 180]
-    mirrored = bool(int(matrix[0]) * int(matrix[4]) - int(matrix[1]) * int(matrix[3]) < 0)
-    theta = float(-rotation)
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
-    if abs(theta - 90) < 1:
-        ops: tuple[str, ...] = ("transpose",) if matrix[3] > 0 else ("cw",)
-    elif abs(theta - 180) < 1:
-        ops = (("hflip",) if matrix[0] < 0 else ()) + (("vflip",) if matrix[4] < 0 else ())
-    elif abs(theta - 270) < 1:
-        ops = ("cw", "vflip") if matrix[3] < 0 else ("ccw",)
-    elif abs(theta) > 1 and abs(theta - 360) > 1:
-        raise ClipError(f"{path}: display matrix rotates by {rotation} degrees; only multiples of 90 are supported")
-    else:
-        ops = ("vflip",) if matrix[4] < 0 else ()
-    return Orientation(rotation=rotation, mirrored=mirrored, ops=ops)
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
@@ -299,7 +245,7 @@ def _process_span(path: str, start: float | None, end: float | None, cfg: FrameC
         n_out = max(1, math.ceil((e - s) * out_fps - 1e-6)) if cfg.reencode else 0
         targets = [s + k / out_fps for k in range(n_out)]
         last_needed = max(mid, targets[-1] if targets else mid)
-        encoder = TrainingEncoder(cfg, out_fps) if cfg.reencode else None
+        encoder = TrainingEncoder(out_fps, cfg) if cfg.reencode else None
         orient: Orientation | None = None
         middle: tuple[float, av.VideoFrame] | None = None
         prev: av.VideoFrame | None = None
