@@ -41,7 +41,8 @@ OUTPUT_COLOR_RANGE_TAG = 1
 # matrix conversion: without them a BT.709 source came back up to 5 levels off (its chroma was
 # converted at half resolution and truncated); with them, within the 3 levels a BT.601 source
 # shows. They cost nothing measurable next to decoding and encoding.
-SCALE_FLAGS = Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP
+SCALE_FLAGS = (Interpolation.AREA | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+               | Interpolation.FULL_CHR_H_INP)
 
 # FFmpeg pads each RGB row of a filtered frame to the CPU's SIMD alignment: 16, 32 or 64 pixels.
 _ROW_ALIGNMENTS = (16, 32, 64)

@@ -72,7 +72,6 @@ class TarWalk:
         keep = {"json", self.text_ext} | ({"mp4"} if read_clips else set())
         try:
             with tarfile.open(fileobj=stream, mode="r|", tarinfo=_EndAwareTarInfo) as tar:
-                tar.clean_end = False
                 key, at, members, names = None, -1, {}, {}
                 for info in tar:
                     parts = split_member(info.name) if info.isfile() else None
@@ -86,7 +85,7 @@ class TarWalk:
                     # A clip's bytes are read only by the shard worker that processes it.
                     members[ext] = tar.extractfile(info).read() if ext in keep else None
                     names[ext] = info.name
-                self.complete = tar.clean_end
+                self.complete = getattr(tar, "clean_end", False)  # set when the marker was read
                 if key is not None and self.complete:
                     yield from self._sample(key, at, members, names)
         except tarfile.ReadError as exc:  # a member's data stops short of its declared size
@@ -95,8 +94,9 @@ class TarWalk:
                 raise
         if not self.complete:
             raise ManifestError(f"manifest part {self.url} is cut short{self._after()}: it ends without the "
-                           "end-of-archive marker that webdataset and video2dataset write, so the samples after "
-                           "the cut are missing. Copy or download the part again, or leave it out of manifest.path")
+                                "end-of-archive marker that webdataset and video2dataset write, so the samples "
+                                "after the cut are missing. Copy or download the part again, or leave it out of "
+                                "manifest.path")
 
     def _after(self) -> str:
         return f" after sample {self.last_key!r}" if self.last_key else ""
@@ -118,16 +118,19 @@ class TarWalk:
         if "mp4" not in members:
             if isinstance(status, str) and (status != SUCCESS or not set(members) & MEDIA):
                 self.skipped += 1
-                self.failed += status != SUCCESS
+                self.failed += int(status != SUCCESS)
                 return
-            raise ManifestError(f"{where}: no mp4 member (members: {sorted(members)}); curation reads the video from "
-                           "<key>.mp4")
+            raise ManifestError(f"{where}: no mp4 member (members: {sorted(members)}); curation reads the video "
+                                "from <key>.mp4")
         if self.json_field is not None:
             text = meta.get(self.json_field)
         else:
             text = members[self.text_ext].decode("utf-8", "replace") if members.get(self.text_ext) else None
         extra = {k: v for k, v in meta.items() if k != self.json_field}
-        extra[passthrough_name("source_member", extra)] = names["mp4"]
+        if "source_member" in extra:  # the reader's own field: the json's goes under manifest_<name>
+            moved = passthrough_name("source_member", extra)
+            extra[moved] = extra.pop("source_member")
+        extra["source_member"] = names["mp4"]
         yield at, {"key": key.rsplit("/", 1)[-1], "path": self.url, "member": members["mp4"] or b"",
                    "start": None, "end": None, "text": text if isinstance(text, str) else "", "extra": extra}
 

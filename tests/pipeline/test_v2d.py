@@ -41,7 +41,8 @@ def v2d_folder(synth_clips, v2d_shard, tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("fmt", ["auto", "wds"])
-def test_a_video2dataset_folder_is_a_manifest(v2d_folder, fmt):
+def test_a_video2dataset_folder_is_a_manifest(v2d_folder, synth_clips, fmt):
+    clip0 = _clips(synth_clips)[0]
     cfg = ManifestConfig(path=str(v2d_folder), format=fmt)
     assert [(Path(p.url).name, p.format) for p in list_parts(cfg)] == [("00000.tar", "wds"), ("00001.tar", "wds")]
     rows = scan_local(cfg)
@@ -52,9 +53,10 @@ def test_a_video2dataset_folder_is_a_manifest(v2d_folder, fmt):
     assert first["member"][4:8] == b"ftyp" and first["path"] == str(v2d_folder / "00000.tar")
     assert first["start"] is None and first["end"] is None  # the mp4 already is the clip
     # Every json field is carried, the caption (subtitle_field=txt) and the status included.
-    assert first["extra"] == {"url": first["extra"]["url"], "caption": first["text"], "videoid": first["extra"]["videoid"],
-                              "key": "000000000", "status": "success", "error_message": None, "yt_meta_dict": None,
-                              "source_member": "000000000.mp4"}
+    assert first["extra"] == {"url": f"https://example.invalid/{clip0['key']}", "caption": clip0["text"],
+                              "videoid": clip0["key"], "key": "000000000", "status": "success",
+                              "error_message": None, "yt_meta_dict": None, "source_member": "000000000.mp4"}
+    assert first["text"] == clip0["text"]
 
 
 def test_clips_cut_from_one_input_match_its_stats(synth_clips, v2d_shard, tmp_path):
