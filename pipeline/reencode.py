@@ -24,7 +24,7 @@ from fractions import Fraction
 from typing import Protocol
 
 import av
-from av.video.reformatter import ColorRange, Colorspace, Interpolation
+from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, Interpolation
 
 from pipeline.orientation import Orientation
 
@@ -92,6 +92,10 @@ def to_output_encoding(frame: av.VideoFrame, width: int, height: int) -> av.Vide
                           dst_color_range=OUTPUT_COLOR_RANGE, interpolation=SCALE_FLAGS)
 
 
+def _known(tag: int, values: type[ColorPrimaries] | type[ColorTrc]) -> int:
+    return tag if tag in {v.value for v in values} else values.UNSPECIFIED.value
+
+
 class EncodeSettings(Protocol):
     """The settings the encoder reads (``FrameConfig`` has them)."""
 
@@ -122,8 +126,10 @@ class TrainingEncoder:
         self.stream.pix_fmt = OUTPUT_PIX_FMT
         ctx = self.stream.codec_context
         ctx.colorspace, ctx.color_range = OUTPUT_COLORSPACE_TAG, OUTPUT_COLOR_RANGE_TAG
-        # Primaries and transfer are passed through unconverted, so their tags are the source's.
-        ctx.color_primaries, ctx.color_trc = frame.color_primaries, frame.color_trc
+        # Primaries and transfer are passed through unconverted, so their tags are the source's
+        # (a reserved or unknown value says nothing: unspecified).
+        ctx.color_primaries = _known(frame.color_primaries, ColorPrimaries)
+        ctx.color_trc = _known(frame.color_trc, ColorTrc)
         ctx.gop_size = self.cfg.keyframe_interval
         self.stream.thread_count = 1
         # mbtree=0: with x264's MB-tree rate control (its AVX-512 code) the same frames encoded

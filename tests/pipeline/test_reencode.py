@@ -118,6 +118,8 @@ def test_training_copy_and_middle_frame_show_the_true_colours(tmp_path, matrix, 
     with av.open(io.BytesIO(out.mp4)) as c:  # one encoding for every source, and it says which
         first = next(c.decode(video=0))
         assert (first.format.name, first.colorspace, first.color_range) == ("yuv420p", 6, 1)
+        # Primaries and transfer curve are not converted, so they keep the source's tags.
+        assert first.color_primaries == first.color_trc == MATRICES[matrix][1]
 
 
 def test_a_rotated_bt709_clip_is_upright_and_true(tmp_path):
