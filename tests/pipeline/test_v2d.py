@@ -149,7 +149,7 @@ def test_every_field_is_carried_by_one_rule_in_every_format(tmp_path, synth_clip
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another program started
     yield
     ray.shutdown()
 
