@@ -20,6 +20,8 @@ from pipeline.writer import ShardWriterConfig
 def local_ray():
     import ray
 
+    if ray.is_initialized():  # left over by an earlier module whose test failed
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another program started
     yield
     ray.shutdown()

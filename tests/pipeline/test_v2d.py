@@ -149,6 +149,8 @@ def test_every_field_is_carried_by_one_rule_in_every_format(tmp_path, synth_clip
 def local_ray():
     import ray
 
+    if ray.is_initialized():  # left over by an earlier module whose test failed
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another program started
     yield
     ray.shutdown()
