@@ -3,7 +3,7 @@ colour and pixel-cap changes, side by side in one run.
 
 - before: the training copy keeps the source's colour encoding (one swscale pass that only
   scales), untagged; the source opens without a pixel cap or FFmpeg log capture.
-- after (``pipeline.frames.process_clip`` as it is): every source not already BT.601 limited
+- after (``video.frames.process_clip`` as it is): every source not already BT.601 limited
   converted to it with accurate rounding and full-resolution chroma, all tagged; decoders capped
   at ``frames.max_pixels``, FFmpeg's error log captured while a clip decodes.
 
@@ -28,9 +28,9 @@ from typing import Iterator
 import av
 
 from bench.clips import bench_clips
-from pipeline import frames, reencode
-from pipeline.frames import FrameConfig, process_clip
-from pipeline.source import open_container, video_stream
+from video import frames, reencode
+from video.frames import FrameConfig, process_clip
+from video.source import open_container, video_stream
 
 
 def bt709_copies(rows: list[dict], out_dir: Path, n: int) -> list[dict]:

@@ -34,7 +34,7 @@ from common.errors import UserError
 
 # The members of one sample, in the order they are written.
 # The clip span re-encoded for training: H.264, constant frame rate, short side <= 240, always
-# BT.601 limited-range yuv420p and tagged so (pipeline/reencode.py), whatever the source.
+# BT.601 limited-range yuv420p and tagged so (video/reencode.py), whatever the source.
 MP4 = "mp4"
 JPG = "jpg"  # the middle frame (on screen at (start+end)/2), short side <= 480
 SUBTITLE = "subtitle.txt"  # the manifest's text (ASR subtitle), UTF-8

@@ -9,7 +9,7 @@ whose presentation time is at or before that instant. For a clip without a span 
 The training copy keeps ``target_fps`` frames per second (never more than the source has), scales
 the short side down to ``short_side`` and is H.264 with a short keyframe interval, so a training
 loader decodes a few frames without walking a long GOP. It is always BT.601 limited-range and
-tagged so, whatever the source's colour encoding (``pipeline/reencode.py``), so the trainer's
+tagged so, whatever the source's colour encoding (``video/reencode.py``), so the trainer's
 decoder and the middle-frame JPEG show the same colours.
 
 Both outputs show the video the way a player does: a display matrix in the container (a phone clip
@@ -47,9 +47,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from pipeline.orientation import Orientation, orientation_of
-from pipeline.reencode import TrainingEncoder, scaled_size
-from pipeline.source import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ClipError, open_capped, pixel_cap_named
+from video.orientation import Orientation, orientation_of
+from video.reencode import TrainingEncoder, scaled_size
+from video.source import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ClipError, open_capped, pixel_cap_named
 
 
 # A decode must reach this close to the span's end (beyond the last frame's own duration) or the

@@ -14,7 +14,7 @@ from PIL import Image
 
 from train.video import DecodeError, decode_frames
 from video.frames import ClipError, FrameConfig, middle_frame, process_clip
-from pipeline.reencode import readable_width, scaled_size
+from video.reencode import readable_width, scaled_size
 from demo.synth import write_awkward_clips
 
 

@@ -13,7 +13,7 @@ import math
 import av
 import numpy as np
 
-from pipeline.source import ClipError
+from video.source import ClipError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The training copy's colours (pipeline/reencode.py via pipeline/frames.process_clip): whatever
+"""The training copy's colours (video/reencode.py, through video/frames.py's process_clip): whatever
 the source's colour matrix and range, the trainer's decoder (decord) and the middle-frame JPEG
 (PIL) give back the source's true RGB.
 
@@ -6,7 +6,7 @@ Sources are synthesised here: known RGB patches turned into Y'CbCr with the BT.6
 formulas in float64 (limited or full range), then H.264-encoded with PyAV and tagged the way real
 encoders tag them (x264's VUI colour description; full range as ``yuvj420p``, as FFmpeg writes
 phone and MJPEG-derived video, or as ``yuv420p`` flagged full range, as ``x264 --range pc`` does).
-Run: ``.venv/bin/python -m pytest tests/pipeline/test_reencode.py -q``.
+Run: ``.venv/bin/python -m pytest tests/video/test_reencode.py -q``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Protocol
 import av
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, Interpolation
 
-from pipeline.orientation import Orientation
+from video.orientation import Orientation
 
 # The one colour encoding of every training copy: BT.601 matrix, limited ("tv", MPEG) range.
 OUTPUT_PIX_FMT = "yuv420p"

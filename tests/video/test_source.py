@@ -1,6 +1,6 @@
-"""The pixel cap on decoded pictures (pipeline/source.py, ``frames.max_pixels``): a source above it
+"""The pixel cap on decoded pictures (video/source.py, ``frames.max_pixels``): a source above it
 fails its row with its size and the setting, without the giant picture being decoded; 8K video
-passes the default. Run: ``.venv/bin/python -m pytest tests/pipeline/test_source.py -q``.
+passes the default. Run: ``.venv/bin/python -m pytest tests/video/test_source.py -q``.
 """
 
 from __future__ import annotations
