@@ -5,6 +5,10 @@ from __future__ import annotations
 from common.errors import UserError
 
 
+class ManifestError(UserError):
+    """The manifest cannot be processed; the message names the part, row, column and fix."""
+
+
 class SetupError(UserError):
     """The run cannot start as configured; the message names the setting and the fix."""
 

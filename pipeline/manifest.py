@@ -10,9 +10,14 @@ and therefore the same shards. Formats, per part by suffix or ``manifest.format`
   inside a longer video. ``rename`` maps other column names onto these (``{"video": "path"}``).
   Every other column is carried into each sample's metadata with its type (an integer stays an
   integer even where other rows lack the column).
-- ``wds``: video2dataset's WebDataset output: ``<key>.mp4`` with ``<key>.json`` and/or
-  ``<key>.txt`` per sample. The subtitle is ``manifest.subtitle_field`` (``txt``, or ``json:<k>``
-  for a field of the json member); the json's fields pass through as metadata.
+- ``wds``: video2dataset's WebDataset output (``pipeline/v2d.py``): ``<key>.mp4`` with
+  ``<key>.json`` and/or ``<key>.txt`` per sample. The subtitle is ``manifest.subtitle_field``
+  (``txt``, or ``json:<k>`` for a field of the json member); every other json field is carried.
+  A video2dataset output folder is a manifest as it is: its tars are the parts, and the parquet
+  and ``_stats.json`` beside each tar are that tar's metadata (the counts are checked), not parts.
+
+One rule for carried fields, whatever the format: every one is kept, under its own name, or as
+``manifest_<name>`` where the name is one the pipeline writes itself (``shards.format``).
 
 The driver never reads rows. ``scan_part`` (a Ray task per part) validates every row, counts
 them, digests the part and records where every ``CHECKPOINT_EVERY``-th row starts, so that
@@ -21,8 +26,9 @@ the top. Keys are checked for uniqueness across parts by hash buckets (``pipelin
 
 Validation fails fast and names the part, row and column: missing columns, empty parts, empty
 or malformed keys (WebDataset splits sample keys at a dot and treats slashes as folders), empty
-paths, non-numeric spans. Per-row problems that only show when the clip is read (a missing file,
-empty text) are not errors here: they become failed rows downstream.
+paths, non-numeric spans and, inside a Ray job, relative clip paths. Per-row problems that only
+show when the clip is read (a missing file, empty text) are not errors here: they become failed
+rows downstream.
 """
 
 from __future__ import annotations
@@ -37,13 +43,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from common.errors import UserError
-from common.jsonl import read_objects
+from common.jsonl import parse_object
+from pipeline import v2d
+from pipeline.errors import ManifestError
+from pipeline.tables import open_part, table_records
 
 REQUIRED = ("key", "path", "text")
 SPAN = ("start", "end")
-# Fields the pipeline itself adds to a row; a manifest may not use them for passthrough data.
-RESERVED = ("shard", "row", "status", "error", "extra", "jpg", "mp4", "clip", "caption", "caption_info", "member")
 FORMATS = ("parquet", "csv", "jsonl", "wds")
 # Row positions recorded per part for seeking: every this many rows.
 CHECKPOINT_EVERY = 256
@@ -60,10 +66,6 @@ class ManifestConfig:
     format: str = "auto"  # auto (by suffix) | parquet | csv | jsonl | wds
     rename: dict[str, str] = dataclasses.field(default_factory=dict)  # source column -> canonical name
     subtitle_field: str = "txt"  # wds input: the member ("txt") or "json:<field>" holding the subtitle
-
-
-class ManifestError(UserError):
-    """The manifest cannot be processed; the message names the part, row, column and fix."""
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -108,7 +110,9 @@ def list_parts(cfg: ManifestConfig) -> list[Part]:
             names = sorted(p for p in fs.ls(path, detail=False) if _looks_like_part(p, cfg.format))
             if not names:
                 raise ManifestError(f"manifest folder {url} holds no parquet, csv, jsonl or tar file")
-            parts += [Part(url=_unstrip(fs, url, n), format=part_format(n, cfg.format)) for n in names]
+            names = [_unstrip(fs, url, n) for n in names]
+            side = v2d.companions(names)
+            parts += [Part(url=n, format=part_format(n, cfg.format)) for n in names if n not in side]
         elif fs.exists(path):
             base = url.rsplit("/", 1)[-1]
             if base.startswith(("_", ".")) and base not in cfg.path:
@@ -116,15 +120,18 @@ def list_parts(cfg: ManifestConfig) -> list[Part]:
             parts.append(Part(url=url, format=part_format(url, cfg.format)))
         else:
             raise ManifestError(f"manifest {url} does not exist; check manifest.path")
-    return parts
+    side = v2d.companions([p.url for p in parts])  # a glob's matches of a video2dataset folder
+    return [p for p in parts if p.url not in side]
 
 
 def _looks_like_part(name: str, fmt: str) -> bool:
     base = name.rsplit("/", 1)[-1]
     if base.startswith((".", "_")):
         return False
+    if fmt == "wds":  # a video2dataset folder also holds parquet and json files beside its tars
+        return base.lower().endswith(".tar")
     try:
-        part_format(base, fmt if fmt != "auto" else "auto")
+        part_format(base, fmt)
     except ManifestError:
         return False
     return True
@@ -134,132 +141,25 @@ def _unstrip(fs: Any, url: str, path: str) -> str:
     return fs.unstrip_protocol(path) if "://" in url else path
 
 
-# ---------------------------------------------------------------------------------------------
-# Raw records of one part: (byte offset where the record starts, or -1; the record as a dict)
-
-
-def _open(url: str, compression: str | None = "infer"):
-    import fsspec
-
-    return fsspec.open(url, "rb", compression=compression).open()
-
-
-def _seekable(url: str) -> bool:
-    return not url.lower().endswith(".gz")
-
-
-def _jsonl_records(part: Part, offset: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    with _open(part.url) as f:
-        if offset > 0:
-            f.seek(offset)
-        for at, record in read_objects(_at_offsets(f, max(offset, 0)),
-                                       lambda at: f"manifest part {part.url}, the line at byte {at}", ManifestError):
-            yield (at if _seekable(part.url) else -1), record
-
-
-def _at_offsets(f, start: int) -> Iterator[tuple[int, bytes]]:
-    """``(byte offset, line)`` of the lines of a binary stream read from ``start``."""
-    pos = start
-    for line in f:
-        yield pos, line
-        pos += len(line)
-
-
-def _csv_frame(part: Part, skip: int = 0, nrows: int | None = None):
-    import pandas as pd
-
-    with _open(part.url) as f:
-        # Only an empty cell is missing ("NA" or "null" stay text).
-        df = pd.read_csv(f, dtype={"key": str}, keep_default_na=False, na_values=[""],
-                         skiprows=range(1, skip + 1) if skip else None, nrows=nrows)
-    # Nullable dtypes keep an integer column integral where some rows are empty.
-    return df.convert_dtypes()
-
-
-def _table_records(frame) -> Iterator[tuple[int, dict[str, Any]]]:
-    columns = list(frame.columns)
-    for values in frame.itertuples(index=False, name=None):
-        yield -1, dict(zip(columns, values))
-
-
-def _parquet_records(part: Part, first_row: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    with _open(part.url, None) as f:
-        pf = pq.ParquetFile(f)
-        meta = pf.metadata
-        start_group, row_at = 0, 0
-        while start_group < meta.num_row_groups and row_at + meta.row_group(start_group).num_rows <= first_row:
-            row_at += meta.row_group(start_group).num_rows
-            start_group += 1
-        skip = first_row - row_at
-        for group in range(start_group, meta.num_row_groups):
-            for batch in pf.iter_batches(row_groups=[group], batch_size=4096):
-                for record in batch.to_pylist():
-                    if skip:
-                        skip -= 1
-                        continue
-                    yield -1, record
-
-
-def _wds_records(part: Part, offset: int, cfg: ManifestConfig,
-                 read_clips: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-    """video2dataset samples as records: key, path (the tar), member (the clip's bytes when
-    ``read_clips``, else b""), text, and the json's fields with ``source_member`` naming the mp4."""
-    from shards.format import split_member
-
-    json_field = cfg.subtitle_field[5:] if cfg.subtitle_field.startswith("json:") else None
-    text_ext = None if json_field else cfg.subtitle_field
-    keep = {"json", text_ext} | ({"mp4"} if read_clips else set())
-
-    def record(key: str, at: int, members: dict[str, Any], names: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        where = f"manifest part {part.url}, sample {key!r}"
-        meta = {}
-        if "json" in members:
-            try:
-                meta = json.loads(members["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ManifestError(f"{where}: the json member is not JSON ({exc})") from exc
-        if "mp4" not in members:
-            raise ManifestError(f"{where}: no mp4 member (members: {sorted(members)}); curation reads the "
-                                "video from <key>.mp4")
-        if json_field is not None:
-            text = meta.get(json_field)
-        else:
-            text = members[text_ext].decode("utf-8", "replace") if members.get(text_ext) else None
-        extra = {k: v for k, v in meta.items() if k not in ("key", json_field) and k not in RESERVED + REQUIRED + SPAN}
-        return at, {**extra, "source_member": names["mp4"], "key": key.rsplit("/", 1)[-1], "path": part.url,
-                    "member": members["mp4"] or b"", "text": text if isinstance(text, str) else ""}
-
-    with _open(part.url, None) as f:
-        if offset > 0:
-            f.seek(offset)
-        with tarfile.open(fileobj=f, mode="r|") as tar:
-            key, at, members, names = None, -1, {}, {}
-            for info in tar:
-                parts = split_member(info.name) if info.isfile() else None
-                if parts is None:
-                    continue
-                name, ext = parts
-                if name != key:
-                    if key is not None:
-                        yield record(key, at, members, names)
-                    key, at, members, names = name, max(offset, 0) + info.offset, {}, {}
-                # A clip's bytes are read only by the shard worker that processes it.
-                members[ext] = tar.extractfile(info).read() if ext in keep else None
-                names[ext] = info.name
-            if key is not None:
-                yield record(key, at, members, names)
-
-
-def _records(part: Part, cfg: ManifestConfig, first_row: int = 0, offset: int = 0, read_clips: bool = False):
-    if part.format == "jsonl":
-        return _jsonl_records(part, offset)
-    if part.format == "csv":
-        return _table_records(_csv_frame(part, skip=first_row))
-    if part.format == "parquet":
-        return _parquet_records(part, first_row)
-    return _wds_records(part, offset, cfg, read_clips)
+def _rows(part: Part, cfg: ManifestConfig, first_index: int = 0, offset: int = 0, read_clips: bool = False,
+          walk: v2d.TarWalk | None = None,
+          refuse_relative_paths: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(byte offset or -1, pipeline row without shard/row/status) of the part's rows from
+    ``first_index`` (table formats start there; jsonl and tar start at ``offset``, which must be
+    where row ``first_index`` starts)."""
+    if part.format == "wds":
+        walk = walk or v2d.TarWalk(part.url, cfg.subtitle_field)
+        with open_part(part.url, None) as f:
+            if offset > 0:
+                f.seek(offset)
+            for i, (at, row) in enumerate(walk.rows(f, max(offset, 0), read_clips), start=first_index):
+                _check_key(row["key"], f"manifest part {part.url}, row {i}")
+                yield at, row
+        return
+    skip = first_index if part.format in ("csv", "parquet") else 0
+    records = table_records(part.url, part.format, first_row=skip, offset=offset)
+    for i, (at, record) in enumerate(records, start=first_index):
+        yield at, normalise_record(record, cfg, part, i, refuse_relative_paths=refuse_relative_paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,14 +201,29 @@ def _span(value: Any, where: str, col: str) -> float | None:
     return out
 
 
-def normalise_record(record: dict[str, Any], cfg: ManifestConfig, part: Part, index: int) -> dict[str, Any]:
-    """One manifest record as a pipeline row (``key``, ``path``, ``member``, span, ``text``, ``extra``).
+def _check_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ManifestError(f"{where}, column 'key': empty key {key!r}")
+    if "." in key or "/" in key or "\\" in key:
+        raise ManifestError(f"{where}, column 'key': key {key!r} contains '.', '/' or '\\'; WebDataset splits "
+                            "keys there, so replace them (e.g. with '_')")
+    return key
+
+
+def _is_relative(path: str) -> bool:
+    return "://" not in path and not os.path.isabs(path)
+
+
+def normalise_record(record: dict[str, Any], cfg: ManifestConfig, part: Part, index: int, *,
+                     refuse_relative_paths: bool = False) -> dict[str, Any]:
+    """One table-manifest record as a pipeline row (``key``, ``path``, ``member``, span, ``text``,
+    ``extra``: every other column, whatever its name).
 
     Raises:
         ManifestError: naming the part, the row within it and the column.
     """
     where = f"manifest part {part.url}, row {index}"
-    if cfg.rename and part.format != "wds":
+    if cfg.rename:
         if index == 0:
             unknown = sorted(set(cfg.rename) - set(record))
             if unknown:
@@ -319,21 +234,17 @@ def normalise_record(record: dict[str, Any], cfg: ManifestConfig, part: Part, in
     if missing:
         raise ManifestError(f"{where}: missing column(s) {missing}; columns are {sorted(record)}. "
                             "Map yours with manifest.rename, e.g. {\"video\": \"path\"}")
-    clash = [c for c in RESERVED if c in record and not (c == "member" and part.format == "wds")]
-    if clash:
-        raise ManifestError(f"{where}: column(s) {clash} are reserved for pipeline output; rename them")
-    key = _plain(record["key"])
-    if not isinstance(key, str) or not key:
-        raise ManifestError(f"{where}, column 'key': empty key {key!r}")
-    if "." in key or "/" in key or "\\" in key:
-        raise ManifestError(f"{where}, column 'key': key {key!r} contains '.', '/' or '\\'; WebDataset splits "
-                            "keys there, so replace them (e.g. with '_')")
+    key = _check_key(_plain(record["key"]), where)
     path = _plain(record["path"])
     if not isinstance(path, str) or not path.strip():
         raise ManifestError(f"{where}, column 'path': empty path {path!r}")
+    if refuse_relative_paths and _is_relative(path):
+        raise ManifestError(f"{where}, column 'path': {path!r} is relative; inside a Ray job it would resolve in "
+                            "Ray's temporary copy of the working dir, not where you submitted the job: write "
+                            "absolute paths or URLs (s3://...) into the manifest")
     text = _plain(record["text"])
-    extra = {c: _plain(v) for c, v in record.items() if c not in REQUIRED + SPAN + ("member",)}
-    return {"key": key, "path": path, "member": record.get("member") or b"",
+    extra = {c: _plain(v) for c, v in record.items() if c not in REQUIRED + SPAN}
+    return {"key": key, "path": path, "member": b"",
             "start": _span(record.get("start"), where, "start"), "end": _span(record.get("end"), where, "end"),
             "text": text if isinstance(text, str) else "", "extra": extra}
 
@@ -357,6 +268,7 @@ class PartScan:
     digest: str  # BLAKE2b of the part's bytes (table formats) or of its listing entry (wds)
     checkpoints: np.ndarray  # byte offset of rows 0, K, 2K, ... (K = CHECKPOINT_EVERY); -1 where unseekable
     keys: np.ndarray  # uint64 key hashes in row order (stays in the object store)
+    skipped: int = 0  # video2dataset samples without a clip (inputs it recorded as failed)
 
 
 def _digest(part: Part) -> str:
@@ -369,22 +281,46 @@ def _digest(part: Part) -> str:
         ident = [part.url, info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag"))]
         return hashlib.blake2b(json.dumps(ident).encode(), digest_size=16).hexdigest()
     h = hashlib.blake2b(digest_size=16)
-    with _open(part.url, None) as f:
+    with open_part(part.url, None) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def scan_part(part: Part, cfg: ManifestConfig) -> PartScan:
-    """Validate every row of ``part``; count, digest and index it. Raises ManifestError on a bad row."""
+def _v2d_stats(url: str) -> tuple[dict[str, Any], str] | None:
+    """video2dataset's ``_stats.json`` beside the tar at ``url``, or None when there is none."""
+    import fsspec
+
+    at = v2d.stats_url(url)
+    if at is None:
+        return None
+    try:
+        with fsspec.open(at, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    stats = parse_object(raw, f"{at} (video2dataset's counts for {url})", ManifestError)
+    return stats, at
+
+
+def scan_part(part: Part, cfg: ManifestConfig, *, refuse_relative_paths: bool = False) -> PartScan:
+    """Validate every row of ``part``; count, digest and index it. Raises ManifestError on a bad row.
+
+    A video2dataset tar must end with its end-of-archive marker, and its counts must match the
+    ``_stats.json`` video2dataset wrote beside it. ``refuse_relative_paths`` (inside a Ray job)
+    refuses a row whose clip path is relative.
+    """
     offsets: list[int] = []
     hashes: list[int] = []
+    walk = v2d.TarWalk(part.url, cfg.subtitle_field) if part.format == "wds" else None
     try:
-        for i, (at, record) in enumerate(_records(part, cfg)):
-            row = normalise_record(record, cfg, part, i)
+        for i, (at, row) in enumerate(_rows(part, cfg, walk=walk, refuse_relative_paths=refuse_relative_paths)):
             if i % CHECKPOINT_EVERY == 0:
                 offsets.append(at)
             hashes.append(key_hash(row["key"]))
+        stats = _v2d_stats(part.url) if walk is not None else None
+        if stats is not None:
+            walk.check_stats(*stats, rows=len(hashes))
     except FileNotFoundError as exc:
         raise ManifestError(f"manifest part {part.url} does not exist (was it removed while listing?)") from exc
     except UnicodeDecodeError as exc:
@@ -396,7 +332,8 @@ def scan_part(part: Part, cfg: ManifestConfig) -> PartScan:
     if not hashes:
         raise ManifestError(f"manifest part {part.url} has no rows; remove it or fill it")
     return PartScan(url=part.url, format=part.format, rows=len(hashes), digest=_digest(part),
-                    checkpoints=np.asarray(offsets, dtype=np.int64), keys=np.asarray(hashes, dtype=np.uint64))
+                    checkpoints=np.asarray(offsets, dtype=np.int64), keys=np.asarray(hashes, dtype=np.uint64),
+                    skipped=walk.skipped if walk is not None else 0)
 
 
 def read_rows(part: Part, cfg: ManifestConfig, start: int, end: int, checkpoints: np.ndarray,
@@ -409,16 +346,15 @@ def read_rows(part: Part, cfg: ManifestConfig, start: int, end: int, checkpoints
     """
     cp = start // CHECKPOINT_EVERY
     offset = int(checkpoints[cp]) if len(checkpoints) > cp else -1
-    skip_to = cp * CHECKPOINT_EVERY if offset >= 0 else 0
     if part.format in ("parquet", "csv"):
-        records, index = _records(part, cfg, first_row=start), start
+        index, rows = start, _rows(part, cfg, first_index=start)
     else:
-        records, index = _records(part, cfg, offset=max(offset, 0), read_clips=True), skip_to
-    for _, record in records:
+        index = cp * CHECKPOINT_EVERY if offset >= 0 else 0
+        rows = _rows(part, cfg, first_index=index, offset=max(offset, 0), read_clips=True)
+    for _, row in rows:
         if index >= end:
             break
         if index >= start:
-            row = normalise_record(record, cfg, part, index)
             yield {**row, "shard": shard, "row": first_row + index - start, "status": "ok", "error": ""}
         index += 1
 

@@ -8,6 +8,11 @@ one task per bucket looks for repeats among that bucket's hashes from every part
 hash is confirmed by reading the two rows' keys (64-bit hashes can collide, rarely) before the
 run is refused.
 
+Every task's failure reaches the driver once, as one error: when a task fails, the other planning
+tasks are cancelled and every error object is fetched before the error is raised. (Ray logs an
+"Unhandled error" traceback for each error object freed without being fetched; a scan task has
+``2 + B`` returns, so one bad manifest line used to be followed by dozens of tracebacks.)
+
 Shard ``s`` holds global rows ``[s*S, (s+1)*S)`` over the parts in order, so a shard may span two
 parts; ``Plan.slices(s)`` says which rows of which parts. Nothing here grows with the number of
 rows except the object-store references, one per part.
@@ -18,12 +23,15 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import logging
 import pickle
 from typing import Any
 
 import numpy as np
 
 from pipeline.manifest import ManifestConfig, ManifestError, Part, list_parts, read_rows, scan_part
+
+logger = logging.getLogger(__name__)
 
 MAX_BUCKETS = 32
 
@@ -83,9 +91,9 @@ class Plan:
         return out
 
 
-def _scan(part: Part, cfg: ManifestConfig, index: int, buckets: int) -> tuple:
+def _scan(part: Part, cfg: ManifestConfig, index: int, buckets: int, refuse_relative_paths: bool) -> tuple:
     """Ray task body: (summary, checkpoints, bucket_0, ..., bucket_{B-1})."""
-    scan = scan_part(part, cfg)
+    scan = scan_part(part, cfg, refuse_relative_paths=refuse_relative_paths)
     rows = np.arange(scan.rows, dtype=np.int64)
     which = (scan.keys % np.uint64(buckets)).astype(np.int64)
     parts = []
@@ -93,7 +101,7 @@ def _scan(part: Part, cfg: ManifestConfig, index: int, buckets: int) -> tuple:
         mask = which == b
         parts.append(np.stack([scan.keys[mask].view(np.int64), np.full(int(mask.sum()), index, np.int64),
                                rows[mask]], axis=1) if mask.any() else np.zeros((0, 3), np.int64))
-    summary = {"rows": scan.rows, "digest": scan.digest}
+    summary = {"rows": scan.rows, "digest": scan.digest, "skipped": scan.skipped}
     return (summary, scan.checkpoints, *parts)
 
 
@@ -121,36 +129,34 @@ def _key_at(part: Part, cfg: ManifestConfig, row: int, checkpoints: np.ndarray) 
     return next(read_rows(part, cfg, row, row + 1, checkpoints, 0, 0))["key"]
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The exception a Ray task raised, without Ray's wrapper."""
-    return getattr(exc, "cause", None) or exc
+def plan_manifest(cfg: ManifestConfig, samples_per_shard: int, *, refuse_relative_paths: bool = False,
+                  remote_options: dict[str, Any] | None = None, stats: dict[str, int] | None = None) -> Plan:
+    """Scan every part on the cluster; raise ``ManifestError`` on the first bad part or repeated key.
 
-
-def plan_manifest(cfg: ManifestConfig, samples_per_shard: int, *, remote_options: dict[str, Any] | None = None,
-                  stats: dict[str, int] | None = None) -> Plan:
-    """Scan every part on the cluster; raise ``ManifestError`` on the first bad part or repeated key."""
+    ``refuse_relative_paths`` (inside a Ray job): a relative clip path in a row is a
+    ``ManifestError``, since it would resolve in Ray's temporary copy of the working dir.
+    """
     import ray
 
     parts = list_parts(cfg)
     buckets = max(1, min(MAX_BUCKETS, len(parts)))
     scan_task = ray.remote(_scan).options(num_returns=2 + buckets, **(remote_options or {}))
-    refs = [scan_task.remote(part, cfg, i, buckets) for i, part in enumerate(parts)]
-    try:
-        summaries = _get([r[0] for r in refs], stats)
-    except ray.exceptions.RayTaskError as exc:
-        cause = _cause(exc)
-        if isinstance(cause, ManifestError):
-            raise ManifestError(str(cause).splitlines()[0]) from None
-        raise
+    refs = [scan_task.remote(part, cfg, i, buckets, refuse_relative_paths) for i, part in enumerate(parts)]
+    summaries = _get_tasks(refs, stats)
     plan = Plan(parts=parts, rows=[s["rows"] for s in summaries], digests=[s["digest"] for s in summaries],
                 checkpoints=[r[1] for r in refs], samples_per_shard=samples_per_shard)
+    skipped = sum(s["skipped"] for s in summaries)
+    if skipped:
+        logger.info("manifest %s: %d video2dataset sample(s) without a clip (inputs video2dataset recorded as "
+                    "failed) are not rows", cfg.path, skipped)
     repeat_task = ray.remote(_repeats).options(**(remote_options or {}))
-    groups = [g for gs in _get([repeat_task.remote(*[r[2 + b] for r in refs]) for b in range(buckets)], stats)
-              for g in gs]
+    groups = [g for gs in _get_tasks([[repeat_task.remote(*[r[2 + b] for r in refs])] for b in range(buckets)],
+                                     stats) for g in gs]
     key_task = ray.remote(_key_at).options(**(remote_options or {}))
     for group in groups:
         located = [(plan.offsets[p] + row, p, row) for p, row in group]
-        keys = _get([key_task.remote(parts[p], cfg, row, plan.checkpoints[p]) for _, p, row in located], stats)
+        keys = _get_tasks([[key_task.remote(parts[p], cfg, row, plan.checkpoints[p])] for _, p, row in located],
+                          stats)
         seen: dict[str, tuple[int, int, int]] = {}
         for key, where in sorted(zip(keys, located), key=lambda kv: kv[1][0]):
             if key in seen:
@@ -160,6 +166,34 @@ def plan_manifest(cfg: ManifestConfig, samples_per_shard: int, *, remote_options
                     f"{first[2]} of {parts[first[1]].url}; manifest rows {first[0]} and {g}); keys must be unique")
             seen[key] = where
     return plan
+
+
+def _get_tasks(tasks: list[list[Any]], stats: dict[str, int] | None) -> list[Any]:
+    """The first return of each task (``tasks[i]`` holds all of task i's ObjectRefs).
+
+    When one fails, the others are cancelled and every error object among all their returns is
+    fetched, so Ray has none left to log as unhandled; then the first failure is raised, as a
+    one-line ``ManifestError`` when that is what the task raised.
+    """
+    import ray
+
+    firsts = [refs[0] for refs in tasks]
+    try:
+        return _get(firsts, stats)
+    except ray.exceptions.RayError as exc:
+        for ref in firsts:
+            ray.cancel(ref)
+        for refs in tasks:
+            for ref in refs:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError:
+                    continue
+                break  # the task succeeded: its other returns are values, left in the object store
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ManifestError):
+            raise ManifestError(str(cause).splitlines()[0]) from None
+        raise
 
 
 def _get(refs: list[Any], stats: dict[str, int] | None) -> list[Any]:

@@ -329,7 +329,7 @@ def run(cfg: CurateConfig, *, stats: dict[str, int] | None = None) -> dict[str, 
     slots = check_cluster(cfg)
     if cfg.caption.model:
         probe_model(cfg)
-    plan = plan_manifest(cfg.manifest, cfg.writer.samples_per_shard, stats=stats)
+    plan = plan_manifest(cfg.manifest, cfg.writer.samples_per_shard, refuse_relative_paths=in_ray_job(), stats=stats)
     logger.info("manifest %s: %d rows in %d part(s), %d shard(s)", cfg.manifest.path, plan.n_rows, len(plan.parts),
                 plan.n_shards)
     fp = fingerprint(cfg, plan)

@@ -33,21 +33,25 @@ from typing import IO, Any, Callable, Iterable, Iterator
 from common.errors import UserError
 
 # The members of one sample, in the order they are written.
-MP4 = "mp4"  # the clip span re-encoded for training: H.264, constant frame rate, short side <= 240
+# The clip span re-encoded for training: H.264, constant frame rate, short side <= 240, always
+# BT.601 limited-range yuv420p and tagged so (video/reencode.py), whatever the source.
+MP4 = "mp4"
 JPG = "jpg"  # the middle frame (on screen at (start+end)/2), short side <= 480
 SUBTITLE = "subtitle.txt"  # the manifest's text (ASR subtitle), UTF-8
 CAPTION = "caption.txt"  # the caption of the middle frame, UTF-8; empty when captioning is off
 META = "json"  # metadata, fields below
 MEMBERS = (MP4, JPG, SUBTITLE, CAPTION, META)
 
-# Fields of the ``json`` member written by the pipeline. Every other manifest column is carried
-# through under its own name; one that collides with these is stored as ``manifest_<name>``.
+# Fields of the ``json`` member written by the pipeline. Every other manifest column (or
+# video2dataset json field) is carried through under its own name; one that collides with these
+# is stored as ``manifest_<name>`` (``merge_passthrough``).
 META_FIELDS = (
     "key", "path",  # the manifest key and the source video (a tar URL for video2dataset input)
     "start", "end", "duration",  # the span in the source, seconds
     "middle_time",  # the timestamp of the middle frame in the source, seconds
     "src_fps", "src_width", "src_height",  # the source stream
     "fps", "width", "height", "n_frames",  # the training mp4
+    "rotation", "mirrored",  # the source's display matrix, applied to both outputs
     "caption",  # {"model": ..., settings...}, or {"model": ""} when captioning was off
 )
 PASSTHROUGH_PREFIX = "manifest_"
@@ -158,11 +162,23 @@ def sample_members(key: str, *, mp4: bytes, jpg: bytes, subtitle: str, caption: 
             (f"{key}.{CAPTION}", caption.encode()), (f"{key}.{META}", json.dumps(meta, sort_keys=True).encode())]
 
 
+def passthrough_name(name: str, taken: Iterable[str]) -> str:
+    """``name``, or ``manifest_<name>`` (``manifest_manifest_<name>``, ...) while that is taken."""
+    taken = set(taken)
+    while name in taken:
+        name = f"{PASSTHROUGH_PREFIX}{name}"
+    return name
+
+
 def merge_passthrough(meta: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` plus the manifest's other columns; a name already in ``meta`` gets ``manifest_``."""
+    """``meta`` plus every carried manifest field: under its own name, or, where the pipeline writes
+    that name itself, under ``passthrough_name`` (fields whose names are free are placed first,
+    so a manifest's own ``manifest_caption`` keeps its name beside a prefixed ``caption``)."""
     out = dict(meta)
+    out.update((name, value) for name, value in extra.items() if name not in meta)
     for name, value in extra.items():
-        out[f"{PASSTHROUGH_PREFIX}{name}" if name in out else name] = value
+        if name in meta:
+            out[passthrough_name(name, out)] = value
     return out
 
 

@@ -268,3 +268,66 @@ def loopback_cluster():
     yield make
     for c in made:
         c.shutdown()
+
+
+def write_v2d_shard(folder: Path, shard: int, inputs: list[dict]) -> Path:
+    """One shard of video2dataset's WebDataset output, written the way video2dataset writes it.
+
+    As its ``WebDatasetSampleWriter`` and ``write_stats`` do: ``<shard:05d>.tar`` through
+    webdataset's ``TarWriter`` on an fsspec file, one sample per input keyed ``<shard:05d><i:04d>``
+    (``txt`` = the caption, ``json`` = the row's columns plus ``key``, ``status``,
+    ``error_message``, ``yt_meta_dict``, indented), ``mp4`` only for a success; a failed input
+    keeps its ``txt`` and ``json`` (status ``failed_to_download``). An input cut into clips gives a
+    sample per clip keyed ``<key>_<clip:05d>`` whose json holds its span in ``clips``. Then
+    ``<shard>.parquet`` (the samples' metadata) and, last, ``<shard>_stats.json``.
+
+    ``inputs``: dicts with ``url``, ``caption``, ``mp4`` (bytes; a list of bytes for clips; None for
+    a failed download) and any other columns. Returns the tar's path.
+    """
+    import json
+
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{shard:05d}"
+    metas, successes, failed = [], 0, 0
+    fs, base = fsspec.core.url_to_fs(str(folder))
+    with fs.open(f"{base}/{name}.tar", "wb") as fd:
+        sink = wds.TarWriter(fd)
+        for i, item in enumerate(inputs):
+            key = f"{shard * 10_000 + i:09d}"
+            columns = {k: v for k, v in item.items() if k != "mp4"}
+            meta = {**columns, "key": key, "status": None, "error_message": None, "yt_meta_dict": None}
+            clips = item["mp4"] if isinstance(item["mp4"], list) else [item["mp4"]]
+            if item["mp4"] is None:
+                failed += 1
+                meta.update(status="failed_to_download", error_message="HTTP Error 404: Not Found")
+                sink.write({"__key__": key, "txt": item["caption"], "json": json.dumps(meta, indent=4)})
+                metas.append(meta)
+                continue
+            successes += 1
+            for c, clip in enumerate(clips):
+                one = dict(meta, status="success")
+                if isinstance(item["mp4"], list):
+                    one.update(key=f"{key}_{c:05d}", clips=[[2.0 * c, 2.0 * c + 2.0]])
+                sink.write({"__key__": one["key"], "mp4": clip, "txt": item["caption"],
+                            "json": json.dumps(one, indent=4)})
+                metas.append(one)
+        sink.close()
+    pq.write_table(pa.Table.from_pylist([{k: v for k, v in m.items() if k not in ("yt_meta_dict", "clips")}
+                                         for m in metas]), f"{base}/{name}.parquet")
+    stats = {"count": len(inputs), "successes": successes, "failed_to_download": failed, "failed_to_subsample": 0,
+             "duration": 1.5, "bytes_downloaded": 1000, "start_time": 1.7e9, "end_time": 1.7e9 + 1.5,
+             "status_dict": {"success": successes, **({"HTTP Error 404: Not Found": failed} if failed else {})}}
+    with fs.open(f"{base}/{name}_stats.json", "w") as f:
+        json.dump(stats, f, indent=4)
+    return folder / f"{name}.tar"
+
+
+@pytest.fixture(scope="session")
+def v2d_shard():
+    """``write_v2d_shard(folder, shard, inputs)``: one shard of video2dataset output (see there)."""
+    return write_v2d_shard

@@ -8,7 +8,9 @@ whose presentation time is at or before that instant. For a clip without a span 
 
 The training copy keeps ``target_fps`` frames per second (never more than the source has), scales
 the short side down to ``short_side`` and is H.264 with a short keyframe interval, so a training
-loader decodes a few frames without walking a long GOP.
+loader decodes a few frames without walking a long GOP. It is always BT.601 limited-range and
+tagged so, whatever the source's colour encoding (``video/reencode.py``), so the trainer's
+decoder and the middle-frame JPEG show the same colours.
 
 Both outputs show the video the way a player does: a display matrix in the container (a phone clip
 stored landscape and flagged "rotate 90") is applied to the middle frame and to the training copy,
@@ -25,9 +27,9 @@ A clip is refused rather than written wrong:
   picture for a 224-px model, and the smallest sizes cannot be read back by the trainer's decoder.
 - display matrices that rotate by other than a multiple of 90 degrees (rare; turning them would
   need resampling onto a larger canvas).
-
-The training copy's width is also kept to one the trainer's decoder can read: see
-``readable_width``.
+- pictures above ``FrameConfig.max_pixels``: the size is read from the container before anything
+  is decoded, and FFmpeg is given the same cap, so a picture whose size only its decoder knows (a
+  huge PNG) is refused by the decoder before it allocates the picture.
 
 Expected failures (unreadable, truncated or non-video files, missing paths, spans outside the
 video, empty spans, the refusals above) raise ``ClipError`` with a readable reason; the decode
@@ -39,19 +41,22 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from fractions import Fraction
 from typing import Any
 
 import av
 import numpy as np
 from PIL import Image
 
+from video.orientation import Orientation, orientation_of
+from video.reencode import TrainingEncoder, scaled_size
+from video.source import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING, ClipError, open_capped, pixel_cap_named
+
 
 # A decode must reach this close to the span's end (beyond the last frame's own duration) or the
 # clip counts as truncated. A quarter second absorbs containers whose duration is that of a
 # slightly longer audio track (Matroska/WebM report one duration for all streams).
 END_SLACK_S = 0.25
-# The smallest ``FrameConfig.min_side`` allowed: below it, ``readable_width`` would have to stretch
+# The smallest ``FrameConfig.min_side`` allowed: below it, ``reencode.readable_width`` would have to stretch
 # the training copy by a large fraction (a 2-px-wide clip becomes 10 px wide).
 MIN_SIDE_FLOOR = 16
 
@@ -71,6 +76,7 @@ class FrameConfig:
     reencode: bool = True
     min_side: int = 32  # px; a source whose displayed short side is smaller fails its row
     timeout_s: float = 60.0  # a decode that hangs longer is killed and counted as failed
+    max_pixels: int = DEFAULT_MAX_PIXELS  # width x height; a larger source fails its row undecoded
 
     def __post_init__(self) -> None:
         if self.target_fps <= 0:
@@ -82,10 +88,10 @@ class FrameConfig:
         if self.min_side < MIN_SIDE_FLOOR:
             raise ValueError(f"frames.min_side={self.min_side} must be >= {MIN_SIDE_FLOOR} pixels: smaller clips "
                              "would have to be upscaled for the trainer's decoder to read them")
-
-
-class ClipError(Exception):
-    """An expected, per-clip failure (bad file, bad span); becomes a failed row, never a crash."""
+        if not self.min_side**2 <= self.max_pixels <= MAX_PIXELS_CEILING:
+            raise ValueError(f"frames.max_pixels={self.max_pixels} must be between frames.min_side squared "
+                             f"({self.min_side**2}) and {MAX_PIXELS_CEILING} (FFmpeg's limit); the default "
+                             f"{DEFAULT_MAX_PIXELS} admits 8K video")
 
 
 # Failures that mean "this input is bad", not "this code is wrong".
@@ -113,106 +119,6 @@ class ClipOutput:
 
     def meta(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("jpg", "mp4")}
-
-
-def open_container(path: str) -> av.container.InputContainer:
-    """Open a local path directly (seekable, fastest); any other fsspec URL through a file object."""
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
-
-        return av.open(fsspec.open(path, "rb").open())
-    local = path.removeprefix("file://")
-    return av.open(local)
-
-
-def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Scale so the short side is at most ``short_side``; keep aspect; even sizes for yuv420p."""
-    scale = min(1.0, short_side / min(width, height)) if short_side > 0 else 1.0
-    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
-
-
-# FFmpeg pads each RGB row of a filtered frame to the CPU's SIMD alignment: 16, 32 or 64 pixels.
-_ROW_ALIGNMENTS = (16, 32, 64)
-
-
-def readable_width(width: int) -> int:
-    """The smallest even width >= ``width`` that the trainer's decoder (decord) reads back.
-
-    decord skips its row-by-row copy whenever the padded row length in bytes is a whole multiple
-    of the width, and then reads the padded rows as if they were the frame: for a 144-px-wide clip
-    (rows padded to 192 px) the sizes disagree and every read fails ("The size must exactly
-    match"), so the trainer skips the clip every epoch. Across the alignments above this hits only
-    2, 4, 6, 8, 12, 16, 24, 32, 36, 48, 72, 96 and 144 px; the training copy steps 2 px past them,
-    a change the trainer's square resize makes invisible.
-    """
-    def unsafe(w: int) -> bool:
-        return any(w % a and (3 * -(-w // a) * a) % w == 0 for a in _ROW_ALIGNMENTS)
-
-    w = max(2, width + width % 2)
-    while unsafe(w):
-        w += 2
-    return w
-
-
-@dataclasses.dataclass(frozen=True)
-class Orientation:
-    """How to turn stored frames into displayed ones, from the stream's display matrix.
-
-    ``ops`` are applied in order to an HxWxC array: ``transpose``, ``cw``/``ccw`` (quarter turns)
-    and ``hflip``/``vflip``.
-    """
-
-    rotation: int = 0  # degrees counter-clockwise, FFmpeg's ``av_display_rotation_get`` rounded
-    mirrored: bool = False
-    ops: tuple[str, ...] = ()
-
-    @property
-    def swaps_axes(self) -> bool:
-        return any(op in ("transpose", "cw", "ccw") for op in self.ops)
-
-    def apply(self, arr: np.ndarray) -> np.ndarray:
-        for op in self.ops:
-            arr = {"transpose": lambda a: a.transpose(1, 0, 2), "cw": lambda a: np.rot90(a, -1),
-                   "ccw": lambda a: np.rot90(a, 1), "hflip": lambda a: a[:, ::-1],
-                   "vflip": lambda a: a[::-1]}[op](arr)
-        return np.ascontiguousarray(arr)
-
-    def display_size(self, width: int, height: int) -> tuple[int, int]:
-        return (height, width) if self.swaps_axes else (width, height)
-
-
-def orientation_of(frame: av.VideoFrame, path: str) -> Orientation:
-    """The display transform a player applies to ``frame``.
-
-    Follows the auto-rotation of the ``ffmpeg`` and ``ffplay`` tools case by case (``theta`` is the
-    clockwise angle; the matrix entries decide between a plain quarter turn and a mirrored one), so
-    the outputs look the way the clip plays. Other angles raise ``ClipError``.
-    """
-    matrix = next((np.frombuffer(bytes(sd), dtype=np.int32) for sd in frame.side_data
-                   if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
-    if matrix is None:
-        return Orientation()
-    rotation = 180 if int(frame.rotation) == -180 else int(frame.rotation)  # FFmpeg returns [-180, 180]
-    mirrored = bool(int(matrix[0]) * int(matrix[4]) - int(matrix[1]) * int(matrix[3]) < 0)
-    theta = float(-rotation)
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
-    if abs(theta - 90) < 1:
-        ops: tuple[str, ...] = ("transpose",) if matrix[3] > 0 else ("cw",)
-    elif abs(theta - 180) < 1:
-        ops = (("hflip",) if matrix[0] < 0 else ()) + (("vflip",) if matrix[4] < 0 else ())
-    elif abs(theta - 270) < 1:
-        ops = ("cw", "vflip") if matrix[3] < 0 else ("ccw",)
-    elif abs(theta) > 1 and abs(theta - 360) > 1:
-        raise ClipError(f"{path}: display matrix rotates by {rotation} degrees; only multiples of 90 are supported")
-    else:
-        ops = ("vflip",) if matrix[4] < 0 else ()
-    return Orientation(rotation=rotation, mirrored=mirrored, ops=ops)
-
-
-def _video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
-    if not container.streams.video:
-        raise ClipError(f"{path}: no video stream")
-    return container.streams.video[0]
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
@@ -290,11 +196,17 @@ def _at_or_before(t: float, target: float) -> bool:
     return t <= target + 1e-6
 
 
-def middle_frame(path: str, start: float | None = None, end: float | None = None) -> tuple[float, np.ndarray]:
+def middle_frame(path: str, start: float | None = None, end: float | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[float, np.ndarray]:
     """The frame on screen at the middle of the span, as (time, HxWx3 uint8), as displayed (rotation
-    applied). Seeks, then decodes forward."""
-    with open_container(path) as container:
-        stream = _video_stream(container, path)
+    applied). Seeks, then decodes forward; a picture above ``max_pixels`` is a ``ClipError``."""
+    with pixel_cap_named(path, max_pixels):
+        return _middle_frame(path, start, end, max_pixels)
+
+
+def _middle_frame(path: str, start: float | None, end: float | None, max_pixels: int) -> tuple[float, np.ndarray]:
+    container, stream = open_capped(path, max_pixels)
+    with container:
         stream.thread_count = 1
         fps = float(stream.average_rate or 0)
         s, e = resolve_span(path, start, end, _duration(container, stream), fps)
@@ -314,10 +226,16 @@ def process_clip(path: str, start: float | None, end: float | None, cfg: FrameCo
 
     Raises:
         ClipError: (or a PyAV / OS error) for inputs that cannot be decoded as asked, including
-            files whose frames stop short of the span (truncated) and clips below ``cfg.min_side``.
+            files whose frames stop short of the span (truncated), clips below ``cfg.min_side``
+            and pictures above ``cfg.max_pixels``.
     """
-    with open_container(path) as container:
-        stream = _video_stream(container, path)
+    with pixel_cap_named(path, cfg.max_pixels):
+        return _process_span(path, start, end, cfg)
+
+
+def _process_span(path: str, start: float | None, end: float | None, cfg: FrameConfig) -> ClipOutput:
+    container, stream = open_capped(path, cfg.max_pixels)
+    with container:
         stream.thread_count = cfg.decode_threads
         src_fps = float(stream.average_rate or 0)
         duration = _duration(container, stream)
@@ -327,7 +245,7 @@ def process_clip(path: str, start: float | None, end: float | None, cfg: FrameCo
         n_out = max(1, math.ceil((e - s) * out_fps - 1e-6)) if cfg.reencode else 0
         targets = [s + k / out_fps for k in range(n_out)]
         last_needed = max(mid, targets[-1] if targets else mid)
-        encoder = _Encoder(cfg, out_fps) if cfg.reencode else None
+        encoder = TrainingEncoder(out_fps, cfg) if cfg.reencode else None
         orient: Orientation | None = None
         middle: tuple[float, av.VideoFrame] | None = None
         prev: av.VideoFrame | None = None
@@ -371,55 +289,3 @@ def process_clip(path: str, start: float | None, end: float | None, cfg: FrameCo
     return ClipOutput(jpg=jpg, mp4=mp4, middle_time=middle[0], start=s, end=e, src_fps=src_fps,
                       src_width=src_w, src_height=src_h, fps=out_fps if cfg.reencode else 0.0,
                       width=w, height=h, n_frames=n_out, rotation=orient.rotation, mirrored=orient.mirrored)
-
-
-class _Encoder:
-    """H.264 into an in-memory mp4, sized on the first frame (as displayed)."""
-
-    def __init__(self, cfg: FrameConfig, fps: float):
-        self.cfg, self.fps = cfg, fps
-        self.buf = io.BytesIO()
-        self.container: av.container.OutputContainer | None = None
-        self.stream = None
-        self.size = (0, 0)
-
-    def _open(self, frame: av.VideoFrame, orient: Orientation) -> None:
-        w, h = scaled_size(*orient.display_size(frame.width, frame.height), self.cfg.short_side)
-        self.size = (readable_width(w), h)
-        self.container = av.open(self.buf, "w", format="mp4")
-        rate = Fraction(self.fps).limit_denominator(1001)
-        self.stream = self.container.add_stream("libx264", rate=rate)
-        self.time_base = 1 / rate
-        self.stream.width, self.stream.height = self.size
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.codec_context.gop_size = self.cfg.keyframe_interval
-        self.stream.thread_count = 1
-        # mbtree=0: with x264's MB-tree rate control (its AVX-512 code) the same frames encoded
-        # to different bytes and pixels from one run to the next for 9 of 60 synthetic clips on
-        # an AVX-512 machine, so shards were not reproducible; without it, none did.
-        self.stream.options = {"preset": self.cfg.preset, "crf": str(self.cfg.crf), "sc_threshold": "0",
-                               "keyint_min": str(self.cfg.keyframe_interval), "x264-params": "mbtree=0"}
-        self.n = 0
-
-    def add(self, frame: av.VideoFrame, orient: Orientation) -> None:
-        if self.container is None:
-            self._open(frame, orient)
-        w, h = self.size
-        if orient.ops:
-            # Scale in the stored orientation, turn the pixels, then convert for the encoder.
-            sw, sh = orient.display_size(w, h)
-            rgb = orient.apply(frame.to_ndarray(format="rgb24", width=sw, height=sh, interpolation="AREA"))
-            out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-        else:
-            out = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-        out.pts, out.time_base = self.n, self.time_base
-        for packet in self.stream.encode(out):
-            self.container.mux(packet)
-        self.n += 1
-
-    def finish(self) -> tuple[bytes, tuple[int, int]]:
-        assert self.container is not None, "finish() before any frame"
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        return self.buf.getvalue(), self.size

@@ -134,7 +134,6 @@ def test_video2dataset_shards_are_a_manifest(tmp_path):
     (lambda rows: rows[:3] + [{**rows[3], "key": "a/b"}], "row 3, column 'key': key 'a/b'"),
     (lambda rows: rows[:1] + [{**rows[1], "path": ""}], "row 1, column 'path': empty path"),
     (lambda rows: rows[:4] + [{**rows[4], "start": "soon"}], "row 4, column 'start': 'soon' is not a number"),
-    (lambda rows: [{**r, "status": "x"} for r in rows], "reserved"),
 ])
 def test_validation_names_row_and_column(tmp_path, mutate, fragment):
     path = _jsonl(tmp_path / "m.jsonl", mutate(_rows()))

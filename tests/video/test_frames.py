@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from train.video import DecodeError, decode_frames
-from video.frames import ClipError, FrameConfig, middle_frame, process_clip, readable_width, scaled_size
+from video.frames import ClipError, FrameConfig, middle_frame, process_clip
+from video.reencode import readable_width, scaled_size
 from demo.synth import write_awkward_clips
 
 
