@@ -38,9 +38,9 @@ def local_ray():
 
 
 def _cfg(manifest, out, **writer) -> CurateConfig:
-    writer = {"prefix": "t", **writer}
+    writer = {"prefix": "t", "samples_per_shard": 7, **writer}
     return CurateConfig(manifest=ManifestConfig(path=str(manifest)),
-                        writer=ShardWriterConfig(output_dir=str(out), samples_per_shard=7, **writer),
+                        writer=ShardWriterConfig(output_dir=str(out), **writer),
                         ray=RayConfig(num_cpus=2), progress_every_s=1.0)
 
 
@@ -151,7 +151,9 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path,
     replica and the frames it held are sent again; every key lands once, no row turns into a failure."""
     from demo.tiny_hf import write_debug_model
 
-    cfg = _cfg(curate_manifest, tmp_path / "out")
+    # The shard task is killed once it has run 1.5 s, after it told the progress actor its first
+    # rows: one shard of every row keeps it running that long.
+    cfg = _cfg(curate_manifest, tmp_path / "out", samples_per_shard=7 if target == "caption replica" else 64)
     if target == "caption replica":
         model = write_debug_model(tmp_path / "blip")
         cfg = dataclasses.replace(cfg, caption=CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4,

@@ -133,7 +133,7 @@ def test_video2dataset_shards_curate_like_a_manifest(local_ray, synth_clips, tmp
 def test_cluster_and_model_checks_fail_at_once(local_ray, synth_clips, tmp_path):
     cfg = _cfg(synth_clips, tmp_path / "out")
     gpus = dataclasses.replace(cfg, caption=CaptionConfig(model="hf:/nonexistent", num_gpus=1, concurrency=2))
-    with pytest.raises(SetupError, match=r"caption.concurrency=2 actors each needing .*GPU=1.*room for 0"):
+    with pytest.raises(SetupError, match=r"caption.concurrency=2 replicas each needing .*GPU=1.*room for 0"):
         run(gpus)
     pinned = dataclasses.replace(cfg, writer=dataclasses.replace(cfg.writer, resources={"curate_writer": 1}))
     with pytest.raises(SetupError, match=r"no node can run a shard task, which needs CPU=1, curate_writer=1"):

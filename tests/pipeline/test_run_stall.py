@@ -32,6 +32,8 @@ from pipeline.writer import ShardWriterConfig
 def two_nodes(loopback_cluster):
     import ray
 
+    if ray.is_initialized():  # an earlier module's Ray: this test drives its own cluster
+        ray.shutdown()
     c = loopback_cluster(head_cpus=2)
     caption_node = c.add_node(num_cpus=0, resources={"captioner": 1})
     ray.init(address=c.address)
