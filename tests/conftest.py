@@ -180,11 +180,14 @@ class LoopbackCluster:
     ``JobSubmissionClient`` and notices a dead node ~2 s after its raylet stops answering."""
 
     ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every node on 127.0.0.1, never the external address
-           "RAY_AUTH_MODE": "disabled",  # a throwaway head that only this test talks to
+           # Token authentication, as Ray turns on by itself for the first local Ray of a process:
+           # one mode for every cluster this process starts or joins, whatever ran before.
+           "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0"}
 
     def __init__(self, head_cpus: int = 1) -> None:
         import functools
+        import subprocess
         import tempfile
         from unittest import mock
 
@@ -192,8 +195,11 @@ class LoopbackCluster:
         import ray._private.utils
         from ray.cluster_utils import Cluster
 
-        self._saved = {k: os.environ.get(k) for k in self.ENV}
+        # ray.init(address=...) leaves RAY_ADDRESS set: restore it too, or a later local run joins this cluster.
+        self._saved = {k: os.environ.get(k) for k in (*self.ENV, "RAY_ADDRESS")}
         os.environ.update(self.ENV)
+        subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"], check=True,
+                       capture_output=True)
         # Unix socket paths are limited to ~107 bytes: keep session folders short.
         self.temp_dir = tempfile.mkdtemp(prefix="rlc", dir="/tmp")
         self.dirs = [self.temp_dir]

@@ -145,15 +145,13 @@ class KillOnce:
         self._thread.join()
 
 
-@pytest.mark.parametrize("target", ["decode task", "caption replica"])
+@pytest.mark.parametrize("target", ["shard task", "caption replica"])
 def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path, target, caplog):
     """SIGKILL a shard task's worker or a caption replica mid-run: Ray reruns the task, Serve restarts the
     replica and the frames it held are sent again; every key lands once, no row turns into a failure."""
     from demo.tiny_hf import write_debug_model
 
-    # The shard task is killed once it has run 1.5 s, after it told the progress actor its first
-    # rows: one shard of every row keeps it running that long.
-    cfg = _cfg(curate_manifest, tmp_path / "out", samples_per_shard=7 if target == "caption replica" else 64)
+    cfg = _cfg(curate_manifest, tmp_path / "out")
     if target == "caption replica":
         model = write_debug_model(tmp_path / "blip")
         cfg = dataclasses.replace(cfg, caption=CaptionConfig(model=f"hf:{model}", device="cpu", batch_size=4,
@@ -161,9 +159,15 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, curate_manifest, tmp_path,
                                                              decode=DecodeSettings(beam=2, max_new_tokens=5)))
         fragments = ("ServeReplica", "CaptionReplica")  # a replica of the caption service
     else:
-        fragments = ("process_shard",)  # a running shard task (decodes, then writes its shard)
+        # The shard task is killed once it has run 1.5 s, after it told the progress actor its first
+        # rows: one shard of every row, captioned inline at 0.3 s per 4 frames, runs about 2.5 s.
+        cfg = dataclasses.replace(
+            cfg, writer=dataclasses.replace(cfg.writer, samples_per_shard=64),
+            caption=CaptionConfig(model="py:bench.sim_gpu:SimulatedGPU", placement="inline", batch_size=4,
+                                  options={"a": 0.3, "b": 0.0}))
+        fragments = ("process_shard",)  # a running shard task (decodes, captions, writes its shard)
     # A shard task dies once it has reported some rows: its retry's rows must not count twice.
-    with KillOnce(*fragments, after_s=1.5 if target == "decode task" else 0.0) as killer, \
+    with KillOnce(*fragments, after_s=1.5 if target == "shard task" else 0.0) as killer, \
             caplog.at_level(logging.INFO, logger="pipeline.run"):
         summary = run(cfg)
     assert killer.killed, f"no worker matching {fragments} was seen running"
