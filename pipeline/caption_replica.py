@@ -1,12 +1,21 @@
 """One captioner as a Ray Serve replica, and the application of them: the GPU end of the caption
 stage (``pipeline/caption_service.py`` holds its config and the shard tasks' side).
 
-Each request is a few middle frames of one shard task. Serve's ``@serve.batch`` hands the
-requests waiting at this replica to ``_generate`` together, up to ``caption.batch_size`` frames
-in all, after waiting at most ``caption.batch_wait_s`` when the replica is idle, or as long as the
-previous batch took when it is busy; the captioner runs in a thread, so the replica keeps accepting the next
-batch's frames meanwhile. The replica counts what it did (batches, frames, busy seconds, how many
-shard tasks shared each batch) and reports it to the run's progress actor after every batch.
+Each request is a few middle frames of one shard task. The replica batches them continuously: the
+moment the captioner is free it takes every waiting frame, up to ``caption.batch_size``, from any
+number of requests and shard tasks; an idle replica that gets a first request waits at most
+``caption.batch_wait_s`` for a batch to fill. The captioner runs in a thread, so requests keep
+arriving while it works.
+
+Serve's own ``@serve.batch`` was used first and measured short: it forms the next batch while the
+current one runs and closes it after its wait, so with a wait shorter than a batch, batches stayed
+at 4-5 requests of the 8 that fit with 120 waiting at the replica; with a wait as long as a batch,
+a replica whose next batch began filling late sat idle for up to that long (gaps of 4-8 s between
+3-5 s batches, 0.68-0.79 busy). Everything else (routing, health checks, restarts, autoscaling)
+is Serve's.
+
+The replica counts what it did (batches, frames, busy seconds, how many shard tasks shared each
+batch) and reports it to the run's progress actor after every batch.
 """
 
 from __future__ import annotations
@@ -22,17 +31,20 @@ from ray import serve
 
 from pipeline.caption_service import DEPLOYMENT, CaptionConfig, caption_jpegs, load
 
+_Waiting = tuple[str, list[bytes], "asyncio.Future[list[tuple[str, float]]]"]
+
 
 class CaptionReplica:
     """Load the captioner once; ``caption((task id, jpegs))`` -> [(caption, captioner seconds per frame)]."""
 
     def __init__(self, cfg: CaptionConfig, progress: Any = None) -> None:
         self.captioner, self.info = load(cfg)
-        self._generate.set_max_batch_size(cfg.batch_size)
-        self._generate.set_batch_wait_timeout_s(cfg.batch_wait_s)
-        self.min_wait_s = cfg.batch_wait_s
-        self.batch_size = cfg.batch_size
+        self.batch_size, self.wait_s = cfg.batch_size, cfg.batch_wait_s
         self.progress = progress
+        self.waiting: collections.deque[_Waiting] = collections.deque()
+        self.frames_waiting = 0
+        self.arrived = asyncio.Event()
+        self.batcher: asyncio.Task | None = None
         ctx = ray.get_runtime_context()
         self.stats: dict[str, Any] = {
             "replica": ctx.get_actor_id(), "node_id": ctx.get_node_id(), "batches": 0, "frames": 0, "busy_s": 0.0,
@@ -45,27 +57,57 @@ class CaptionReplica:
 
     async def caption(self, request: tuple[str, list[bytes]]) -> list[tuple[str, float]]:
         """(sending task id, JPEG frames) -> (caption, captioner seconds per frame) for each frame."""
-        return await self._generate(request)
+        task, jpgs = request
+        if len(jpgs) > self.batch_size:
+            raise ValueError(f"a request of {len(jpgs)} frames is larger than caption.batch_size={self.batch_size}")
+        if self.batcher is None or self.batcher.done():
+            self.batcher = asyncio.get_running_loop().create_task(self._batches())
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.waiting.append((task, jpgs, answer))
+        self.frames_waiting += len(jpgs)
+        self.arrived.set()
+        return await answer
 
-    # Batch sizes are set from the config in __init__; a batch is counted in frames, not requests.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.1, batch_size_fn=lambda reqs: sum(len(r[1]) for r in reqs))
-    async def _generate(self, requests: list[tuple[str, list[bytes]]]) -> list[list[tuple[str, float]]]:
-        frames = [jpg for _, jpgs in requests for jpg in jpgs]
+    async def _batches(self) -> None:
+        """Forever: wait for frames, take up to a batch of them, caption them, answer their requests."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.waiting:
+                self.arrived.clear()
+                await self.arrived.wait()
+                # Idle until now: give the batch a moment to fill, unless it is full already.
+                deadline = loop.time() + self.wait_s
+                while self.frames_waiting < self.batch_size and loop.time() < deadline:
+                    self.arrived.clear()
+                    try:
+                        await asyncio.wait_for(self.arrived.wait(), deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
+            batch: list[_Waiting] = []
+            frames = 0
+            while self.waiting and frames + len(self.waiting[0][1]) <= self.batch_size:
+                item = self.waiting.popleft()
+                batch.append(item)
+                frames += len(item[1])
+            self.frames_waiting -= frames
+            await self._run(batch, frames)
+
+    async def _run(self, batch: list[_Waiting], frames: int) -> None:
         start = time.time()
-        texts = await asyncio.to_thread(caption_jpegs, self.captioner, frames)
+        try:
+            texts = await asyncio.to_thread(caption_jpegs, self.captioner, [j for _, jpgs, _ in batch for j in jpgs])
+        except Exception as exc:  # noqa: BLE001 - the callers get the captioner's own error
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
         end = time.time()
-        # Serve forms the next batch while this one runs and closes it after the wait: with a wait
-        # shorter than a batch, batches stay small however many frames queue (measured: 64-80 of
-        # 128 frames with 120 requests waiting). So the next batch may fill for as long as this
-        # one took: the GPU never idles while frames wait, and batches grow with the load.
-        self._generate.set_batch_wait_timeout_s(max(self.min_wait_s, end - start))
-        self._count(start, end, len(frames), len({task for task, _ in requests}))
-        per = (end - start) / len(frames)
-        out, i = [], 0
-        for _, jpgs in requests:
-            out.append([(text, per) for text in texts[i:i + len(jpgs)]])
+        self._count(start, end, frames, len({task for task, _, _ in batch}))
+        per, i = (end - start) / frames, 0
+        for _, jpgs, answer in batch:
+            if not answer.done():  # a caller that went away cancels its request
+                answer.set_result([(text, per) for text in texts[i:i + len(jpgs)]])
             i += len(jpgs)
-        return out
 
     def _count(self, start: float, end: float, frames: int, tasks: int) -> None:
         st = self.stats

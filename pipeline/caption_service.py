@@ -4,14 +4,13 @@ Two layouts (``caption.placement``):
 
 - ``actors`` (GPU clusters): a Ray Serve application of ``caption.concurrency`` replicas, each
   holding one captioner on its GPU. Every shard task sends its decoded middle frames to the
-  application as they are decoded, ``caption.frames_per_request`` to a request. Serve's request
-  batching (``@serve.batch``) gathers the requests waiting at a replica, from however many shard
-  tasks sent them, into one ``generate`` call of up to ``caption.batch_size`` frames; an idle
-  replica waits at most ``caption.batch_wait_s`` for a batch to fill, a busy one lets the next
-  batch fill for as long as the current one takes. Serve routes each request to a live replica,
-  restarts a replica whose process or node died (wherever the cluster has room, a node that
-  joins later included), and with ``caption.max_concurrency`` above ``concurrency`` adds
-  replicas while frames queue. Requests in flight on a replica that dies fail with
+  application as they are decoded, ``caption.frames_per_request`` to a request. A replica,
+  whenever its captioner is free, takes every frame waiting for it, from however many shard tasks
+  sent them, into one ``generate`` call of up to ``caption.batch_size`` frames (an idle replica
+  waits at most ``caption.batch_wait_s`` for a batch to fill). Serve routes each request to a
+  live replica, restarts a replica whose process or node died (wherever the cluster has room, a
+  node that joins later included), and with ``caption.max_concurrency`` above ``concurrency``
+  adds replicas while frames queue. Requests in flight on a replica that dies fail with
   ``RayActorError``: the shard task sends them again (``caption.max_attempts`` in all), so they
   are captioned by another replica. Each caption comes back in the reply to the request that
   carried its frame, in the frame's place, so it can only ever be attached to that frame.
@@ -54,8 +53,7 @@ class CaptionConfig:
     device: str = "auto"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra keyword arguments of the captioner
     batch_size: int = 32  # frames per generate() call: 128 on an H100 (OFA-base 568 img/s vs 277 at 32)
-    # actors: how long an idle replica waits for a batch to fill; a busy one lets the next batch fill
-    # for as long as the current one takes.
+    # actors: how long an idle replica waits for a batch to fill (a busy one takes what waits)
     batch_wait_s: float = 0.1
     # "actors": a Ray Serve pool of ``concurrency`` replicas any shard task sends frames to (the GPU
     # layout); "inline": each shard task loads the captioner itself (CPU-only clusters: no frame

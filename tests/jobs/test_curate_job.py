@@ -70,10 +70,14 @@ def ray_head():
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    port = _free_port()
+    port, gcs_port = _free_port(), _free_port()
     temp_dir = f"/tmp/rh{uuid.uuid4().hex[:8]}"  # short: Ray's socket paths must stay under 108 bytes
+    # `ray start` records the head in /tmp/ray/ray_current_cluster whatever --temp-dir says, and a
+    # later ray.init() with no address joins whatever that file names: put back what was there.
+    current = Path("/tmp/ray/ray_current_cluster")
+    before = current.read_text() if current.exists() else None
     subprocess.run([RAY, "start", "--head", "--num-cpus", "2", "--disable-usage-stats", "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(port), "--port", str(_free_port()), "--temp-dir", temp_dir,
+                    "127.0.0.1", "--dashboard-port", str(port), "--port", str(gcs_port), "--temp-dir", temp_dir,
                     # Every port free-chosen, so a second Ray on this machine cannot take the job agent's.
                     "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
                     "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
@@ -97,6 +101,11 @@ def ray_head():
     finally:
         _kill_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+            if before is None:
+                current.unlink()
+            else:
+                current.write_text(before)
 
 
 def _write_config(path: Path, manifest: Path, out: Path, samples_per_shard: int) -> Path:

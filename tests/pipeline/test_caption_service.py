@@ -34,7 +34,7 @@ SIM = "py:bench.sim_gpu:SimulatedGPU"
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

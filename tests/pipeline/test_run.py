@@ -31,7 +31,7 @@ def local_ray():
     import ray
 
     os.environ[CRASH_ENV] = "crashme"  # inherited by the Ray workers and their decode children
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
     os.environ.pop(CRASH_ENV, None)

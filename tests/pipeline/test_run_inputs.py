@@ -23,7 +23,7 @@ from pipeline.writer import ShardWriterConfig
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
