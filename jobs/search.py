@@ -11,7 +11,6 @@ Prints rank, score, key, duration, subtitle and caption; ``--json`` prints the p
 from __future__ import annotations
 
 import argparse
-import logging
 import json
 import sys
 
@@ -57,27 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging("WARNING")
     offline_defaults()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import numpy as np
+    from search.query import Searcher, read_query_vector
 
-    from search.encoder import EncoderError
-    from search.query import QueryError, Searcher
-    from search.store import StoreError
-
-    vector = None
-    if args.vector:
-        try:
-            vector = np.load(args.vector)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--vector {args.vector}: not a numpy .npy file ({exc})") from exc
-    try:
-        searcher = Searcher.open([args.index], model=args.model, tokenizer=args.tokenizer, device=args.device,
-                                 fold_threshold=args.fold_threshold)
-        name = next(iter(searcher.stores))
-        page = searcher.search(name, text=args.text, key=args.like, vector=vector, k=args.k, offset=args.offset,
-                               filters=filters_from(args), fold=args.fold)
-    except (QueryError, StoreError, EncoderError) as exc:
-        raise UserError(str(exc)) from exc
+    vector = read_query_vector(args.vector) if args.vector else None
+    searcher = Searcher.open([args.index], model=args.model, tokenizer=args.tokenizer, device=args.device,
+                             fold_threshold=args.fold_threshold)
+    name = next(iter(searcher.stores))
+    page = searcher.search(name, text=args.text, key=args.like, vector=vector, k=args.k, offset=args.offset,
+                           filters=filters_from(args), fold=args.fold)
     if args.json:
         print(json.dumps(page.to_dict(), indent=1, default=str))
         return 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from search import parts, tune
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ FORMAT = 1
 FLAT_MAX = 20_000
 
 
-class IndexBuildError(ValueError):
+class IndexBuildError(UserError):
     """An index that cannot be built or grown as asked; the message names the input and the fix."""
 
 
@@ -245,7 +246,8 @@ def build(cfg: IndexConfig) -> dict[str, Any]:
         table_m = [choice]
     from pipeline.writer import read_json
 
-    loaded_from = read_json(f"{cfg.embeddings.rstrip('/')}/_model.json") or {}
+    # The embedding run's config says where its model is, for text queries (search, serve).
+    loaded_from = read_json(f"{cfg.embeddings.rstrip('/')}/config.json") or {}
     suggestion = choose_index(len(vectors), dim, cfg.memory_budget_gb * 1e9)[0]
     info = {"format": FORMAT, "model_id": model_id, "dim": dim, "count": int(index.ntotal), "index_key": key,
             "why": why, "knob": tune.knob(index),

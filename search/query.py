@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from common.errors import UserError
 from search.store import Filters, Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ RERANK = 10  # candidates fetched per result from a quantised index, then re-sco
 MAX_RESULTS = 1000  # offset + k
 
 
-class QueryError(ValueError):
+class QueryError(UserError):
     """A query that cannot be answered as asked (unknown index or key, bad paging, model mismatch)."""
 
 
@@ -129,6 +130,19 @@ def fold_duplicates(store: Store, ids: np.ndarray, threshold: float) -> list[tup
         kept.append(i)
         groups.append((int(ids[i]), []))
     return groups
+
+
+def read_query_vector(path: str) -> np.ndarray:
+    """A query vector saved with ``numpy.save`` ([E] or [1, E]; pickled objects are refused)."""
+    try:
+        vector = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise QueryError(f"vector file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # numpy's refusal of a file that is no .npy array
+        raise QueryError(f"vector file {path} is not a numpy .npy array ({exc}); save it with numpy.save") from None
+    if not isinstance(vector, np.ndarray):
+        raise QueryError(f"vector file {path} is an .npz archive; save the one vector with numpy.save")
+    return vector
 
 
 class Searcher:

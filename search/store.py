@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from search.index import INDEX_FILE, INFO_FILE, META_FILE, VECTORS_FILE
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """An index folder that cannot be opened, or a filter on a column it lacks."""
 
 
