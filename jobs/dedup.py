@@ -37,14 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     from search import parts
     from search.dedup import semantic_dedup
     from search.dedup_report import write
-    from search.index import complete_parts, read_parts
     from search.store import Store
 
     if args.embeddings:
-        names = list(complete_parts(args.embeddings))
+        names = list(parts.complete_parts(args.embeddings))
         if not names:
             raise UserError(f"--embeddings {args.embeddings} has no complete part yet")
-        table = read_parts(args.embeddings, names)
+        table = parts.read_parts(args.embeddings, names)
         keys, vectors = table["key"].to_pylist(), parts.to_numpy(table[parts.VECTOR])
         model_id = table["model_id"][0].as_py()
     else:
