@@ -26,6 +26,13 @@ def add_filter_args(p: argparse.ArgumentParser) -> None:
                    help="a metadata (manifest) column equal to a value, compared as text (repeatable)")
 
 
+def add_model_args(p: argparse.ArgumentParser, first: str = "the index") -> None:
+    """The model that encodes text queries (search and serve)."""
+    p.add_argument("--model", default="", help=f"default: the model {first} was embedded with")
+    p.add_argument("--tokenizer", default="", help="default: the one recorded with that model")
+    p.add_argument("--device", default="auto")
+
+
 def filters_from(args: argparse.Namespace) -> dict:
     cols = {}
     for w in args.where:
@@ -48,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--fold", action="store_true", help="fold near-duplicates into the better-ranked clip")
     p.add_argument("--fold-threshold", type=float, default=0.95)
-    p.add_argument("--model", default="", help="default: the model the index was embedded with")
-    p.add_argument("--tokenizer", default="")
-    p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.add_argument("--json", action="store_true")
     add_filter_args(p)
     args = p.parse_args(argv)

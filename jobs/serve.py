@@ -17,6 +17,7 @@ import logging
 import sys
 
 from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from jobs.search import add_model_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", action="append", required=True, metavar="[NAME=]FOLDER", help="repeatable")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", default="", help="default: the model the first index was embedded with")
-    p.add_argument("--tokenizer", default="")
-    p.add_argument("--device", default="auto")
+    add_model_args(p, first="the first index")
     p.add_argument("--fold-threshold", type=float, default=None, help="default 0.95, or --dedup's threshold")
     p.add_argument("--dedup", help="a clipvip dedup output folder whose threshold folding uses")
     p.add_argument("--rate", type=float, default=20.0, help="API requests a second per client")
