@@ -9,10 +9,13 @@ once under its final name instead; see ``pipeline/writer.py``.)
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -78,6 +81,20 @@ def temp_dir_beside(final: str | Path) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def built_aside(final: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``final`` to build in: when the block ends normally it replaces
+    ``final`` whole (:func:`replace_dir`); when it raises, the folder is removed and ``final`` is as
+    it was."""
+    tmp = temp_dir_beside(final)
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def replace_dir(tmp: str | Path, final: str | Path) -> None:
     """Move the finished folder ``tmp`` to ``final``, replacing an earlier ``final`` whole."""
     tmp, final = Path(tmp), Path(final)
@@ -92,3 +109,12 @@ def replace_dir(tmp: str | Path, final: str | Path) -> None:
         os.rename(old, final)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 4 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

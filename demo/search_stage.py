@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,6 @@ def search_stage(cfg, out: Path, shards: str, model_dir: str, results: dict) -> 
     """Embed, index and search the curated clips with ``model_dir``; fill ``results["search"]``."""
     import ray
 
-    from jobs import search as search_cli
     from pipeline.run import RayConfig
     from search.embed import EmbedConfig, run as embed
     from search.index import IndexConfig, build
@@ -111,7 +112,8 @@ def search_stage(cfg, out: Path, shards: str, model_dir: str, results: dict) -> 
                          "right_first": f"{first_right}/{len(examples)}", "examples_png": str(png)}
     print(f"\nsearch: {info['count']} clips indexed ({info['index_key']}); the right clip came first for "
           f"{first_right} of {len(examples)} queries ({png})")
-    print("$ clipvip search " + " ".join(f"'{a}'" if " " in a else a for a in search_cmd))
-    search_cli.main(search_cmd)
+    print("$ clipvip search " + " ".join(f"'{a}'" if " " in a else a for a in search_cmd), flush=True)
+    # The command itself, as a user runs it (the demo imports no entry point: jobs/ sits above it).
+    subprocess.run([sys.executable, "-m", "jobs.cli", "search", *search_cmd], check=True)
     print(f"$ {serve_cmd}    # then open http://127.0.0.1:8080/")
     (out / "search" / "examples.json").write_text(json.dumps(results["search"], indent=1, default=str))

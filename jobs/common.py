@@ -15,6 +15,8 @@ def setup_logging(level: str | int = "INFO") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # faiss says at INFO, on every import, which SIMD build it loaded: not news to a user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def offline_defaults() -> None:

@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -29,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging("INFO")
     offline_defaults()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not 0 < args.threshold <= 1:
         raise UserError(f"--threshold {args.threshold} must be in (0, 1]")
     if args.clusters < 0:
@@ -39,22 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     from search import parts
     from search.dedup import semantic_dedup
     from search.dedup_report import write
-    from search.index import IndexBuildError, complete_parts, read_parts
-    from search.store import Store, StoreError
+    from search.store import Store
 
-    try:
-        if args.embeddings:
-            names = list(complete_parts(args.embeddings))
-            if not names:
-                raise UserError(f"--embeddings {args.embeddings} has no complete part yet")
-            table = read_parts(args.embeddings, names)
-            keys, vectors = table["key"].to_pylist(), parts.to_numpy(table[parts.VECTOR])
-            model_id = table["model_id"][0].as_py()
-        else:
-            store = Store(args.index)
-            keys, vectors, model_id = store.meta["key"].to_pylist(), store.vectors, store.model_id
-    except (IndexBuildError, StoreError) as exc:
-        raise UserError(str(exc)) from exc
+    if args.embeddings:
+        names = list(parts.complete_parts(args.embeddings))
+        if not names:
+            raise UserError(f"--embeddings {args.embeddings} has no complete part yet")
+        table = parts.read_parts(args.embeddings, names)
+        keys, vectors = table["key"].to_pylist(), parts.to_numpy(table[parts.VECTOR])
+        model_id = table["model_id"][0].as_py()
+    else:
+        store = Store(args.index)
+        keys, vectors, model_id = store.meta["key"].to_pylist(), store.vectors, store.model_id
     result = semantic_dedup(keys, vectors, args.threshold, n_clusters=args.clusters, seed=args.seed)
     summary = write(result, args.out, {"source": args.embeddings or args.index, "model_id": model_id})
     print(f"{summary['dropped']} of {summary['clips']} clips are near-duplicates at cosine >= {args.threshold:g} "

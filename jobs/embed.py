@@ -13,10 +13,9 @@ a different model, frame count, text set or input set in the same folder is refu
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from jobs.common import cli_main, offline_defaults, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging("INFO")
     offline_defaults()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from pipeline.run import RayConfig
-    from search.embed import EmbedConfig, EmbedError, outcome_problem, run
+    from search.embed import EmbedConfig, outcome_problem, run
 
     cfg = EmbedConfig(model=args.model, tokenizer=args.tokenizer, clip_config=args.clip_config,
                       shards=args.shards or "", manifest=args.manifest or "", output_dir=args.out,
@@ -54,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                       num_frames=args.frames, device=args.device, precision=args.precision, num_cpus=args.num_cpus,
                       num_gpus=args.num_gpus, concurrency=args.concurrency, decode_workers=args.decode_workers,
                       overwrite=args.overwrite, ray=RayConfig(address=args.address, num_cpus=args.ray_num_cpus))
-    try:
-        summary = run(cfg)
-    except EmbedError as exc:
-        raise UserError(str(exc)) from exc
+    summary = run(cfg)
     this = summary["this_run"]
     print(f"units complete {summary['units_complete']}/{summary['units']}, clips {summary['counts']}, "
           f"model {summary['model_id']}, {summary['num_frames']} frames; this run {this['rows']} clips in "

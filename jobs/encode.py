@@ -64,18 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from search.encoder import Encoder, EncoderError
+    from search.encoder import Encoder
     from train.video import DecodeError
 
-    try:
-        enc = Encoder.load(args.model, tokenizer=args.tokenizer, device=args.device, num_frames=args.frames,
-                           clip_config=args.clip_config)
-    except EncoderError as exc:
-        raise UserError(str(exc)) from exc
+    enc = Encoder.load(args.model, tokenizer=args.tokenizer, device=args.device, num_frames=args.frames,
+                       clip_config=args.clip_config)
     texts = enc.encode_texts(args.text)
     try:
         vids = enc.encode_videos(videos, batch_size=args.batch_size)
-    except DecodeError as exc:
+    except DecodeError as exc:  # a --video that exists but does not decode
         raise UserError(f"--video: {exc}") from exc
     print(f"model {enc.model_name} ({enc.model_id}), {enc.dim}-d, {enc.num_frames} frames per video")
     if len(texts) and len(vids):

@@ -11,7 +11,6 @@ rebuild. Prints the index chosen, why, and its measured recall@10 and latency (a
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from jobs.common import UserError, cli_main, offline_defaults, setup_logging
@@ -30,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging("INFO")
     offline_defaults()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     problems = []
     if args.memory_budget_gb <= 0 or args.latency_budget_ms <= 0:
         problems.append("--memory-budget-gb and --latency-budget-ms must be > 0")
@@ -40,14 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"--queries {args.queries} must be at least 10")
     if problems:
         raise UserError("; ".join(problems))
-    from search.index import IndexBuildError, IndexConfig, build
+    from search.index import IndexConfig, build
 
-    try:
-        info = build(IndexConfig(embeddings=args.embeddings, out=args.out, memory_budget_gb=args.memory_budget_gb,
-                                 latency_budget_ms=args.latency_budget_ms, target_recall=args.target_recall,
-                                 index_key=args.index_key, queries=args.queries, rebuild=args.rebuild))
-    except IndexBuildError as exc:
-        raise UserError(str(exc)) from exc
+    info = build(IndexConfig(embeddings=args.embeddings, out=args.out, memory_budget_gb=args.memory_budget_gb,
+                             latency_budget_ms=args.latency_budget_ms, target_recall=args.target_recall,
+                             index_key=args.index_key, queries=args.queries, rebuild=args.rebuild))
     s = info["search"]
     knob = f"{info['knob']}={s['param']}" if info["knob"] else "exact"
     print(f"index {args.out}: {info['index_key']} over {info['count']} vectors ({info['why']})")

@@ -11,7 +11,6 @@ Prints rank, score, key, duration, subtitle and caption; ``--json`` prints the p
 from __future__ import annotations
 
 import argparse
-import logging
 import json
 import sys
 
@@ -25,6 +24,13 @@ def add_filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption", default="", help="substring of the caption (any case)")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                    help="a metadata (manifest) column equal to a value, compared as text (repeatable)")
+
+
+def add_model_args(p: argparse.ArgumentParser, first: str = "the index") -> None:
+    """The model that encodes text queries (search and serve)."""
+    p.add_argument("--model", default="", help=f"default: the model {first} was embedded with")
+    p.add_argument("--tokenizer", default="", help="default: the one recorded with that model")
+    p.add_argument("--device", default="auto")
 
 
 def filters_from(args: argparse.Namespace) -> dict:
@@ -49,35 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--fold", action="store_true", help="fold near-duplicates into the better-ranked clip")
     p.add_argument("--fold-threshold", type=float, default=0.95)
-    p.add_argument("--model", default="", help="default: the model the index was embedded with")
-    p.add_argument("--tokenizer", default="")
-    p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.add_argument("--json", action="store_true")
     add_filter_args(p)
     args = p.parse_args(argv)
     setup_logging("WARNING")
     offline_defaults()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    import numpy as np
+    from search.query import Searcher, read_query_vector
 
-    from search.encoder import EncoderError
-    from search.query import QueryError, Searcher
-    from search.store import StoreError
-
-    vector = None
-    if args.vector:
-        try:
-            vector = np.load(args.vector)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--vector {args.vector}: not a numpy .npy file ({exc})") from exc
-    try:
-        searcher = Searcher.open([args.index], model=args.model, tokenizer=args.tokenizer, device=args.device,
-                                 fold_threshold=args.fold_threshold)
-        name = next(iter(searcher.stores))
-        page = searcher.search(name, text=args.text, key=args.like, vector=vector, k=args.k, offset=args.offset,
-                               filters=filters_from(args), fold=args.fold)
-    except (QueryError, StoreError, EncoderError) as exc:
-        raise UserError(str(exc)) from exc
+    vector = read_query_vector(args.vector) if args.vector else None
+    searcher = Searcher.open([args.index], model=args.model, tokenizer=args.tokenizer, device=args.device,
+                             fold_threshold=args.fold_threshold)
+    name = next(iter(searcher.stores))
+    page = searcher.search(name, text=args.text, key=args.like, vector=vector, k=args.k, offset=args.offset,
+                           filters=filters_from(args), fold=args.fold)
     if args.json:
         print(json.dumps(page.to_dict(), indent=1, default=str))
         return 0

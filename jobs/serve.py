@@ -13,12 +13,11 @@ threshold of a ``clipvip dedup`` report (``--dedup``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 from jobs.common import UserError, cli_main, offline_defaults, setup_logging
+from jobs.search import add_model_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", action="append", required=True, metavar="[NAME=]FOLDER", help="repeatable")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", default="", help="default: the model the first index was embedded with")
-    p.add_argument("--tokenizer", default="")
-    p.add_argument("--device", default="auto")
+    add_model_args(p, first="the first index")
     p.add_argument("--fold-threshold", type=float, default=None, help="default 0.95, or --dedup's threshold")
     p.add_argument("--dedup", help="a clipvip dedup output folder whose threshold folding uses")
     p.add_argument("--rate", type=float, default=20.0, help="API requests a second per client")
@@ -36,27 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging("INFO")
     offline_defaults()
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    threshold = args.fold_threshold
-    if args.dedup:
-        try:
-            threshold = threshold or float(json.loads((Path(args.dedup) / "dedup.json").read_text())["threshold"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise UserError(f"--dedup {args.dedup}: no readable dedup.json ({exc})") from exc
-    threshold = threshold or 0.95
+    from search.dedup_report import read_threshold
+
+    threshold = args.fold_threshold or (read_threshold(args.dedup) if args.dedup else 0.95)
     if not 0 < threshold <= 1 or args.rate <= 0 or args.max_body_kb < 1 or not 0 < args.port < 65536:
         raise UserError("--fold-threshold must be in (0, 1], --rate and --max-body-kb positive, --port 1-65535")
-    from search.encoder import EncoderError
-    from search.query import QueryError, Searcher
+    from search.query import Searcher
     from search.server import ServeConfig, serve
-    from search.store import StoreError
 
-    try:
-        searcher = Searcher.open(args.index, model=args.model, tokenizer=args.tokenizer, device=args.device,
-                                 fold_threshold=threshold)
-        searcher.encoder  # one model load, now: a wrong model fails here, not at the first query
-    except (QueryError, StoreError, EncoderError) as exc:
-        raise UserError(str(exc)) from exc
+    searcher = Searcher.open(args.index, model=args.model, tokenizer=args.tokenizer, device=args.device,
+                             fold_threshold=threshold)
+    searcher.encoder  # one model load, now: a wrong model fails here, not at the first query
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("clipvip.serve").warning("listening on %s: anyone who can reach this address can search "
                                                    "and stream the clips", args.host)

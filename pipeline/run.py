@@ -32,6 +32,7 @@ from collections import Counter
 from typing import Any
 
 from common.dicts import differences
+from common.errors import UserError
 from common.jsonio import config_json
 from pipeline import writer as writer_mod
 from pipeline.errors import CurationError, SetupError
@@ -274,11 +275,14 @@ def fingerprint(cfg: CurateConfig, plan: Plan) -> dict[str, Any]:
             "frames": frames, "caption": caption}
 
 
-def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
+def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any], *, setting: str = "writer.", files: str = "shards",
+                      error: type[UserError] = SetupError) -> None:
     """Refuse an output folder holding a different run, or empty it first with ``overwrite``.
 
     The same fingerprint resumes, with or without ``overwrite``: it never throws away finished
-    shards of the very run being resumed.
+    shards of the very run being resumed. Another job that writes its own files the same way (the
+    embedding job's parts) names its settings with ``setting`` (the prefix of ``output_dir`` and
+    ``overwrite``), its files with ``files`` and raises its own ``error``.
     """
     base = cfg.output_dir.rstrip("/")
     existing = writer_mod.read_json(f"{base}/{fmt.RUN_FILE}")
@@ -287,20 +291,20 @@ def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any]) -> None:
         old_prefix = (existing or {}).get("prefix")
         removed = writer_mod.remove_run(cfg, extra_prefixes=[old_prefix] if isinstance(old_prefix, str) else [])
         if removed:
-            logger.info("writer.overwrite: removed %d file(s) of a different earlier run in %s", removed, base)
+            logger.info("%soverwrite: removed %d file(s) of a different earlier run in %s", setting, removed, base)
         return
     if existing is None:
         leftovers = [p for p in writer_mod.run_files(cfg) if fmt.parse_shard_file(p.rsplit("/", 1)[-1])]
         if leftovers:
-            raise SetupError(f"writer.output_dir {base} holds {len(leftovers)} '{cfg.prefix}-*' shard file(s) but no "
-                             f"{fmt.RUN_FILE}, so they cannot be matched to this run; use a new writer.output_dir or "
-                             "set writer.overwrite=true to delete them first")
+            raise error(f"{setting}output_dir {base} holds {len(leftovers)} '{cfg.prefix}-*' file(s) but no "
+                        f"{fmt.RUN_FILE}, so they cannot be matched to this run; use a new {setting}output_dir or "
+                        f"set {setting}overwrite=true to delete them first")
         return
     diffs = [f"{k}: {old!r} there, {new!r} now" for k, old, new in differences(existing, fp)]
     if diffs:
-        raise SetupError(f"writer.output_dir {base} holds a different run ({'; '.join(diffs[:4])}"
-                         f"{'; ...' if len(diffs) > 4 else ''}); use a new writer.output_dir, or set "
-                         "writer.overwrite=true to delete the old shards first")
+        raise error(f"{setting}output_dir {base} holds a different run ({'; '.join(diffs[:4])}"
+                    f"{'; ...' if len(diffs) > 4 else ''}); use a new {setting}output_dir, or set "
+                    f"{setting}overwrite=true to delete the old {files} first")
 
 
 # ---------------------------------------------------------------------------------------------

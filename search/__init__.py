@@ -12,6 +12,7 @@ helpers and Ray set-up). Nothing outside ``jobs/`` imports this package.
     scores = texts @ videos.T
 """
 
-from search.encoder import Encoder, EncoderError
+from search.encoder import Encoder
+from search.model_files import EncoderError
 
 __all__ = ["Encoder", "EncoderError"]

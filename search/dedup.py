@@ -19,6 +19,8 @@ import logging
 
 import numpy as np
 
+from common.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 THRESHOLDS = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.98, 0.99)
@@ -52,7 +54,7 @@ def semantic_dedup(keys: list[str], vectors: np.ndarray, threshold: float, *, n_
     import faiss
 
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold={threshold} must be in (0, 1]")
+        raise UserError(f"threshold={threshold} must be in (0, 1]")
     n = len(keys)
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     k = n_clusters or default_clusters(n)

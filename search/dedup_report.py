@@ -10,38 +10,53 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from search.dedup import DedupResult
 
 DROP_FILE, PAIRS_FILE, REPORT_FILE, JSON_FILE, PLOT_FILE = (
     "drop_keys.txt", "pairs.parquet", "report.md", "dedup.json", "similarity.png")
 
 
+def read_threshold(folder: str | Path) -> float:
+    """The threshold a ``clipvip dedup`` folder was written with (its ``dedup.json``), refused in one
+    line naming the file when it is missing, unreadable or not such a report."""
+    file = Path(folder) / JSON_FILE
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{file}: {exc.strerror or exc}; give the output folder of clipvip dedup") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file} is not valid JSON ({exc}); run clipvip dedup again") from None
+    threshold = data.get("threshold") if isinstance(data, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise UserError(f"{file} holds no threshold; give the output folder of clipvip dedup")
+    return float(threshold)
+
+
 def write(result: DedupResult, out: str | Path, source: dict[str, Any]) -> dict[str, Any]:
     """Write the folder ``out`` (replaced whole) and return what ``dedup.json`` holds."""
     import pandas as pd
 
-    from common.files import replace_dir, temp_dir_beside
+    from common.files import built_aside
     from shards.keys import write_key_list
 
-    out = Path(out)
-    tmp = temp_dir_beside(out)
     dropped = result.dropped
     keys = result.keys
-    write_key_list(str(tmp / DROP_FILE), sorted(keys[i] for i in dropped))
     pairs = pd.DataFrame({"key": [keys[i] for i in dropped], "kept": [keys[result.nearest[i]] for i in dropped],
                           "similarity": result.max_similarity[dropped].astype(float),
                           "cluster": result.cluster[dropped].astype(int)}).sort_values("similarity", ascending=False)
-    pairs.to_parquet(tmp / PAIRS_FILE, index=False)
     compared = result.max_similarity[result.max_similarity > -1]
     summary = {"threshold": result.threshold, "clips": len(keys), "dropped": int(len(dropped)),
                "clusters": result.n_clusters, "drops_by_threshold": result.drop_counts(),
                "similarity_quantiles": {f"p{q}": round(float(np.percentile(compared, q)), 4)
                                         for q in (1, 10, 50, 90, 99, 99.9)} if len(compared) else {},
                **source}
-    (tmp / JSON_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-    _plot(compared, result.threshold, tmp / PLOT_FILE)
-    (tmp / REPORT_FILE).write_text(_markdown(summary, pairs.head(20)))
-    replace_dir(tmp, out)
+    with built_aside(Path(out)) as tmp:
+        write_key_list(str(tmp / DROP_FILE), sorted(keys[i] for i in dropped))
+        pairs.to_parquet(tmp / PAIRS_FILE, index=False)
+        (tmp / JSON_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        _plot(compared, result.threshold, tmp / PLOT_FILE)
+        (tmp / REPORT_FILE).write_text(_markdown(summary, pairs.head(20)))
     return summary
 
 

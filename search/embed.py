@@ -10,8 +10,13 @@ and writes its part there. The guarantees are the curation's, through its helper
   costs its unfinished units, and the same command skips every marked one;
 - a fingerprint (``_run.json``: model id, frame sampling, texts, input set, part size) that refuses
   a rerun into a folder holding another run, naming the difference (``overwrite`` empties it first);
-- every user error (a missing input, an unknown text field, a model that does not load) is one
-  :class:`EmbedError` line raised before anything is written.
+  ``config.json`` beside it records the whole config (the model's path and tokenizer, which the
+  index and the server load it from);
+- nothing is written before every input is checked: the settings, the input units, the model
+  (its config parses, its safetensors header holds exactly the tensors that config builds, the
+  tokenizer fits it: ``search.model_files``), the folder's fingerprint, and the actors' own load of
+  the model. Every user error is one ``UserError`` line (:class:`EmbedError`, or the
+  ``EncoderError`` of a model or tokenizer).
 """
 
 from __future__ import annotations
@@ -24,16 +29,16 @@ import os
 import time
 from typing import Any
 
+from common.errors import UserError
 from pipeline.run import RayConfig
 from search import parts
 
 logger = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
-MODEL_FILE = "_model.json"
 
 
-class EmbedError(ValueError):
+class EmbedError(UserError):
     """A problem with the run's inputs or settings; the message names the setting and the fix."""
 
 
@@ -118,78 +123,26 @@ def check_config(cfg: EmbedConfig) -> EmbedConfig:
 
 
 def describe_model(cfg: EmbedConfig) -> dict[str, Any]:
-    """The model's identity and frame sampling, read from its files without loading it."""
-    from search.encoder import DEFAULT_FRAMES, EncoderError, file_digest, resolve_model, run_settings
+    """The model's identity and frame sampling, after proving it will load: a model dir's config and
+    safetensors header are checked against each other (no weight is read), an official ``.pt`` is
+    loaded, and the tokenizer must fit. Raises ``search.model_files.EncoderError`` otherwise."""
+    from search import model_files as mf
 
-    try:
-        kind, where, run_dir = resolve_model(cfg.model)
-    except EncoderError as exc:
-        raise EmbedError(str(exc)) from None
-    weights = where if kind == "official" else where / "model.safetensors"
-    settings = run_settings(run_dir) if run_dir is not None else {}
-    check_tokenizer(cfg, kind, where, cfg.tokenizer or settings.get("tokenizer") or "")
-    return {"model_id": f"sha256:{file_digest(weights)[:16]}",
-            "num_frames": int(cfg.num_frames or settings.get("num_frames") or DEFAULT_FRAMES)}
-
-
-def check_tokenizer(cfg: EmbedConfig, kind: str, where: Any, tokenizer: str) -> None:
-    """The tokenizer the actors will load exists and fits the model, checked here before anything is
-    written (the model's weights are read only by the actors)."""
-    import types
-
-    from model.clip_vip import CLIPViPConfig
-    from model.tokenizer import load_tokenizer
-    from train.setup import ModelInitError, check_tokenizer_fits
-
-    if not tokenizer:
-        raise EmbedError(f"model {cfg.model}: no tokenizer is recorded for it; give --tokenizer, the CLIP tokenizer "
-                         "folder or hub id it was trained with")
-    try:
-        tok = load_tokenizer(tokenizer)
-        if kind == "dir":
-            config = CLIPViPConfig(**json.loads((where / "config.json").read_text()))
-            check_tokenizer_fits(types.SimpleNamespace(config=config), tok, "tokenizer")
-    except (OSError, ValueError, TypeError, ModelInitError) as exc:
-        raise EmbedError(f"model {cfg.model}: tokenizer {tokenizer}: {exc}") from None
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def check_fingerprint(cfg: EmbedConfig, fp: dict[str, Any]) -> None:
-    """Refuse an output folder holding another run (or empty it with ``overwrite``)."""
-    from pipeline import writer as writer_mod
-    from shards import format as fmt
-
-    base = cfg.output_dir.rstrip("/")
-    existing = writer_mod.read_json(f"{base}/{fmt.RUN_FILE}")
-    wcfg = _writer_cfg(cfg)
-    if existing is None or existing == fp:
-        if existing is None and any(fmt.parse_shard_file(p.rsplit("/", 1)[-1]) for p in writer_mod.run_files(wcfg)):
-            if not cfg.overwrite:
-                raise EmbedError(f"output_dir {base} holds embedding parts but no {fmt.RUN_FILE}, so they cannot be "
-                                 "matched to this run; use a new output_dir or set overwrite=true")
-            writer_mod.remove_run(wcfg)
-        return
-    if cfg.overwrite:
-        removed = writer_mod.remove_run(wcfg)
-        logger.info("overwrite: removed %d file(s) of another embedding run in %s", removed, base)
-        return
-    old, new = _flat(existing), _flat(fp)
-    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k)]
-    raise EmbedError(f"output_dir {base} holds another embedding run ({'; '.join(diffs[:4])}); use a new output_dir, "
-                     "or set overwrite=true to delete the old parts first")
+    files = mf.resolve_model(cfg.model)
+    settings = mf.run_settings(files)
+    if files.kind == "dir":
+        config = mf.check_model_dir(files.path)
+    else:
+        config = mf.load_model(files, cfg.clip_config or None).config
+    mf.checked_tokenizer(files, config, cfg.tokenizer or settings["tokenizer"] or "")
+    return {"model_id": files.model_id(),
+            "num_frames": int(cfg.num_frames or settings["num_frames"] or mf.DEFAULT_FRAMES)}
 
 
 def _writer_cfg(cfg: EmbedConfig):
     from pipeline.writer import ShardWriterConfig
 
-    return ShardWriterConfig(output_dir=cfg.output_dir, prefix=parts.PREFIX)
+    return ShardWriterConfig(output_dir=cfg.output_dir, prefix=parts.PREFIX, overwrite=cfg.overwrite)
 
 
 def plan_units(cfg: EmbedConfig) -> tuple[list[Any], dict[str, Any]]:
@@ -232,73 +185,56 @@ def _actor_count(cfg: EmbedConfig, n_units: int) -> int:
     return max(1, min(fits, n_units))
 
 
-def run(cfg: EmbedConfig) -> dict[str, Any]:
-    """Embed ``cfg``'s input into ``cfg.output_dir``; returns the summary (also ``_summary.json``)."""
+def start_actors(cfg: EmbedConfig, model: dict[str, Any], n_units: int) -> list[Any]:
+    """The actor pool, once the first actor has loaded the model: a model or tokenizer the workers
+    cannot load (another node that does not see the driver's files) is refused before anything is
+    written. An actor that fails any other way is a bug and raises with its traceback."""
     import ray
 
-    from pipeline import writer as writer_mod
-    from pipeline.run import init_ray
     from search.embed_worker import EmbedActor
+
+    n = _actor_count(cfg, n_units)
+    cls = ray.remote(EmbedActor).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=-1,
+                                         max_task_retries=-1)
+    actors = [cls.remote(cfg) for _ in range(n)]
+    described = ray.get(actors[0].describe.remote())
+    if "problem" in described:
+        for a in actors:
+            ray.kill(a)
+        raise EmbedError(f"the embedding actors cannot load the model ({described['problem']}); every node must see "
+                         "the model and tokenizer at the same path")
+    if described["model_id"] != model["model_id"] or described["num_frames"] != model["num_frames"]:
+        raise RuntimeError(f"the actors loaded {described}, the driver planned {model}")
+    return actors
+
+
+def run(cfg: EmbedConfig) -> dict[str, Any]:
+    """Embed ``cfg``'s input into ``cfg.output_dir``; returns the summary (also ``_summary.json``)."""
+    from common.jsonio import config_json
+    from pipeline import writer as writer_mod
+    from pipeline.manifest import ManifestConfig
+    from pipeline.run import check_fingerprint, init_ray
     from shards import format as fmt
 
     cfg = check_config(cfg)
     model = describe_model(cfg)
     init_ray(cfg.ray)
     units, inputs = plan_units(cfg)
-    from pipeline.manifest import ManifestConfig
-
     cfg = dataclasses.replace(cfg, manifest_config=ManifestConfig(path=cfg.manifest) if cfg.manifest else None)
     fp = {"format": RUN_FORMAT, **model, "texts": sorted(cfg.texts), "inputs": inputs}
-    check_fingerprint(cfg, fp)
-    base = cfg.output_dir.rstrip("/")
     wcfg = _writer_cfg(cfg)
-    writer_mod.remove_stale_temp_files(wcfg)  # also makes the folder
-    writer_mod.write_atomic(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
-    # Where the model was loaded from, for the index and the server (not part of the fingerprint:
-    # the same weights at another path are the same run).
-    writer_mod.write_atomic(f"{base}/{MODEL_FILE}", json.dumps({"model": cfg.model, "tokenizer": cfg.tokenizer,
-                                                                "clip_config": cfg.clip_config}).encode())
+    check_fingerprint(wcfg, fp, setting="", files="parts", error=EmbedError)
     done = writer_mod.finished_shards(wcfg, range(len(units)))
     todo = [u for u in units if u.index not in done]
+    actors = start_actors(cfg, model, len(todo)) if todo else []
+    # Every input is checked: from here on the run writes.
+    base = cfg.output_dir.rstrip("/")
+    writer_mod.remove_stale_temp_files(wcfg)  # also makes the folder
+    writer_mod.write_atomic(f"{base}/{fmt.RUN_FILE}", json.dumps(fp, indent=1).encode())
+    writer_mod.write_atomic(f"{base}/config.json", config_json(cfg).encode())
     logger.info("%d unit(s): %d to embed, %d already complete", len(units), len(todo), len(done))
-    t0, failed_units, rows = time.monotonic(), {}, 0
-    if todo:
-        n = _actor_count(cfg, len(todo))
-        cls = ray.remote(EmbedActor).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, max_restarts=-1,
-                                             max_task_retries=-1)
-        actors = [cls.remote(cfg) for _ in range(n)]
-        try:
-            described = ray.get(actors[0].describe.remote())
-        except ray.exceptions.RayActorError as exc:
-            for a in actors:
-                ray.kill(a)
-            raise EmbedError(f"model {cfg.model} does not load: {str(exc).strip().splitlines()[-1][:300]}") from None
-        if described["model_id"] != model["model_id"] or described["num_frames"] != model["num_frames"]:
-            raise RuntimeError(f"the actors loaded {described}, the driver planned {model}")
-        pending: dict[Any, int] = {}
-        queue = list(todo)
-        free = list(actors)
-        last_log = time.monotonic()
-        while queue or pending:
-            while queue and free:
-                actor, unit = free.pop(), queue.pop(0)
-                pending[actor.embed_unit.remote(unit)] = (unit.index, actor)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=cfg.progress_every_s)
-            for ref in ready:
-                index, actor = pending.pop(ref)
-                free.append(actor)
-                try:
-                    stats = ray.get(ref)
-                    done[index] = writer_mod.summary_fields(stats)
-                    rows += stats["rows"]
-                except (ray.exceptions.RayError, OSError) as exc:
-                    failed_units[index] = str(exc).strip().splitlines()[-1][:300]
-                    logger.error("unit %d failed: %s", index, failed_units[index])
-            if time.monotonic() - last_log >= cfg.progress_every_s:
-                last_log = time.monotonic()
-                logger.info("%d/%d units, %.1f clips/s", len(done), len(units), rows / (last_log - t0))
-        for a in actors:
-            ray.kill(a)
+    t0 = time.monotonic()
+    rows, failed_units = _embed(cfg, actors, todo, done, len(units))
     wall = time.monotonic() - t0
     counts: dict[str, int] = {}
     for st in done.values():
@@ -311,6 +247,45 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
                "max_failed_fraction": cfg.max_failed_fraction}
     writer_mod.write_atomic(f"{base}/{fmt.SUMMARY_FILE}", json.dumps(summary, indent=1).encode())
     return summary
+
+
+def _embed(cfg: EmbedConfig, actors: list[Any], todo: list[Any], done: dict[int, dict[str, Any]],
+           n_units: int) -> tuple[int, dict[int, str]]:
+    """Hand ``todo`` to the actors one unit at a time; fills ``done`` with each finished unit's counts.
+    Returns the clips embedded and the units that failed (unit -> the error's last line; the whole
+    error, with the worker's traceback, is logged)."""
+    import ray
+
+    from pipeline import writer as writer_mod
+
+    t0 = last_log = time.monotonic()
+    rows, failed_units = 0, {}
+    pending: dict[Any, tuple[int, Any]] = {}
+    queue, free = list(todo), list(actors)
+    try:
+        while queue or pending:
+            while queue and free:
+                actor, unit = free.pop(), queue.pop(0)
+                pending[actor.embed_unit.remote(unit)] = (unit.index, actor)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=cfg.progress_every_s)
+            for ref in ready:
+                index, actor = pending.pop(ref)
+                free.append(actor)
+                try:
+                    stats = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    failed_units[index] = str(exc).strip().splitlines()[-1][:300]
+                    logger.error("unit %d failed: %s", index, exc)
+                    continue
+                done[index] = writer_mod.summary_fields(stats)
+                rows += stats["rows"]
+            if time.monotonic() - last_log >= cfg.progress_every_s:
+                last_log = time.monotonic()
+                logger.info("%d/%d units, %.1f clips/s", len(done), n_units, rows / (last_log - t0))
+    finally:
+        for a in actors:
+            ray.kill(a)
+    return rows, failed_units
 
 
 def outcome_problem(summary: dict[str, Any]) -> str | None:

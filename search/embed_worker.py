@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from common.errors import UserError
 from search import parts
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,19 @@ class EmbedActor:
 
         if cfg.num_cpus >= 1:
             torch.set_num_threads(max(1, int(cfg.num_cpus)))
-        self.cfg = cfg
-        self.encoder = Encoder.load(cfg.model, tokenizer=cfg.tokenizer or None, device=cfg.device,
-                                    num_frames=cfg.num_frames or None, clip_config=cfg.clip_config or None,
-                                    precision=cfg.precision, decode_workers=cfg.decode_workers)
+        self.cfg, self.problem = cfg, ""
+        try:
+            self.encoder = Encoder.load(cfg.model, tokenizer=cfg.tokenizer or None, device=cfg.device,
+                                        num_frames=cfg.num_frames or None, clip_config=cfg.clip_config or None,
+                                        precision=cfg.precision, decode_workers=cfg.decode_workers)
+        except UserError as exc:  # the driver checked these files: this node sees other ones (or none)
+            self.problem = str(exc)
         self.pool = ThreadPoolExecutor(max(1, cfg.decode_workers))
 
     def describe(self) -> dict[str, Any]:
-        return self.encoder.describe()
+        """What decides the vectors (``Encoder.describe``), or ``{"problem": ...}`` when the model did
+        not load here; the driver checks it before anything is written."""
+        return {"problem": self.problem} if self.problem else self.encoder.describe()
 
     def _decode(self, item: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:
         from search.video import decode_spec
@@ -76,7 +82,7 @@ class EmbedActor:
             else:
                 frames = decode_spec((item["path"], item.get("start"), item.get("end")), self.encoder.num_frames)
             return item, frames, ""
-        except (DecodeError, ValueError, OSError) as exc:
+        except (DecodeError, OSError) as exc:  # an undecodable or unreadable clip: a failed row
             return item, None, f"{type(exc).__name__}: {str(exc)[:200]}"
 
     def _submit(self, batch: list[dict[str, Any]] | None) -> list[Any] | None:
@@ -96,6 +102,8 @@ class EmbedActor:
         """Embed every clip of ``unit`` and write its part and marker; return the marker's contents."""
         from pipeline.writer import local_temp, put_file, worker_identity, write_atomic
 
+        if self.problem:
+            raise UserError(self.problem)
         t0 = time.time()
         enc = self.encoder
         rows: list[dict[str, Any]] = []

@@ -18,97 +18,17 @@ as float32 numpy, so a dot product is a cosine similarity.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from search.model_files import DEFAULT_FRAMES, DEFAULT_TEXT_LEN
 from search.video import VideoSpec, decode_spec
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_FRAMES, DEFAULT_TEXT_LEN = 12, 70
-
-
-class EncoderError(ValueError):
-    """A model or tokenizer that cannot be loaded as asked; the message names it and the fix."""
-
-
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, read in 4 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _is_run_config(cfg: dict[str, Any] | None) -> bool:
-    return bool(cfg) and "task" in cfg and isinstance(cfg.get("model"), dict)
-
-
-def find_run_dir(model_dir: Path) -> Path | None:
-    """The training run a model dir belongs to (``<run>/best``, ``<run>/checkpoints/step_N/model``)."""
-    for parent in list(model_dir.parents)[:4]:
-        if _is_run_config(_read_json(parent / "config.json")):
-            return parent
-    return None
-
-
-def run_settings(run_dir: Path) -> dict[str, Any]:
-    """The tokenizer, frame count and text length a run evaluated with."""
-    cfg = _read_json(run_dir / "config.json") or {}
-    if cfg.get("task") == "finetune":
-        ev = (cfg.get("eval") or {}).get("manifest") or {}
-        split = ev if ev.get("manifest") else (cfg.get("finetune") or {})
-    else:
-        split = cfg.get("data") or {}
-    tokenizer = (cfg.get("model") or {}).get("tokenizer") or ""
-    if not tokenizer and (run_dir / "tokenizer" / "vocab.json").is_file():
-        tokenizer = str(run_dir / "tokenizer")
-    return {"tokenizer": tokenizer, "num_frames": split.get("num_frames"), "max_text_len": split.get("max_text_len")}
-
-
-def resolve_model(spec: str) -> tuple[str, Path, Path | None]:
-    """``(kind, weights location, run dir)``: kind is "official" (a .pt file) or "dir" (our format)."""
-    from model.convert import CONFIG_FILE, WEIGHTS_FILE
-
-    if spec.startswith("clipvip:") or spec.endswith(".pt"):
-        path = Path(spec.removeprefix("clipvip:")).expanduser()
-        if not path.is_file():
-            raise EncoderError(f"model {spec}: {path} is not a file; give an official CLIP-ViP .pt")
-        return "official", path, None
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise EncoderError(f"model {spec}: no such folder; give a run dir, a model dir (config.json + "
-                           f"model.safetensors) or clipvip:<official .pt>")
-    if _is_run_config(_read_json(path / CONFIG_FILE)):
-        from train import checkpoint as ckpt
-
-        if (path / "best" / WEIGHTS_FILE).is_file():
-            return "dir", path / "best", path
-        last = ckpt.latest(path / "checkpoints")
-        if last is not None and (last / "model" / WEIGHTS_FILE).is_file():
-            return "dir", last / "model", path
-        raise EncoderError(f"model {spec}: this run has no best/ and no checkpoint with a model yet; train it first "
-                           "or give a model dir")
-    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
-        return "dir", path, find_run_dir(path)
-    raise EncoderError(f"model {spec}: {path} holds neither a run (config.json of a training run) nor a model "
-                       f"({CONFIG_FILE} + {WEIGHTS_FILE})")
 
 
 @dataclasses.dataclass
@@ -129,38 +49,20 @@ class Encoder:
     def load(cls, spec: str, *, tokenizer: str | None = None, device: str = "auto", num_frames: int | None = None,
              max_text_len: int | None = None, clip_config: str | None = None, precision: str = "fp32",
              decode_workers: int = 2) -> Encoder:
-        """Load ``spec`` (a run dir, a model dir or ``clipvip:<.pt>``); see the module docstring."""
+        """Load ``spec`` (a run dir, a model dir or ``clipvip:<.pt>``); see the module docstring. A model
+        or tokenizer that cannot serve is an :class:`EncoderError` naming it (``search.model_files``)."""
         from common.device import resolve_device
-        from model.convert import HeadCountError, WEIGHTS_FILE, load_checkpoint, load_official_clipvip
-        from model.tokenizer import load_tokenizer
-        from train.setup import ModelInitError, check_tokenizer_fits
+        from search.model_files import checked_tokenizer, load_model, resolve_model, run_settings
 
-        kind, where, run_dir = resolve_model(spec)
-        settings = run_settings(run_dir) if run_dir is not None else {}
-        try:
-            if kind == "official":
-                model, _ = load_official_clipvip(where, clip_config=clip_config)
-                weights = where
-            else:
-                model, weights = load_checkpoint(where), where / WEIGHTS_FILE
-        except HeadCountError as exc:
-            raise EncoderError(f"model {spec}: {exc.detail}; give clip_config (--clip-config)") from exc
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise EncoderError(f"model {spec}: {exc}") from exc
-        tok_spec = tokenizer or settings.get("tokenizer") or ""
-        if not tok_spec:
-            raise EncoderError(f"model {spec}: no tokenizer is recorded for it; give tokenizer= (--tokenizer), the "
-                               "CLIP tokenizer folder or hub id it was trained with")
-        try:
-            tok = load_tokenizer(tok_spec)
-            check_tokenizer_fits(model, tok, "tokenizer")
-        except (OSError, ModelInitError) as exc:
-            raise EncoderError(f"model {spec}: tokenizer {tok_spec}: {exc}") from exc
+        files = resolve_model(spec)
+        settings = run_settings(files)
+        model = load_model(files, clip_config)
+        tok = checked_tokenizer(files, model.config, tokenizer or settings["tokenizer"] or "")
         dev = torch.device(resolve_device(device))
         model.to(dev).eval()
-        return cls(model=model, tokenizer=tok, num_frames=int(num_frames or settings.get("num_frames") or DEFAULT_FRAMES),
-                   max_text_len=int(max_text_len or settings.get("max_text_len") or DEFAULT_TEXT_LEN), device=dev,
-                   model_id=f"sha256:{file_digest(weights)[:16]}", model_name=str(spec), precision=precision,
+        return cls(model=model, tokenizer=tok, num_frames=int(num_frames or settings["num_frames"] or DEFAULT_FRAMES),
+                   max_text_len=int(max_text_len or settings["max_text_len"] or DEFAULT_TEXT_LEN), device=dev,
+                   model_id=files.model_id(), model_name=str(spec), precision=precision,
                    decode_workers=decode_workers)
 
     @property

@@ -1,21 +1,33 @@
-"""``clipvip index``: a faiss index chosen for the collection, tuned, memory-mappable, growable.
+"""``clipvip index``: a faiss index chosen for the collection, tuned, memory-mapped, growable.
 
-Which index (``choose_index``), as autofaiss chooses: by the vector count and the memory budget.
+Which index (``choose_index``). The rule: of the index kinds whose memory fits the budget, the one
+with the best recall@10 within the latency budget. On CPU, for single queries, that order does not
+change with the collection: ``bench/index.py`` measured HNSW above IVF-Flat above OPQ-IVF-PQ at
+100k and 1M 512-d vectors (BENCHMARKS.md, "Search"), the order autofaiss uses. So the first kind
+below that fits is built, and then its search knob is tuned:
 
-- up to ``FLAT_MAX`` vectors: ``Flat``, exact, a few milliseconds a query at that size;
-- while the raw vectors fit the budget: ``IVF{nlist},Flat`` with ``nlist`` about ``4 sqrt(n)``
-  (a power of two); exact distances inside the probed lists, so recall depends on ``nprobe``
-  alone. HNSW would be the other middle choice, but its graph cannot be memory-mapped and it
-  neither adds nor filters as cheaply, so it is only built when asked for (``index_key``);
-- beyond: ``OPQ{m},IVF{nlist}_HNSW32,PQ{m}``, ``m`` bytes a vector, the largest ``m`` that fits.
+- up to ``FLAT_MAX`` vectors: ``Flat``, exact (recall 1): a query scans at most 41 MB of 512-d
+  vectors, about 2 ms on a 2-core CPU;
+- ``HNSW{M}`` (``M`` = 32, or the largest from 8 up that fits: 4 dim + 8 M bytes a vector), graph
+  built with efConstruction ``EF_CONSTRUCTION``; its vectors are memory-mapped, its graph is read
+  into memory (~8 M bytes a vector);
+- ``IVF{nlist},Flat`` (``nlist`` about ``4 sqrt(n)``, a power of two) while the raw vectors fit,
+  inverted lists memory-mapped;
+- beyond: ``OPQ{m},IVF{nlist}_HNSW32,PQ{m}``, ``m`` bytes a vector, the largest ``m`` that fits;
+  searches re-score ten times the candidates with the stored vectors (``search.query``).
+
+Then the search knob is tuned to the latency budget (``search.tune``): the smallest ``efSearch``
+(or ``nprobe``) whose recall@10 against exact search reaches ``target_recall`` with p50 within
+``latency_budget_ms``, else the best recall within the budget (a warning says the target was
+missed). ``index_key`` replaces the choice with any faiss factory string.
 
 The folder holds ``index.faiss``, ``metadata.arrow`` (an uncompressed Arrow IPC file, one row per
 vector id, memory-mapped by readers), ``vectors.npy`` (float16, memory-mapped: more-like-this,
 near-duplicate folding, filtered exact search) and ``index.json`` (model id, dimension, the parts
 it holds, the index key and the tuned search parameter with its measured recall and latency).
-Building again over the same folder adds the parts it does not hold yet, with the trained
-quantisers as they are, then measures recall again; parts of another model or dimension are
-refused. The folder is replaced whole, so a reader never sees half an update.
+Building again over the same folder adds the parts it does not hold yet (HNSW inserts them into
+its graph; IVF keeps its trained quantisers), then measures recall again; parts of another model
+or dimension are refused. The folder is replaced whole, so a reader never sees half an update.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import UserError
 from search import parts, tune
 
 logger = logging.getLogger(__name__)
@@ -37,9 +50,11 @@ logger = logging.getLogger(__name__)
 INDEX_FILE, META_FILE, VECTORS_FILE, INFO_FILE = "index.faiss", "metadata.arrow", "vectors.npy", "index.json"
 FORMAT = 1
 FLAT_MAX = 20_000
+HNSW_M, EF_CONSTRUCTION = 32, 40
+GIVEN = "given (--index-key)"
 
 
-class IndexBuildError(ValueError):
+class IndexBuildError(UserError):
     """An index that cannot be built or grown as asked; the message names the input and the fix."""
 
 
@@ -47,62 +62,69 @@ class IndexBuildError(ValueError):
 class IndexConfig:
     embeddings: str = ""  # folder of embedding parts (``clipvip embed`` output)
     out: str = ""  # index folder
-    memory_budget_gb: float = 8.0  # for the index's codes and lists (vectors.npy is memory-mapped beside it)
+    memory_budget_gb: float = 8.0  # for the index's codes, graph and lists (vectors.npy is memory-mapped beside it)
     latency_budget_ms: float = 10.0  # p50 per query
     target_recall: float = 0.95  # recall@10 against exact
     index_key: str = ""  # a faiss factory string instead of the automatic choice
     queries: int = 1000  # held-out queries for tuning
     rebuild: bool = False  # build from scratch even where an index exists
     seed: int = 0
-    use_gpu: bool = True  # train and add on GPU when faiss has one
+    use_gpu: bool = True  # train and add IVF indices on GPU when faiss has one
 
 
 def choose_index(n: int, dim: int, memory_budget_bytes: float) -> tuple[str, str]:
-    """``(faiss factory key, why)`` for ``n`` vectors of ``dim`` under the memory budget."""
-    raw = n * (dim * 4 + 8)
-    nlist = 2 ** max(6, min(16, round(math.log2(max(1.0, 4 * math.sqrt(n))))))
+    """``(faiss factory key, why)`` for ``n`` vectors of ``dim`` under the memory budget (see the
+    module docstring for the rule)."""
+    budget = f"the {memory_budget_bytes / 1e9:.1f} GB budget"
     if n <= FLAT_MAX:
         return "Flat", f"{n} vectors: exact search is fast at this size"
+    m = min(HNSW_M, int((memory_budget_bytes / n - 4 * dim) // 8))
+    if m >= 8:
+        size = n * (4 * dim + 8 * m)
+        return f"HNSW{m}", (f"{n} vectors, {size / 1e9:.2f} GB as an HNSW{m} graph with its vectors, within {budget}: "
+                            "the best recall within a latency budget")
+    raw = n * (dim * 4 + 8)
+    nlist = ivf_lists(n)
     if raw <= memory_budget_bytes:
-        return f"IVF{nlist},Flat", (f"{n} vectors, {raw / 1e9:.2f} GB raw fits the {memory_budget_bytes / 1e9:.1f} GB "
-                                    f"budget: inverted lists with exact distances")
+        return f"IVF{nlist},Flat", (f"{n} vectors, {raw / 1e9:.2f} GB raw fits {budget} but no HNSW graph with them: "
+                                    "inverted lists with exact distances")
     for m in (64, 48, 32, 16, 8):
         if dim % m == 0 and n * (m + 8) <= memory_budget_bytes:
             return (f"OPQ{m},IVF{nlist}_HNSW32,PQ{m}",
-                    f"{n} vectors, {raw / 1e9:.1f} GB raw exceeds the {memory_budget_bytes / 1e9:.1f} GB budget: "
-                    f"product quantisation at {m} bytes a vector")
+                    f"{n} vectors, {raw / 1e9:.1f} GB raw exceeds {budget}: product quantisation at {m} bytes a "
+                    "vector, candidates re-scored with the stored vectors")
     raise IndexBuildError(f"{n} vectors of dimension {dim} do not fit a memory budget of {memory_budget_bytes / 1e9:.2f} "
-                      f"GB even at 8 bytes a vector; raise --memory-budget-gb")
+                          f"GB even at 8 bytes a vector; raise --memory-budget-gb")
+
+
+def ivf_lists(n: int) -> int:
+    """Inverted lists for ``n`` vectors: the power of two nearest ``4 sqrt(n)``, from 64 to 65536."""
+    return 2 ** max(6, min(16, round(math.log2(max(1.0, 4 * math.sqrt(n))))))
+
+
+def read_flags(info: dict[str, Any]) -> int:
+    """faiss read flags that map the index file instead of reading it: the inverted lists of an IVF
+    index, the vectors (flat codes) of Flat and HNSW (faiss maps one or the other, not both)."""
+    import faiss
+
+    mapped = faiss.IO_FLAG_MMAP if info.get("knob") == "nprobe" else faiss.IO_FLAG_MMAP_IFC
+    return mapped | faiss.IO_FLAG_READ_ONLY
+
+
+def read_info(folder: Path, error: type[UserError] = IndexBuildError) -> dict[str, Any] | None:
+    """The ``index.json`` of an index folder, None when there is none, ``error`` naming the file
+    when it is not readable JSON."""
+    file = Path(folder) / INFO_FILE
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{file} is not valid JSON ({exc}); rebuild the index (clipvip index --rebuild)") from None
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading the parts
-
-
-def complete_parts(embeddings: str) -> dict[str, int]:
-    """Part name -> rows, for every part whose marker exists, in part order."""
-    from pipeline.writer import ShardWriterConfig, finished_shards, read_json
-    from shards import format as fmt
-
-    root = embeddings.rstrip("/")
-    if read_json(f"{root}/{fmt.RUN_FILE}") is None:
-        raise IndexBuildError(f"--embeddings {embeddings} holds no embedding run ({fmt.RUN_FILE} is missing); give the "
-                          "output folder of clipvip embed")
-    done = finished_shards(ShardWriterConfig(output_dir=root, prefix=parts.PREFIX), range(10**7))
-    return {parts.part_name(i): int(st["samples"]) for i, st in sorted(done.items())}
-
-
-def read_parts(embeddings: str, names: list[str]):
-    """The Arrow table of ``names`` (row order: part order, then row order)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    root = embeddings.rstrip("/")
-    tables = []
-    for name in names:
-        t = pq.read_table(f"{root}/{name}.parquet")
-        tables.append(t.append_column("part", pa.array([name] * t.num_rows, pa.string())))
-    return pa.concat_tables(tables, promote_options="default") if tables else None
 
 
 def check_model(table, info: dict[str, Any] | None, source: str) -> tuple[str, int]:
@@ -135,13 +157,17 @@ def held_out_queries(table, vectors: np.ndarray, n: int, seed: int) -> tuple[np.
 # Building
 
 
-def _train_and_add(key: str, vectors: np.ndarray, use_gpu: bool, seed: int):
+def new_index(key: str, vectors: np.ndarray, use_gpu: bool, seed: int, ef_construction: int = EF_CONSTRUCTION):
+    """The index ``key`` over ``vectors``: trained on a sample when it needs training (on GPU when
+    faiss has one, for IVF kinds), an HNSW graph built with ``ef_construction``."""
     import faiss
 
     dim = vectors.shape[1]
     index = faiss.index_factory(dim, key, faiss.METRIC_INNER_PRODUCT)
-    on_gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-    work = faiss.index_cpu_to_all_gpus(index) if on_gpu and not key.startswith("OPQ") else index
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efConstruction = ef_construction
+    on_gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0 and key.startswith("IVF")
+    work = faiss.index_cpu_to_all_gpus(index) if on_gpu else index
     if not index.is_trained:
         nlist = faiss.extract_index_ivf(index).nlist if "IVF" in key else 256
         rng = np.random.default_rng(seed)
@@ -153,8 +179,11 @@ def _train_and_add(key: str, vectors: np.ndarray, use_gpu: bool, seed: int):
 
 
 def add_batches(index, vectors: np.ndarray, batch: int = 1 << 17) -> None:
+    """Add float16/float32 ``vectors`` in float32 batches (an HNSW graph of millions takes minutes: logged)."""
     for i in range(0, len(vectors), batch):
         index.add(np.ascontiguousarray(vectors[i:i + batch], dtype=np.float32))
+        if len(vectors) > batch:
+            logger.info("added %d of %d vectors", min(i + batch, len(vectors)), len(vectors))
 
 
 def metadata_table(table):
@@ -185,43 +214,54 @@ def _write_folder(tmp: Path, index, meta, vectors: np.ndarray, info: dict[str, A
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
 
 
+def _existing(cfg: IndexConfig, available: dict[str, int]) -> dict[str, Any] | None:
+    """The ``index.json`` of the index to grow (None: build anew); refuses an ``--out`` that cannot be
+    grown or replaced as asked."""
+    out = Path(cfg.out)
+    if out.is_file():
+        raise IndexBuildError(f"--out {out} is a file; give a folder for the index")
+    info = read_info(out)
+    if info is None and out.is_dir() and any(out.iterdir()):
+        raise IndexBuildError(f"--out {out} is a non-empty folder that holds no index; give a new or empty folder")
+    if info is None or cfg.rebuild:
+        return None
+    if info.get("format") != FORMAT:
+        raise IndexBuildError(f"--out {out} holds an index of format {info.get('format')}; rebuild it (--rebuild)")
+    changed = [p for p, rows in info["parts"].items() if p in available and available[p] != rows]
+    if changed:
+        raise IndexBuildError(f"parts {changed[:3]} changed since they were indexed (another embedding run in the same "
+                              "folder?); rebuild the index (--rebuild)")
+    return info
+
+
 def build(cfg: IndexConfig) -> dict[str, Any]:
     """Build ``cfg.out`` from ``cfg.embeddings``, or add the parts it lacks; returns ``index.json``."""
     import faiss
     import pyarrow as pa
 
-    from common.files import replace_dir, temp_dir_beside
+    from common.files import built_aside
+    from pipeline.writer import read_json
 
     out = Path(cfg.out)
-    available = complete_parts(cfg.embeddings)
+    available = parts.complete_parts(cfg.embeddings)
     if not available:
         raise IndexBuildError(f"--embeddings {cfg.embeddings} has no complete part yet; run clipvip embed first")
-    info = None
-    if (out / INFO_FILE).is_file() and not cfg.rebuild:
-        info = json.loads((out / INFO_FILE).read_text())
-        if info.get("format") != FORMAT:
-            raise IndexBuildError(f"--out {out} holds an index of format {info.get('format')}; rebuild it (--rebuild)")
-    elif out.exists() and any(out.iterdir()) and not (out / INFO_FILE).is_file():
-        raise IndexBuildError(f"--out {out} is a non-empty folder that holds no index; give a new or empty folder")
+    info = _existing(cfg, available)
     held = dict(info["parts"]) if info else {}
-    changed = [p for p in held if p in available and available[p] != held[p]]
-    if changed:
-        raise IndexBuildError(f"parts {changed[:3]} changed since they were indexed (another embedding run in the same "
-                          "folder?); rebuild the index (--rebuild)")
     new = [p for p in available if p not in held]
     if info is not None and not new:
         logger.info("index %s already holds all %d parts", out, len(held))
         return info
     t0 = time.perf_counter()
-    table = read_parts(cfg.embeddings, new)
+    table = parts.read_parts(cfg.embeddings, new)
     model_id, dim = check_model(table, info, f"--embeddings {cfg.embeddings}")
     new_vectors = parts.to_numpy(table[parts.VECTOR])
     if info is None:
         vectors = new_vectors
-        key, why = (cfg.index_key, "given (--index-key)") if cfg.index_key else \
+        key, why = (cfg.index_key, GIVEN) if cfg.index_key else \
             choose_index(len(vectors), dim, cfg.memory_budget_gb * 1e9)
         logger.info("building %s over %d vectors: %s", key, len(vectors), why)
-        index = _train_and_add(key, vectors, cfg.use_gpu, cfg.seed)
+        index = new_index(key, vectors, cfg.use_gpu, cfg.seed)
         meta = metadata_table(table)
     else:
         index = faiss.read_index(str(out / INDEX_FILE))
@@ -237,38 +277,34 @@ def build(cfg: IndexConfig) -> dict[str, Any]:
     queries, loo, self_ids = held_out_queries(table, vectors, cfg.queries, cfg.seed)
     truth = tune.exact_neighbours(vectors, queries, tune.K, exclude_self=loo) if not loo else \
         _loo_truth(vectors, queries, self_ids)
+    stored = vectors if tune.compressed(key) else None  # what a search re-scores a quantised index's candidates with
     if info is None:
         choice, table_m = tune.tune(index, queries, truth, target_recall=cfg.target_recall,
-                                    latency_budget_ms=cfg.latency_budget_ms, exclude_self=loo, self_ids=self_ids)
+                                    latency_budget_ms=cfg.latency_budget_ms, exclude_self=loo, self_ids=self_ids,
+                                    vectors=stored)
     else:
-        choice = tune.measure(index, queries, truth, info["search"]["param"], loo, self_ids)
+        choice = tune.measure(index, queries, truth, info["search"]["param"], loo, self_ids, stored)
         table_m = [choice]
-    from pipeline.writer import read_json
-
-    loaded_from = read_json(f"{cfg.embeddings.rstrip('/')}/_model.json") or {}
+    # The embedding run's config says where its model is, for text queries (search, serve).
+    run_cfg = read_json(f"{cfg.embeddings.rstrip('/')}/config.json") or {}
     suggestion = choose_index(len(vectors), dim, cfg.memory_budget_gb * 1e9)[0]
     info = {"format": FORMAT, "model_id": model_id, "dim": dim, "count": int(index.ntotal), "index_key": key,
             "why": why, "knob": tune.knob(index),
-            "model": loaded_from.get("model", ""), "tokenizer": loaded_from.get("tokenizer", ""), "parts": {**held, **{p: available[p] for p in new}},
+            **({"ef_construction": int(index.hnsw.efConstruction)} if isinstance(index, faiss.IndexHNSW) else {}),
+            "model": run_cfg.get("model", ""), "tokenizer": run_cfg.get("tokenizer", ""),
+            "parts": {**held, **{p: available[p] for p in new}},
             "embeddings": str(Path(cfg.embeddings).resolve()) if "://" not in cfg.embeddings else cfg.embeddings,
             "search": {"param": choice.param, **tune.as_dict(choice), "queries": len(queries),
                        "queries_kind": "leave-one-out collection vectors" if loo else "held-out text vectors",
                        "target_recall": cfg.target_recall, "latency_budget_ms": cfg.latency_budget_ms},
             "sweep": [tune.as_dict(m) for m in table_m], "build_s": round(build_s, 3),
-            "rebuild_suggested": suggestion.split(",")[0] != key.split(",")[0] and suggestion != key,
+            "rebuild_suggested": why != GIVEN and suggestion.split(",")[0] != key.split(",")[0],
             "updated_at": time.time()}
     if info["rebuild_suggested"]:
         logger.warning("the collection has grown to %d vectors, for which %s would be chosen; --rebuild to switch",
                        len(vectors), suggestion)
-    tmp = temp_dir_beside(out)
-    try:
+    with built_aside(out) as tmp:
         _write_folder(tmp, index, meta, vectors, info)
-        replace_dir(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 

@@ -10,7 +10,6 @@ the same validation (unique keys, well-formed spans) and the same row numbering.
 from __future__ import annotations
 
 import json
-import tarfile
 from typing import Any, Iterator
 
 from shards import format as fmt
@@ -18,40 +17,20 @@ from shards import format as fmt
 
 def tar_samples(url: str) -> Iterator[dict[str, Any]]:
     """Samples of one curated tar, in order: ``{"key", "mp4": bytes, "subtitle", "caption", "meta",
-    "mp4_offset", "mp4_size", "jpg_offset", "jpg_size"}``. A damaged tar raises ``fmt.ShardReadError``."""
-    current: dict[str, Any] | None = None
-    try:
-        with fmt.open_url(url) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-            for info in tar:
-                parts = fmt.split_member(info.name) if info.isfile() else None
-                if parts is None:
-                    continue
-                key, ext = parts
-                if current is None or current["key"] != key:
-                    if current is not None:
-                        yield _finish(current)
-                    current = {"key": key, "members": {}}
-                data = tar.extractfile(info).read()
-                current["members"][ext] = data
-                if ext in (fmt.MP4, fmt.JPG):
-                    current[f"{ext}_offset"], current[f"{ext}_size"] = int(info.offset_data), int(info.size)
-    except (OSError, EOFError, tarfile.TarError) as exc:
-        raise fmt.ShardReadError(url, exc) from exc
-    if current is not None:
-        yield _finish(current)
+    "mp4_offset", "mp4_size", "jpg_offset", "jpg_size", ...}``. A damaged tar raises
+    ``fmt.ShardReadError`` (after its last, incomplete sample)."""
+    for sample in fmt.iter_tar_samples(url, wanted=lambda ext: ext != fmt.JPG, offsets=True):
+        mp4_at = sample["__offsets__"].get(fmt.MP4, (None, None))
+        jpg_at = sample["__offsets__"].get(fmt.JPG, (None, None))
+        meta = json.loads(sample[fmt.META]) if sample.get(fmt.META) else {}
+        yield {"key": sample["__key__"], "mp4": sample.get(fmt.MP4), "subtitle": _text(sample, fmt.SUBTITLE),
+               "caption": _text(sample, fmt.CAPTION), "meta": meta, "start": meta.get("start"),
+               "end": meta.get("end"), "duration": meta.get("duration"), "path": meta.get("path"),
+               "mp4_offset": mp4_at[0], "mp4_size": mp4_at[1], "jpg_offset": jpg_at[0], "jpg_size": jpg_at[1]}
 
 
-def _finish(sample: dict[str, Any]) -> dict[str, Any]:
-    members = sample.pop("members")
-
-    def text(ext: str) -> str:
-        return members[ext].decode("utf-8", "replace").strip() if members.get(ext) is not None else ""
-
-    meta = json.loads(members[fmt.META]) if members.get(fmt.META) else {}
-    sample.update(mp4=members.get(fmt.MP4), subtitle=text(fmt.SUBTITLE), caption=text(fmt.CAPTION), meta=meta,
-                  start=meta.get("start"), end=meta.get("end"), duration=meta.get("duration"),
-                  path=meta.get("path"))
-    return sample
+def _text(sample: dict[str, Any], ext: str) -> str:
+    return sample[ext].decode("utf-8", "replace").strip() if sample.get(ext) is not None else ""
 
 
 def manifest_rows(slices: list[Any], manifest_cfg: Any, unit: int, base_dir: str) -> Iterator[dict[str, Any]]:

@@ -12,10 +12,12 @@ import mimetypes
 import re
 from typing import Any
 
+from common.errors import UserError
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-class RangeError(ValueError):
+class RangeError(UserError):
     """A Range header that cannot be satisfied (416)."""
 
 

@@ -24,6 +24,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from common.errors import UserError
+
 PREFIX = "embed"
 VECTOR, TEXT_VECTORS = "vector", ("subtitle_vector", "caption_vector")
 TEXT_FIELDS = ("subtitle", "caption")  # what ``texts`` may name
@@ -93,3 +95,31 @@ def build_table(rows: list[dict[str, Any]], vectors: np.ndarray, text_vectors: d
     if not rows:
         return sch.empty_table()
     return pa.table([cols[f.name] for f in sch], schema=sch)
+
+
+def complete_parts(embeddings: str) -> dict[str, int]:
+    """Part name -> rows, for every part of the embedding run in ``embeddings`` whose marker exists,
+    in part order; a folder holding no embedding run is refused naming it."""
+    from pipeline.writer import ShardWriterConfig, finished_shards, read_json
+    from shards import format as fmt
+
+    root = embeddings.rstrip("/")
+    if read_json(f"{root}/{fmt.RUN_FILE}") is None:
+        raise UserError(f"--embeddings {embeddings} holds no embedding run ({fmt.RUN_FILE} is missing); give the "
+                        "output folder of clipvip embed")
+    done = finished_shards(ShardWriterConfig(output_dir=root, prefix=PREFIX), range(10**7))
+    return {part_name(i): int(st["samples"]) for i, st in sorted(done.items())}
+
+
+def read_parts(embeddings: str, names: list[str]):
+    """The Arrow table of the parts ``names`` with a ``part`` column (row order: part order, then row
+    order within each part)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = embeddings.rstrip("/")
+    tables = []
+    for name in names:
+        t = pq.read_table(f"{root}/{name}.parquet")
+        tables.append(t.append_column("part", pa.array([name] * t.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="default") if tables else None

@@ -4,10 +4,11 @@ indices, with metadata filters, paging and near-duplicate folding. The server ca
 A filter that leaves few rows (``EXACT_SUBSET`` or fewer) is answered exactly over those rows from
 the memory-mapped vectors; a broader one searches the index with a faiss ID selector, so the
 filter applies inside the search instead of thinning a fixed top-k afterwards. A quantised index
-(PQ, SQ: the large-collection choice) returns ``RERANK`` times the candidates, re-scored with the
-stored vectors, so its codes decide only which candidates are looked at. Folding walks the
-ranked results and folds each hit whose cosine with a better-ranked kept hit reaches the
-threshold into that hit (its ``duplicates``), so a page shows distinct clips.
+(PQ, SQ: the large-collection choice) returns ``search.tune.RERANK`` times the candidates,
+re-scored with the stored vectors (``search.tune.rerank``, which the index's tuning measures too),
+so its codes decide only which candidates are looked at. Folding walks the ranked results and
+folds each hit whose cosine with a better-ranked kept hit reaches the threshold into that hit (its
+``duplicates``), so a page shows distinct clips.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from common.errors import UserError
+from search import tune
 from search.store import Filters, Store, StoreError
 
 logger = logging.getLogger(__name__)
 
 EXACT_SUBSET = 50_000
-RERANK = 10  # candidates fetched per result from a quantised index, then re-scored exactly
 MAX_RESULTS = 1000  # offset + k
 
 
-class QueryError(ValueError):
+class QueryError(UserError):
     """A query that cannot be answered as asked (unknown index or key, bad paging, model mismatch)."""
 
 
@@ -87,27 +89,19 @@ def ranked(store: Store, query: np.ndarray, want: int, mask: np.ndarray | None,
     sel = None
     if mask is not None:
         sel = faiss.IDSelectorBitmap(len(mask), np.packbits(mask, bitorder="little"))
-    fetch = (want + extra) * (RERANK if compressed(store) else 1)
+    quantised = tune.compressed(store.info.get("index_key", ""))
+    fetch = (want + extra) * (tune.RERANK if quantised else 1)
     params = _search_params(store, sel, fetch)
     scores, ids = store.index.search(q, fetch, params=params) if params is not None else store.index.search(q, fetch)
     keep = ids[0] >= 0
     if exclude is not None:
         keep &= ids[0] != exclude
     ids, scores = ids[0][keep], scores[0][keep]
-    if compressed(store) and len(ids):
+    if quantised:
         # Quantised codes only approximate the scores: re-score the candidates with the stored vectors.
-        order = np.sort(ids)
-        exact = np.asarray(store.vectors[order], dtype=np.float32) @ q[0]
-        best = np.argsort(-exact, kind="stable")[:want]
-        ids, scores = order[best], exact[best]
+        ids, scores = tune.rerank(ids, q[0], store.vectors, want)
     mode = "exact" if store.info.get("knob") is None else "ann"
     return ids[:want], scores[:want], mode
-
-
-def compressed(store: Store) -> bool:
-    """Whether the index holds quantised codes (PQ, SQ) rather than the vectors."""
-    key = store.info.get("index_key", "")
-    return "PQ" in key or "SQ" in key
 
 
 def fold_duplicates(store: Store, ids: np.ndarray, threshold: float) -> list[tuple[int, list[int]]]:
@@ -129,6 +123,19 @@ def fold_duplicates(store: Store, ids: np.ndarray, threshold: float) -> list[tup
         kept.append(i)
         groups.append((int(ids[i]), []))
     return groups
+
+
+def read_query_vector(path: str) -> np.ndarray:
+    """A query vector saved with ``numpy.save`` ([E] or [1, E]; pickled objects are refused)."""
+    try:
+        vector = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise QueryError(f"vector file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # numpy's refusal of a file that is no .npy array
+        raise QueryError(f"vector file {path} is not a numpy .npy array ({exc}); save it with numpy.save") from None
+    if not isinstance(vector, np.ndarray):
+        raise QueryError(f"vector file {path} is an .npz archive; save the one vector with numpy.save")
+    return vector
 
 
 class Searcher:

@@ -29,6 +29,7 @@ from search.media import RangeError, clip_source, parse_range, read_slice, thumb
 from search.metrics import Metrics
 from search.query import QueryError, Searcher
 from search.store import StoreError
+from train.video import DecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def create_app(searcher: Searcher, cfg: ServeConfig = ServeConfig()):
             if src is None:
                 try:
                     data = await loop_run(_decoded_thumb, row["path"], row.get("start"), row.get("end"))
-                except Exception as exc:  # noqa: BLE001 - a source that no longer decodes is a 404, not a crash
+                except DecodeError as exc:  # a source that is gone or no longer decodes is a 404, not a crash
                     return _error(404, f"no thumbnail: {str(exc)[:200]}")
                 return web.Response(body=data, content_type="image/jpeg")
             data = await loop_run(read_slice, src, 0, src.size)

@@ -1,8 +1,9 @@
 """An index folder opened for searching: the faiss index, metadata and vectors, all memory-mapped.
 
-Opening costs almost nothing and almost no memory whatever the collection's size: the index is
-read with ``IO_FLAG_MMAP`` (pages come in as probes touch them), the metadata is an Arrow IPC file
-viewed in place, and the float16 vectors a numpy memmap. Filters (:class:`Filters`) run as Arrow
+Opening costs little time and memory whatever the collection's size: the index file is mapped
+(an IVF index's inverted lists, the vectors of a Flat or HNSW index: pages come in as searches
+touch them; an HNSW graph itself is read, about 8 M bytes a vector), the metadata is an Arrow IPC
+file viewed in place, and the float16 vectors a numpy memmap. Filters (:class:`Filters`) run as Arrow
 compute over the metadata columns and give a mask of the rows that pass.
 """
 
@@ -15,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from search.index import INDEX_FILE, INFO_FILE, META_FILE, VECTORS_FILE
+from common.errors import UserError
+from search.index import INDEX_FILE, INFO_FILE, META_FILE, VECTORS_FILE, read_flags, read_info
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """An index folder that cannot be opened, or a filter on a column it lacks."""
 
 
@@ -70,11 +72,13 @@ class Store:
         import pyarrow as pa
 
         self.folder = Path(folder)
-        info_path = self.folder / INFO_FILE
-        if not info_path.is_file():
-            raise StoreError(f"{self.folder} is not an index folder ({INFO_FILE} is missing); build one with clipvip index")
-        self.info: dict[str, Any] = json.loads(info_path.read_text())
-        self.index = faiss.read_index(str(self.folder / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        info = read_info(self.folder, StoreError)
+        missing = [f for f in (INDEX_FILE, META_FILE, VECTORS_FILE) if not (self.folder / f).is_file()]
+        if info is None or missing:
+            raise StoreError(f"{self.folder} is not an index folder ({INFO_FILE if info is None else missing[0]} is "
+                             "missing); build one with clipvip index")
+        self.info: dict[str, Any] = info
+        self.index = faiss.read_index(str(self.folder / INDEX_FILE), read_flags(info))
         from search.tune import set_param
 
         set_param(self.index, self.info["search"]["param"])

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from common.errors import UserError
 from train.video import DecodeError, decode_video_file
 
 VideoSpec = str | tuple[str, float | None, float | None]
@@ -26,12 +27,12 @@ def split_spec(spec: VideoSpec) -> tuple[str, float | None, float | None]:
     if isinstance(spec, str):
         return spec, None, None
     if not isinstance(spec, (tuple, list)) or len(spec) != 3:
-        raise ValueError(f"a video is a path or a (path, start_s, end_s) tuple, got {spec!r}")
+        raise UserError(f"a video is a path or a (path, start_s, end_s) tuple, got {spec!r}")
     path, start, end = spec
     start = None if start is None or (isinstance(start, float) and math.isnan(start)) else float(start)
     end = None if end is None or (isinstance(end, float) and math.isnan(end)) else float(end)
     if start is not None and end is not None and end <= start:
-        raise ValueError(f"span of {path}: end {end} must be after start {start}")
+        raise UserError(f"span of {path}: end {end} must be after start {start}")
     return str(path), start, end
 
 
@@ -45,6 +46,8 @@ def _reader(path: str):
         return decord.VideoReader(io.BytesIO(data), num_threads=1)
     except FileNotFoundError as e:
         raise DecodeError(f"{path}: no such file") from e
+    except OSError as e:
+        raise DecodeError(f"{path}: cannot read it ({e.strerror or e})") from e
     except (RuntimeError, decord.DECORDError) as e:
         raise DecodeError(f"{path}: decord could not open it: {str(e).splitlines()[0][:200]}") from e
 
@@ -62,27 +65,30 @@ def decode_spec(spec: VideoSpec, num_frames: int) -> np.ndarray:
     """uint8 [T, H, W, C] of a file (the evaluation's sampling) or of a span of it."""
     path, start, end = split_spec(spec)
     if start is None and end is None:
-        return decode_video_file(path, num_frames, train=False)
+        try:
+            return decode_video_file(path, num_frames, train=False)
+        except FileNotFoundError as e:
+            raise DecodeError(f"{path}: no such file") from e
     reader = _reader(path)
+    return _frames(reader, span_indices(len(reader), float(reader.get_avg_fps()), start, end, num_frames), path)
+
+
+def _frames(reader, idx: np.ndarray, path: str) -> np.ndarray:
+    """uint8 [len(idx), H, W, C]: the frames at ``idx``; decord's failures as ``DecodeError``."""
     try:
-        idx = span_indices(len(reader), float(reader.get_avg_fps()), start, end, num_frames)
-        frames = reader.get_batch(idx.tolist()).asnumpy()
-    except DecodeError:
-        raise
-    except RuntimeError as e:
+        return reader.get_batch(idx.tolist()).asnumpy()
+    except RuntimeError as e:  # decord reports every demux/decode failure as a RuntimeError (DECORDError)
         raise DecodeError(f"{path}: decord could not decode the span: {str(e).splitlines()[0][:200]}") from e
-    return frames
 
 
 def middle_frame_jpeg(path: str, start: float | None, end: float | None, max_side: int = 320) -> bytes:
-    """JPEG of the frame on screen at the middle of the span (or of the file)."""
+    """JPEG of the frame on screen at the middle of the span (or of the file); ``DecodeError`` when the
+    file is gone or does not decode."""
     from PIL import Image
 
     reader = _reader(path)
-    n, fps = len(reader), float(reader.get_avg_fps())
-    idx = span_indices(n, fps, start, end, 3)[1]
-    frame = reader[int(idx)].asnumpy()
-    im = Image.fromarray(frame)
+    idx = span_indices(len(reader), float(reader.get_avg_fps()), start, end, 3)[1:2]
+    im = Image.fromarray(_frames(reader, idx, path)[0])
     im.thumbnail((max_side, max_side))
     out = io.BytesIO()
     im.save(out, format="JPEG", quality=85)

@@ -202,12 +202,14 @@ class ShardReadError(OSError):
 
 
 def iter_tar_samples(url: str, *, wanted: Callable[[str], bool] | None = None, stream: IO[bytes] | None = None,
-                     on_error: Callable[[ShardReadError], None] | None = None) -> Iterator[dict[str, Any]]:
+                     on_error: Callable[[ShardReadError], None] | None = None,
+                     offsets: bool = False) -> Iterator[dict[str, Any]]:
     """Samples of one tar, in order: ``{"__key__", "__url__", ext: bytes, ...}``.
 
     Members of a sample are adjacent (as WebDataset writes them). ``wanted(ext)`` False skips a
     member's bytes without reading them (the NMI reader needs only text); skipped members appear
-    as None. A tar that cannot be opened or ends early is a ``ShardReadError``: given to
+    as None. ``offsets`` adds ``"__offsets__": {ext: (byte offset of its data in the tar, size)}``,
+    so a member can later be read (or served) straight out of the tar. A tar that cannot be opened or ends early is a ``ShardReadError``: given to
     ``on_error`` (then the last, incomplete sample still comes through without its missing
     members, for the consumer to reject), or raised after that sample when there is no callback.
     """
@@ -230,6 +232,8 @@ def iter_tar_samples(url: str, *, wanted: Callable[[str], bool] | None = None, s
                     raise ValueError(f"sample {key!r} has two {ext!r} members")
                 take = wanted is None or wanted(ext)
                 current[ext] = tar.extractfile(info).read() if take else None
+                if offsets:
+                    current.setdefault("__offsets__", {})[ext] = (int(info.offset_data), int(info.size))
     except (OSError, EOFError, tarfile.TarError, ValueError) as exn:
         error = ShardReadError(url, exn)
         if on_error is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.files import atomic_write_text, replace_dir, temp_dir_beside, umask
+from common.files import atomic_write_text, built_aside, replace_dir, sha256_file, temp_dir_beside, umask
 
 
 def test_a_folder_is_replaced_whole_and_a_failed_move_keeps_the_old_one(tmp_path, monkeypatch):
@@ -37,6 +37,33 @@ def test_a_folder_is_replaced_whole_and_a_failed_move_keeps_the_old_one(tmp_path
     replace_dir(second, final)
     assert (final / "model.safetensors").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # nothing set aside is left
+
+
+def test_a_folder_built_aside_replaces_the_old_one_only_when_the_block_ends(tmp_path):
+    final = tmp_path / "index"
+    final.mkdir()
+    (final / "index.json").write_text("old")
+    with pytest.raises(RuntimeError, match="half way"):
+        with built_aside(final) as tmp:
+            (tmp / "index.json").write_text("new")
+            raise RuntimeError("half way")
+    assert (final / "index.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # the half-built folder is gone
+    with built_aside(final) as tmp:
+        (tmp / "index.json").write_text("new")
+        assert (final / "index.json").read_text() == "old"  # readers see the old folder until the end
+    assert (final / "index.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_sha256_of_a_file_read_in_pieces_is_hashlibs_of_its_bytes(tmp_path):
+    import hashlib
+
+    data = os.urandom(3 * 1024 + 17)
+    (tmp_path / "w.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "w.bin", chunk=1024) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
 def test_atomic_text_leaves_no_temporary_on_failure(tmp_path, monkeypatch):

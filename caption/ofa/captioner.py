@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from caption.ofa.beam import BeamConfig, BeamSearchError
-from caption.ofa.checkpoint import WEIGHTS_FILE, build_model, load_converted, read_fairseq_checkpoint, sha256_file
+from caption.ofa.checkpoint import WEIGHTS_FILE, build_model, load_converted, read_fairseq_checkpoint
 from caption.ofa.config import OFAConfig
 from caption.ofa.generate import OFAGenerator
 from caption.ofa.preprocess import normalize, resize_batch
@@ -27,6 +27,7 @@ from caption.ofa.tokenizer import CAPTION_PROMPT, OFATokenizer, embedding_mismat
 from caption.protocol import DecodeSettings
 from common.device import resolve_device
 from common.errors import MissingInputError, UserError
+from common.files import sha256_file
 
 logger = logging.getLogger(__name__)
 

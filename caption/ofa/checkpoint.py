@@ -10,7 +10,6 @@ bookkeeping); any other global, such as ``os.system``, is refused before it is e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from caption.ofa.config import OFAConfig, config_from_fairseq_args
 from caption.ofa.keymap import official_to_port
 from caption.ofa.model import OFAModel
 from common.errors import MissingInputError, UserError
-from common.files import write_safetensors
+from common.files import sha256_file, write_safetensors
 from common.safe_pickle import UnsafeCheckpointError, restricted_load  # noqa: F401 - one allow-list for every .pt read
 
 WEIGHTS_FILE = "model.safetensors"
@@ -43,14 +42,6 @@ def arch_args(ckpt: dict[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, dict) and cfg.get("model") is not None:
         return {**_as_dict(cfg.get("task")), **_as_dict(cfg["model"])}
     raise UserError("checkpoint has no 'args' and no 'cfg' with a 'model' entry, so its architecture is unknown")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def port_shapes(cfg: OFAConfig) -> dict[str, torch.Size]:

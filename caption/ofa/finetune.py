@@ -469,7 +469,8 @@ def train(cfg: CaptionFinetuneConfig) -> Finetuned:
 
 def save(result: Finetuned, out_dir: str | Path) -> Path:
     """``model.safetensors`` + ``config.json`` + the tokenizer files: a directory ``ofa:<out_dir>`` loads."""
-    from caption.ofa.checkpoint import save_converted, sha256_file
+    from caption.ofa.checkpoint import save_converted
+    from common.files import sha256_file
 
     out = Path(out_dir)
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()

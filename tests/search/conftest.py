@@ -30,7 +30,8 @@ def local_ray():
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+        # "local": a Ray of its own, never a cluster something else on this machine started.
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 

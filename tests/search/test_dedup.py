@@ -13,6 +13,8 @@ import av
 import numpy as np
 import pytest
 
+from common.jsonl import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,7 +37,7 @@ def test_reencodes_are_found_and_only_they(synth_clips, search_model, tmp_path):
     from search.dedup_report import write
     from search.encoder import Encoder
 
-    rows = [json.loads(line) for line in synth_clips.read_text().splitlines() if "start" not in line][:10]
+    rows = [r for r in read_jsonl(synth_clips) if "start" not in r][:10]
     specs, keys, partner = [], [], {}
     for r in rows:
         specs.append(r["path"])

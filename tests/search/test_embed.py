@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from common.jsonl import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -149,6 +151,70 @@ def test_a_killed_actor_loses_nothing_and_writes_nothing_twice(local_ray, synth_
     assert summary["units_complete"] == 6 and summary["counts"] == {"ok": 24}
 
 
+def _session_pids(sid: int) -> list[int]:
+    """Processes of the session ``sid`` (what a process started with ``start_new_session`` and its
+    descendants share, whatever their process group)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_sigkilled_driver_loses_only_unfinished_parts_and_the_rerun_completes_exactly_once(
+        synth_clips, search_model, tmp_path):
+    """``python -m jobs.embed`` on a local Ray, killed with SIGKILL (the driver and the Ray it started,
+    its whole process group) once some parts are complete; the same command then finishes the run:
+    every key in exactly one part, the parts finished before the kill kept as they were, no
+    temporary file left."""
+    from shards.format import TMP_MARK
+
+    rows = read_jsonl(synth_clips)
+    many = [{**r, "key": f"{r['key']}_{i}"} for i in range(5) for r in rows]  # 120 rows in 30 parts of 4
+    manifest = tmp_path / "many.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in many))
+    out = tmp_path / "parts"
+    cmd = [sys.executable, "-m", "jobs.embed", "--model", search_model[0], "--tokenizer", search_model[1],
+           "--manifest", str(manifest), "--rows-per-part", "4", "--out", str(out), "--frames", "4",
+           "--device", "cpu", "--ray-num-cpus", "2"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list(out.glob("embed-*_stats.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Ray runs each actor in a process group of its own: an actor at work finishes its part and then
+    # finds its raylet gone. What is on disk once the last process of the run has died is what the
+    # rerun finds.
+    deadline = time.time() + 60
+    while _session_pids(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _session_pids(proc.pid), "processes of the killed run outlived it"
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("embed-*")}
+    done_at_kill = len(list(out.glob("embed-*_stats.json")))
+    assert 0 < done_at_kill < 30, "the kill did not land mid-run"
+    assert not (out / "_summary.json").exists() and (out / "_run.json").exists()
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["units_complete"] == 30 and summary["counts"] == {"ok": 120}
+    assert summary["this_run"]["rows"] == 120 - 4 * done_at_kill  # the finished parts were not redone
+    for name, mtime in kept.items():
+        if name.endswith("_stats.json"):
+            parquet = name.replace("_stats.json", ".parquet")
+            assert (out / name).stat().st_mtime_ns == mtime and (out / parquet).stat().st_mtime_ns == kept[parquet]
+    keys = _table(out)["key"].to_pylist()
+    assert sorted(keys) == sorted(r["key"] for r in many) and len(set(keys)) == len(keys)
+    assert not [p.name for p in out.iterdir() if TMP_MARK in p.name]
+
+
 def test_a_video_manifest_with_spans(local_ray, synth_clips, search_model, tmp_path):
     """Manifest input: rows with start/end are embedded as spans; metadata keeps the manifest's columns."""
     from search import parts
@@ -160,7 +226,7 @@ def test_a_video_manifest_with_spans(local_ray, synth_clips, search_model, tmp_p
                               texts=("subtitle",)))
     assert summary["units"] == 3 and summary["counts"] == {"ok": 24}
     table = _table(tmp_path / "parts")
-    rows = [json.loads(line) for line in synth_clips.read_text().splitlines()]
+    rows = read_jsonl(synth_clips)
     assert table["key"].to_pylist() == [r["key"] for r in rows]
     enc = Encoder.load(search_model[0], tokenizer=search_model[1], device="cpu", num_frames=4)
     want = enc.encode_videos([(r["path"], r.get("start"), r.get("end")) for r in rows])

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rows(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text().splitlines()]
+    from common.jsonl import read_jsonl
+
+    return read_jsonl(manifest)
 
 
 def test_vectors_equal_the_evaluation_path(synth_clips, search_model):
@@ -88,6 +90,58 @@ def test_a_run_dir_gives_its_model_tokenizer_and_frames(search_model, tmp_path):
     enc = Encoder.load(str(run), device="cpu")
     assert (enc.num_frames, enc.max_text_len) == (6, 20)
     assert enc.model_id == Encoder.load(model_dir, tokenizer=tok_dir, device="cpu").model_id
+
+
+def _broken_copies(model_dir: str, root: Path) -> list[tuple[Path, str]]:
+    """Model dirs each damaged one way, with the words the refusal must hold."""
+    import shutil
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    cases = [("not json", "{'image_size': 32", "is not valid JSON"),
+             ("unknown field", json.dumps({**config, "colour": "red"}), "unknown field(s) ['colour']"),
+             ("wrong type", json.dumps({**config, "text_layers": "2"}), "text_layers='2' is not"),
+             ("bad value", json.dumps({**config, "attention": "sideways"}), "attention='sideways'"),
+             ("other shapes", json.dumps({**config, "text_width": config["text_width"] * 2}), "does not match"),
+             ("cut weights", None, "is not a readable safetensors file")]
+    out = []
+    for name, text, words in cases:
+        folder = root / name.replace(" ", "_")
+        shutil.copytree(model_dir, folder)
+        if text is None:
+            weights = folder / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:-100])
+        else:
+            (folder / "config.json").write_text(text)
+        out.append((folder, words))
+    return out
+
+
+def test_a_damaged_model_dir_is_refused_naming_the_file_without_reading_weights(search_model, tmp_path):
+    """The checks of search/model_files.py: each damage is an EncoderError (a UserError) naming the
+    file, from the encoder and from the embedding driver's check alike."""
+    from common.errors import UserError
+    from search.encoder import Encoder
+    from search.model_files import EncoderError, check_model_dir
+
+    for folder, words in _broken_copies(search_model[0], tmp_path):
+        with pytest.raises(EncoderError, match=None) as caught:
+            Encoder.load(str(folder), tokenizer=search_model[1], device="cpu")
+        assert words in str(caught.value) and str(folder) in str(caught.value), (folder.name, caught.value)
+        with pytest.raises(UserError):
+            check_model_dir(folder)
+
+
+def test_a_bug_in_the_loader_is_not_turned_into_a_user_error(search_model, monkeypatch):
+    """Encoder.load catches only UserErrors: a loader that fails any other way keeps its exception."""
+    import model.convert
+    from search.encoder import Encoder
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected bug in the loader")
+
+    monkeypatch.setattr(model.convert, "load_checkpoint", broken)
+    with pytest.raises(RuntimeError, match="injected bug"):
+        Encoder.load(search_model[0], tokenizer=search_model[1], device="cpu")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

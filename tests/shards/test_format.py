@@ -67,6 +67,19 @@ def test_written_samples_read_the_same_through_webdataset_and_our_reader(tmp_pat
     assert texts[2][fmt.CAPTION] == b"cap 2" and texts[2][fmt.MP4] is None  # clip bytes skipped, not read
 
 
+def test_member_offsets_point_at_the_members_bytes_in_the_tar(tmp_path):
+    """``offsets=True``: each member's (offset, size) reads its bytes straight out of the file, as the
+    search server streams clips; checked against tarfile's own random-access read of each member."""
+    path = _shard(tmp_path / "a.tar")
+    blob = path.read_bytes()
+    with tarfile.open(path) as tar:
+        for sample in fmt.iter_tar_samples(str(path), offsets=True, wanted=lambda ext: ext != fmt.MP4):
+            assert sample[fmt.MP4] is None and set(sample["__offsets__"]) == set(fmt.MEMBERS)
+            for ext, (offset, size) in sample["__offsets__"].items():
+                assert blob[offset:offset + size] == tar.extractfile(f"{sample['__key__']}.{ext}").read()
+    assert "__offsets__" not in next(fmt.iter_tar_samples(str(path)))
+
+
 def test_a_cut_or_missing_tar_is_reported_once_by_url(tmp_path):
     path = _shard(tmp_path / "a.tar", n=4)
     blob = path.read_bytes()
