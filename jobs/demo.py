@@ -106,7 +106,10 @@ def run(cfg: DemoConfig, argv: list[str]) -> dict[str, Any]:
     with clock("embed, index and search the clips"):
         from demo.search_stage import search_stage
 
-        model_dir = next((ft["best_dir"] for ft in results["finetune"].values()), None) or next(iter(runs.values()))
+        # The first fine-tuned run (the first fine-tuned variant at the first seed), else the first
+        # post-pretrained one.
+        model_dir = next((r["best_dir"] for r in results["finetune"]["runs"].values()), None) \
+            or next(iter(runs.values()))
         search_stage(cfg, out, shards, model_dir, results)
     with clock("write the report"):
         results["timings_s"] = dict(clock.times, total=round(clock.elapsed, 2))
