@@ -20,8 +20,13 @@ BENCHMARKS.md) in a subprocess whose workers import that checkout's code. Both c
 file and ``bench/sim_gpu.py``; an earlier one also needs a ``py:`` captioner backend, and then
 takes the simulated GPU's settings from the ``CLIPVIP_SIM_GPU`` environment variable.
 
-Run: ``.venv/bin/python -m bench.caption_service [--rows 6000] [--actors 4] [--batch 128]
-[--time-scale 10] [--before /path/to/old/checkout --before-rows 1000]``
+Also reported: the frames per batch at the quartiles, and with ``BENCH_TIMELINE=1`` every batch's
+start and size. The defaults stream (shards of 1000 rows, 256 frames in flight per task, 8 tasks):
+tasks that each decode a whole small shard at once and then wait for its captions arrive in
+waves, and between waves the replicas get a few frames at a time.
+
+Run: ``.venv/bin/python -m bench.caption_service [--rows 8000] [--actors 4] [--batch 128]
+[--time-scale 20] [--before /path/to/old/checkout --before-rows 1000 --before-per-shard 250]``
 """
 
 from __future__ import annotations
@@ -53,10 +58,14 @@ def _busy(spy: Path) -> dict:
         a["calls"] += 1
         a["busy_s"] += float(e) - float(s)
     window = end - start
+    sizes = sorted(int(c[1]) for c in calls)
+    by_start = sorted(calls, key=lambda c: float(c[2]))
     for a in actors.values():
         a["busy_fraction"] = a["busy_s"] / window if window else 0.0
         a["mean_batch"] = a["frames"] / a["calls"]
-    return {"actors": actors, "window_s": window, "frames": sum(a["frames"] for a in actors.values())}
+    return {"actors": actors, "window_s": window, "frames": sum(a["frames"] for a in actors.values()),
+            "batch_quartiles": [sizes[len(sizes) * q // 4] for q in (1, 2, 3)], "batches": len(sizes),
+            "timeline": [(round(float(c[2]) - start, 1), int(c[1])) for c in by_start]}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -99,12 +108,12 @@ def child(args: argparse.Namespace) -> None:
                                   "shards": summary["shards"], **_busy(spy)}))
 
 
-def measure(tree: Path, manifest: Path, rows: int, args: argparse.Namespace, new_api: bool) -> dict:
+def measure(tree: Path, manifest: Path, rows: int, per_shard: int, args: argparse.Namespace, new_api: bool) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_caption_service_"))
     cmd = [sys.executable, "-m", "bench.caption_service", "--child", "--work", str(work), "--manifest", str(manifest),
            "--actors", str(args.actors), "--batch", str(args.batch), "--time-scale", str(args.time_scale),
            "--batch-wait", str(args.batch_wait), "--decode-nodes", str(args.decode_nodes),
-           "--decode-cpus", str(args.decode_cpus), "--per-shard", str(args.per_shard), "--window", str(args.window)]
+           "--decode-cpus", str(args.decode_cpus), "--per-shard", str(per_shard), "--window", str(args.window)]
     if new_api:
         cmd.append("--new-api")
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -125,22 +134,27 @@ def report(name: str, r: dict, ceiling: float) -> None:
     print(f"{name}: {r['frames']} frames in a {r['window_s']:.1f} s captioning window ({r['wall_s']:.1f} s whole run, "
           f"{r['complete']}/{r['shards']} shards): {rate:.1f} frames/s = {rate / ceiling:.2f} of the ceiling "
           f"{ceiling:.1f}; busy fraction per actor {', '.join(f'{b:.3f}' for b in busy)}; mean batch per actor "
-          f"{batches}")
+          f"{batches}; {r.get('batches', '?')} batches, frames per batch at the quartiles {r.get('batch_quartiles')}")
+    if os.environ.get("BENCH_TIMELINE"):
+        print("timeline (start s, frames):", r.get("timeline"))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=6000)
+    p.add_argument("--rows", type=int, default=8000)
     p.add_argument("--actors", type=int, default=4)
     p.add_argument("--batch", type=int, default=128, help="caption.batch_size")
     p.add_argument("--batch-wait", type=float, default=0.2, help="caption.batch_wait_s")
-    p.add_argument("--time-scale", type=float, default=10.0, help="slow every simulated GPU down by this factor")
+    p.add_argument("--time-scale", type=float, default=20.0, help="slow every simulated GPU down by this factor")
     p.add_argument("--decode-nodes", type=int, default=2)
     p.add_argument("--decode-cpus", type=int, default=4, help="shard tasks per decode node at once")
-    p.add_argument("--per-shard", type=int, default=200)
-    p.add_argument("--window", type=int, default=512, help="caption.max_in_flight_per_task (tiny clips: cheap to hold)")
+    p.add_argument("--per-shard", type=int, default=1000, help="writer.samples_per_shard (its default)")
+    p.add_argument("--window", type=int, default=256,
+                   help="caption.max_in_flight_per_task: 8 tasks x 256 frames keep two batches at each of 4 replicas")
     p.add_argument("--before", type=Path, default=None, help="an earlier checkout to measure the same way")
     p.add_argument("--before-rows", type=int, default=1000)
+    p.add_argument("--before-per-shard", type=int, default=250,
+                   help="the earlier checkout pins a shard to an actor: a shard per actor keeps all four working")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--new-api", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -160,9 +174,9 @@ def main() -> None:
               f"combined ceiling {ceiling:.1f} frames/s")
         if args.before:
             before = measure(args.before, write_manifest(clips_dir / "before.jsonl", clips, args.before_rows),
-                             args.before_rows, args, new_api=False)
+                             args.before_rows, args.before_per_shard, args, new_api=False)
             report(f"before ({args.before})", before, ceiling)
-        after = measure(HERE, write_manifest(clips_dir / "after.jsonl", clips, args.rows), args.rows, args,
+        after = measure(HERE, write_manifest(clips_dir / "after.jsonl", clips, args.rows), args.rows, args.per_shard, args,
                         new_api=True)
         report("after (this checkout)", after, ceiling)
         if args.before:

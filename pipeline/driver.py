@@ -117,12 +117,16 @@ class Driver:
         # Twice what can run at once keeps every slot fed without a queue of specs in the driver.
         self.max_in_flight = cfg.writer.max_in_flight or min(2 * slots, 4096)
         c = cfg.caption
-        if self.app and slots * c.max_in_flight_per_task < 2 * c.concurrency * c.batch_size:
-            # Full batches need a batch on each GPU and the next one waiting: frames the shard tasks hold.
+        # Full batches need a batch on each GPU and the next one waiting: frames the shard tasks hold.
+        # A task holds at most its window, and never more than its shard's rows.
+        need, held = 2 * c.concurrency * c.batch_size, min(c.max_in_flight_per_task, cfg.writer.samples_per_shard)
+        if self.app and slots * held < need:
+            fix = (f"raise caption.max_in_flight_per_task to {-(-need // slots)}"
+                   if held == c.max_in_flight_per_task else
+                   f"write longer shards (writer.samples_per_shard={cfg.writer.samples_per_shard})")
             logger.warning("%d shard task(s) at once holding at most %d frames each cannot keep %d replica(s) in "
-                           "full batches of %d: raise caption.max_in_flight_per_task to %d or run more shard tasks",
-                           slots, c.max_in_flight_per_task, c.concurrency, c.batch_size,
-                           -(-2 * c.concurrency * c.batch_size // slots))
+                           "full batches of %d: %s or run more shard tasks", slots, held, c.concurrency,
+                           c.batch_size, fix)
         self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
                                  cfg.stall_warn_s)
         self.failed_shards: dict[int, str] = {}

@@ -72,7 +72,7 @@ def _calls(spy: Path) -> list[int]:
     return [int(line.split()[1]) for f in sorted(spy.glob("*.calls")) for line in f.read_text().splitlines()]
 
 
-def test_generate_gets_caption_batch_size_frames_from_several_shard_tasks(local_ray, manifest, tmp_path):
+def test_generate_gets_caption_batch_size_frames_from_several_shard_tasks(local_ray, manifest, tmp_path, caplog):
     spy = tmp_path / "spy"
     # One replica at 0.4 s per call: frames of all four running shard tasks pile up meanwhile.
     cfg = _cfg(manifest, tmp_path / "out", batch_size=8, batch_wait_s=0.5, concurrency=1, frames_per_request=2,
@@ -86,6 +86,7 @@ def test_generate_gets_caption_batch_size_frames_from_several_shard_tasks(local_
     (replica,) = summary["this_run"]["caption_replicas"]
     assert replica["frames"] == 48 and replica["full_batches"] == calls.count(8)
     assert replica["shared_batches"] >= 1  # a batch held frames of at least two shard tasks
+    assert "cannot keep" not in caplog.text  # 4 tasks x 6 frames hold two batches of 8 for one replica
 
 
 def test_a_replica_killed_mid_batch_loses_and_mixes_up_nothing(local_ray, manifest, tmp_path):
@@ -120,7 +121,7 @@ def test_a_replica_killed_mid_batch_loses_and_mixes_up_nothing(local_ray, manife
     assert sum(_calls(spy)) > 48
 
 
-def test_replicas_that_cannot_start_end_the_run_with_their_error(local_ray, manifest, tmp_path):
+def test_replicas_that_cannot_start_end_the_run_with_their_error(local_ray, manifest, tmp_path, caplog):
     cfg = _cfg(manifest, tmp_path / "out", options={"fail_load": "CUDA out of memory while loading the model"})
     summary = run(cfg)
     assert summary["shards_complete"] == 0
@@ -130,3 +131,6 @@ def test_replicas_that_cannot_start_end_the_run_with_their_error(local_ray, mani
     with pytest.raises(CurationError, match="only 0 of 8 shards are complete"):
         check_outcome(summary)
     assert not list((tmp_path / "out").glob("*.tmp*"))
+    # Shards of 6 rows cannot hold two default batches of 32: the start-up line says what to change.
+    assert "cannot keep 1 replica(s) in full batches of 32: write longer shards (writer.samples_per_shard=6)" \
+        in caplog.text
