@@ -130,7 +130,7 @@ class Driver:
         self.progress = Progress(sum(plan.shard_rows(s) for s in todo), len(todo), cfg.progress_every_s,
                                  cfg.stall_warn_s)
         self.failed_shards: dict[int, str] = {}
-        self.done_stats: dict[int, dict[str, Any]] = {}  # summary fields of what each finished task returned
+        self.done_stats: dict[int, writer_mod.ShardCounts] = {}  # of what each finished task returned
         self.service_failure = ""
 
     def get(self, ref: Any) -> Any:

@@ -311,11 +311,11 @@ def check_fingerprint(cfg: ShardWriterConfig, fp: dict[str, Any], *, setting: st
 # 5. the shards
 
 
-def plan_shards(cfg: CurateConfig, n_shards: int) -> tuple[list[int], dict[int, dict[str, Any]]]:
-    """(shards to process, stats of shards kept as they are). ``retry_failed`` reopens failed ones."""
+def plan_shards(cfg: CurateConfig, n_shards: int) -> tuple[list[int], dict[int, writer_mod.ShardCounts]]:
+    """(shards to process, counts of shards kept as they are). ``retry_failed`` reopens failed ones."""
     finished = writer_mod.finished_shards(cfg.writer, range(n_shards))
     if cfg.writer.retry_failed:
-        for s in [s for s, st in finished.items() if st["counts"].get("failed", 0) > 0]:
+        for s in [s for s, st in finished.items() if st.count("failed") > 0]:
             writer_mod.reopen_shard(cfg.writer, s)
             del finished[s]
     return [s for s in range(n_shards) if s not in finished], finished

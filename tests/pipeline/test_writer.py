@@ -86,7 +86,9 @@ def test_reopen_and_summary(tmp_path):
         w.write(_row(shard, 2 * shard))
         w.write(_row(shard, 2 * shard + 1, "failed" if shard else "ok"))
         w.close()
-    assert sorted(writer.finished_shards(cfg, range(3))) == [0, 1]
+    finished = writer.finished_shards(cfg, range(3))
+    assert sorted(finished) == [0, 1] and finished[1].count("failed") == 1 and finished[0].count("failed") == 0
+    assert finished[1] == writer.ShardCounts(samples=1, counts=(("failed", 1), ("ok", 1)))
     summary = writer.write_summary(cfg, 3)
     assert summary["counts"] == {"ok": 3, "failed": 1} and summary["shards_complete"] == 2
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"t-000000.tar": 2, "t-000001.tar": 1}
@@ -110,7 +112,7 @@ def test_summary_trusts_the_listing_and_reads_only_markers_it_does_not_hold(tmp_
     monkeypatch.setattr(writer, "read_json", lambda path: reads.append(path) or real_read(path))
     # Shard 0 as its task returned it; shard 1 unknown (read from its marker); shard 2 "known" but
     # without a marker on disk (a stale belief): not complete.
-    known = {0: returned[0], 2: {"counts": {"ok": 5}, "samples": 5}}
+    known = {0: writer.summary_fields(returned[0]), 2: writer.ShardCounts(samples=5, counts=(("ok", 5),))}
     summary = writer.write_summary(cfg, 3, known=known)
     assert summary["counts"] == {"ok": 3, "failed": 1} and summary["shards_complete"] == 2
     assert json.loads((tmp_path / "sizes.json").read_text()) == {"t-000000.tar": 2, "t-000001.tar": 1}
