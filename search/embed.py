@@ -238,7 +238,7 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     wall = time.monotonic() - t0
     counts: dict[str, int] = {}
     for st in done.values():
-        for k, v in st["counts"].items():
+        for k, v in st.counts:
             counts[k] = counts.get(k, 0) + int(v)
     summary = {"units": len(units), "units_complete": len(done), "counts": counts, "model_id": model["model_id"],
                "num_frames": model["num_frames"], "this_run": {"rows": rows, "wall_s": round(wall, 3),
@@ -249,7 +249,7 @@ def run(cfg: EmbedConfig) -> dict[str, Any]:
     return summary
 
 
-def _embed(cfg: EmbedConfig, actors: list[Any], todo: list[Any], done: dict[int, dict[str, Any]],
+def _embed(cfg: EmbedConfig, actors: list[Any], todo: list[Any], done: dict[int, writer_mod.ShardCounts],
            n_units: int) -> tuple[int, dict[int, str]]:
     """Hand ``todo`` to the actors one unit at a time; fills ``done`` with each finished unit's counts.
     Returns the clips embedded and the units that failed (unit -> the error's last line; the whole

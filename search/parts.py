@@ -108,7 +108,7 @@ def complete_parts(embeddings: str) -> dict[str, int]:
         raise UserError(f"--embeddings {embeddings} holds no embedding run ({fmt.RUN_FILE} is missing); give the "
                         "output folder of clipvip embed")
     done = finished_shards(ShardWriterConfig(output_dir=root, prefix=PREFIX), range(10**7))
-    return {part_name(i): int(st["samples"]) for i, st in sorted(done.items())}
+    return {part_name(i): st.samples for i, st in sorted(done.items())}
 
 
 def read_parts(embeddings: str, names: list[str]):

@@ -31,6 +31,7 @@ def local_ray():
     import ray
 
     os.environ[CRASH_ENV] = "crashme"  # inherited by the Ray workers and their decode children
+    ray.shutdown()  # a Ray an earlier module left up when one of its tests failed is not this one
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()

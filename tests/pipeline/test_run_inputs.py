@@ -23,6 +23,7 @@ from pipeline.writer import ShardWriterConfig
 def local_ray():
     import ray
 
+    ray.shutdown()  # a Ray an earlier module left up when one of its tests failed is not this one
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
