@@ -128,7 +128,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
     info = lib.stores[name].info
-    print(json.dumps({"n": args.n, "index": info["index_key"], "nprobe": info["search"]["param"],
+    print(json.dumps({"n": args.n, "index": info["index_key"], "search_param": info["search"]["param"],
                       "library_one_process": library, "server": rows}))
     print("\n| path | clients | queries/s | p50 ms | p99 ms | server / library queries/s |")
     print("|---|---|---|---|---|---|")
