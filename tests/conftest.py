@@ -166,6 +166,17 @@ def preempt_training(monkeypatch):
 
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of the module's own on 2 CPUs, shut down after the module."""
+    import ray
+
+    ray.shutdown()  # a Ray an earlier module left up when one of its tests failed is not this one
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another program started
+    yield
+    ray.shutdown()
+
+
 def _free_port() -> int:
     import socket
 

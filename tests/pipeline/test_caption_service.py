@@ -31,16 +31,6 @@ SIM = "py:bench.sim_gpu:SimulatedGPU"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.shutdown()  # a Ray an earlier module left up when one of its tests failed is not this one
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def manifest(synth_clips, tmp_path_factory) -> Path:
     """48 rows over the 24 synthesised clips, under distinct keys."""
     rows = [json.loads(line) for line in synth_clips.read_text().splitlines()]

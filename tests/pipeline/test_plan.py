@@ -16,17 +16,6 @@ from pipeline.run import CurateConfig, RayConfig, run
 from pipeline.writer import ShardWriterConfig
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    if ray.is_initialized():  # left over by an earlier module whose test failed
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another program started
-    yield
-    ray.shutdown()
-
-
 def _relative_manifest(synth_clips: Path, tmp_path: Path, relative: set[int], n: int = 6) -> Path:
     """The first ``n`` synthetic clips, rows in ``relative`` naming their clip relative to its folder."""
     rows = [json.loads(line) for line in synth_clips.read_text().splitlines()][:n]

@@ -27,15 +27,16 @@ EXPECTED_FAILURES = {"broken_zero_byte": "InvalidDataError", "broken_truncated":
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
+def crash_hook():
     os.environ[CRASH_ENV] = "crashme"  # inherited by the Ray workers and their decode children
-    ray.shutdown()  # a Ray an earlier module left up when one of its tests failed is not this one
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
-    ray.shutdown()
     os.environ.pop(CRASH_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def local_ray(crash_hook, local_ray):
+    """The shared local Ray (tests/conftest.py), started once the crash hook is in the environment."""
+    yield
 
 
 def _cfg(manifest, out, **writer) -> CurateConfig:

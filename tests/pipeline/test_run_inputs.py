@@ -19,16 +19,6 @@ from pipeline.caption_service import CaptionConfig
 from pipeline.writer import ShardWriterConfig
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.shutdown()  # a Ray an earlier module left up when one of its tests failed is not this one
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _cfg(manifest, out, **writer) -> CurateConfig:
     return CurateConfig(manifest=ManifestConfig(path=str(manifest)),
                         writer=ShardWriterConfig(output_dir=str(out), prefix="t", **{"samples_per_shard": 5, **writer}),

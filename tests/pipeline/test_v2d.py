@@ -145,17 +145,6 @@ def test_every_field_is_carried_by_one_rule_in_every_format(tmp_path, synth_clip
         "error": "none", "member": "m"}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    if ray.is_initialized():  # left over by an earlier module whose test failed
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster another program started
-    yield
-    ray.shutdown()
-
-
 def test_a_video2dataset_folder_curates_end_to_end(local_ray, v2d_folder, tmp_path):
     from pipeline.run import CurateConfig, RayConfig, run
     from pipeline.writer import ShardWriterConfig
